@@ -1,0 +1,67 @@
+"""Shared bits of the benchmarks: a fixed text set and a JSON result writer."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+import geomsafe
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+TOPICS = [
+    "the history of the printing press",
+    "how vaccines train the immune system",
+    "why the sky is blue",
+    "a recipe for lentil soup",
+    "the rules of chess",
+    "saving money on groceries",
+    "how to learn a new language",
+    "the water cycle",
+    "what a hash table is",
+    "the causes of the French revolution",
+    "photosynthesis",
+    "how to write a cover letter",
+    "black holes",
+    "the benefits of walking",
+    "compound interest",
+    "how bicycles stay upright",
+    "the plot of Hamlet",
+    "how to repot a plant",
+]
+
+
+def sample_examples(n: int) -> list[tuple[str, str]]:
+    """Deterministic prompt/response pairs of varied length for throughput runs."""
+    out = []
+    for i in range(n):
+        topic = TOPICS[i % len(TOPICS)]
+        reps = 1 + (i * 7) % 5
+        response = " ".join([f"Here is a short note on {topic}, part {k}." for k in range(reps)])
+        out.append((f"Explain {topic} in simple words.", response))
+    return out
+
+
+def machine() -> dict[str, object]:
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "geomsafe": geomsafe.__version__,
+    }
+
+
+def write_json(path: str | os.PathLike, payload: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(payload, fh, indent=2)
+    os.replace(tmp, path)

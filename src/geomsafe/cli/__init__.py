@@ -1,0 +1,42 @@
+"""The `geomsafe` command line: a thin shell over the Python API."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from geomsafe import __version__
+from geomsafe.errors import GeomsafeError
+
+
+class _Group(click.Group):
+    """Turns GeomsafeError (and a few OS errors) into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except GeomsafeError as exc:
+            click.echo(f"geomsafe: error: {exc}", err=True)
+            sys.exit(2)
+        except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+            click.echo(f"geomsafe: error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("geomsafe: interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="geomsafe")
+def main() -> None:
+    """Geometry-centric safety for LLM fine-tuning."""
+
+
+def _register() -> None:
+    from geomsafe.cli import info
+
+    main.add_command(info.info)
+
+
+_register()

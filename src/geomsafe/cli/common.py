@@ -1,0 +1,29 @@
+"""Options and helpers shared by the CLI commands."""
+
+from __future__ import annotations
+
+import click
+
+model_option = click.option(
+    "--model",
+    "-m",
+    default="default",
+    show_default=True,
+    help="'default' (embedded SmolLM2-135M-Instruct), a .gguf file, a model folder or a hub id.",
+)
+
+
+def print_table(headers: list[str], rows: list[list[object]]) -> None:
+    """A plain aligned text table on stdout."""
+    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            click.echo("  ".join("-" * w for w in widths))
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)

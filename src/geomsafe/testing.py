@@ -1,0 +1,104 @@
+"""Tiny random-init models with an offline character tokenizer, for tests and examples.
+
+Every family the test-suite covers (Llama, Qwen2, Gemma, GPT-2) is built from its
+transformers config class, so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import string
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    GemmaConfig,
+    GPT2Config,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+
+from geomsafe.layers import guess_layer_template
+from geomsafe.models import LoadedModel
+
+FAMILIES = ("llama", "qwen2", "gemma", "gpt2")
+_SPECIALS = ["<pad>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def char_tokenizer(chat_template: bool = True) -> PreTrainedTokenizerFast:
+    """A character-level tokenizer over printable ASCII plus chat specials (vocab < 128)."""
+    chars = [c for c in string.printable if c not in "\x0b\x0c"]
+    vocab = {tok: i for i, tok in enumerate(_SPECIALS + chars + ["<unk>"])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    tok.add_special_tokens(_SPECIALS)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+    )
+    if chat_template:
+        fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def tiny_config(family: str, n_layers: int = 3, width: int = 32) -> PretrainedConfig:
+    common = dict(vocab_size=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if family == "llama":
+        return LlamaConfig(
+            hidden_size=width,
+            intermediate_size=2 * width,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            **common,
+        )
+    if family == "qwen2":
+        return Qwen2Config(
+            hidden_size=width,
+            intermediate_size=2 * width,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            **common,
+        )
+    if family == "gemma":
+        return GemmaConfig(
+            hidden_size=width,
+            intermediate_size=2 * width,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=width // 4,
+            max_position_embeddings=512,
+            **common,
+        )
+    if family == "gpt2":
+        return GPT2Config(n_embd=width, n_layer=n_layers, n_head=4, n_positions=512, **common)
+    raise ValueError(f"unknown family {family!r}; use one of {FAMILIES}")
+
+
+def tiny_model(
+    family: str = "llama",
+    n_layers: int = 3,
+    width: int = 32,
+    seed: int = 0,
+    chat_template: bool = True,
+) -> LoadedModel:
+    """A random-init causal LM of ``family`` wrapped as a :class:`LoadedModel`."""
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family, n_layers, width))
+    model.eval()
+    model.requires_grad_(False)
+    tok = char_tokenizer(chat_template)
+    return LoadedModel(model, tok, f"tiny-{family}", "random-init", guess_layer_template(model))
