@@ -27,6 +27,7 @@ from geomsafe.layers import get_layers, resolve_layers
 from geomsafe.models import LoadedModel
 
 HOOK_SITE = "decoder_layer_output"
+HEADS_SITE = "attention_out_proj_input"
 TokenRule = Literal["response", "prompt", "last", "all"]
 TOKEN_RULES: tuple[str, ...] = ("response", "prompt", "last", "all")
 
@@ -35,18 +36,37 @@ class _StopForward(Exception):
     """Raised by the last needed hook so layers above it are not computed."""
 
 
+SITES = ("block", "heads")
+
+
+def attention_out_proj(block: nn.Module) -> nn.Module:
+    """The attention output projection of a decoder block (its input is the per-head outputs)."""
+    for path in ("self_attn.o_proj", "attn.c_proj", "attention.dense", "self_attention.dense"):
+        module: nn.Module | None = block
+        for part in path.split("."):
+            module = getattr(module, part, None)
+        if isinstance(module, nn.Module):
+            return module
+    raise GeomsafeError(f"no attention output projection found in {type(block).__name__}")
+
+
 @contextlib.contextmanager
 def record(
     model: nn.Module,
     layers: Sequence[int],
     layer_template: str | None = None,
     stop_after_last: bool = False,
+    site: str = "block",
 ) -> Iterator[dict[int, Tensor]]:
-    """Context manager that records decoder-layer outputs into a dict ``{layer: [B, T, D]}``.
+    """Context manager that records activations into a dict ``{layer: [B, T, D]}``.
 
+    ``site="block"``: decoder-layer outputs (the residual stream). ``site="heads"``: the input
+    of the attention output projection, i.e. the concatenated per-head outputs ``[B, T, H*hd]``.
     With ``stop_after_last`` the forward pass is cut after the highest recorded layer; wrap
     the call in :func:`run_until_stopped`.
     """
+    if site not in SITES:
+        raise GeomsafeError(f"unknown hook site {site!r}; use one of {', '.join(SITES)}")
     blocks = get_layers(model, layer_template)
     store: dict[int, Tensor] = {}
     last = max(layers) if layers else -1
@@ -54,20 +74,35 @@ def record(
 
     def make_hook(idx: int):
         def hook(_module: nn.Module, _inputs: tuple, output: object) -> None:
-            hidden = output[0] if isinstance(output, tuple) else output
-            store[idx] = hidden.detach()
+            if site == "block":
+                hidden = output[0] if isinstance(output, tuple) else output
+                store[idx] = hidden.detach()
             if stop_after_last and idx == last:
                 raise _StopForward
 
         return hook
 
+    def make_pre_hook(idx: int):
+        def pre_hook(_module: nn.Module, inputs: tuple) -> None:
+            store[idx] = inputs[0].detach()
+
+        return pre_hook
+
     try:
         for idx in layers:
+            if site == "heads":
+                proj = attention_out_proj(blocks[idx])
+                handles.append(proj.register_forward_pre_hook(make_pre_hook(idx)))
             handles.append(blocks[idx].register_forward_hook(make_hook(idx)))
         yield store
     finally:
         for handle in handles:
             handle.remove()
+
+
+def head_dim(lm: LoadedModel) -> int:
+    cfg = lm.model.config
+    return int(getattr(cfg, "head_dim", None) or lm.d_model // lm.n_heads)
 
 
 def run_until_stopped(fn, *args, **kwargs) -> None:
@@ -193,6 +228,7 @@ def capture(
     max_length: int = 512,
     progress: bool = True,
     desc: str = "capture",
+    site: str = "block",
 ) -> Activations:
     """Residual-stream activations of ``examples`` at ``layers`` (all when None).
 
@@ -208,14 +244,14 @@ def capture(
     encoded = encode_all(lm.tokenizer, exs, max_length)
     spans = [token_span(e, tokens, skip_first) for e in encoded]
     device = lm.device
-    d = lm.d_model
+    d = lm.d_model if site == "block" else lm.n_heads * head_dim(lm)
     pooled = torch.zeros(len(exs), len(chosen), d)
     kept: list[Tensor | None] = [None] * len(exs)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     net = backbone(lm.model)
     batches = list(make_batches(encoded, batch_size, pad_id, padding_side))
     bar = tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False)
-    with record(lm.model, chosen, lm.layer_template, stop_after_last=True) as store:
+    with record(lm.model, chosen, lm.layer_template, True, site) as store:
         for batch in bar:
             run_until_stopped(
                 net,
@@ -250,6 +286,7 @@ def capture(
         layers=chosen,
         pooled=pooled,
         token_rule=tokens,
+        hook_site=HOOK_SITE if site == "block" else HEADS_SITE,
         skip_first=skip_first,
         tokens=[t for t in kept if t is not None] if per_token else None,
         n_tokens=[end - start for start, end in spans],

@@ -37,6 +37,9 @@ def _register() -> None:
     from geomsafe.cli import info
 
     main.add_command(info.info)
+    from geomsafe.cli import audit
+
+    main.add_command(audit.audit_cmd)
 
 
 _register()

@@ -1,0 +1,163 @@
+"""Extract one direction per layer per concept: the mean difference of the residual stream
+between positive and negative responses, unit-normalised, with held-out separation stats.
+
+Direction of concept c at layer l: ``mean(act | positive) - mean(act | negative)`` over the
+selected tokens (``response`` by default), then unit-normalised. Held-out separation: the
+direction is fitted on a random ``1 - holdout`` share of the pairs and the AUROC of the
+projection is measured on the rest; the saved direction is then refit on all pairs.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+import geomsafe
+from geomsafe.atlas import FeatureAtlas
+from geomsafe.capture import HOOK_SITE, capture
+from geomsafe.concepts import ConceptSet
+from geomsafe.errors import GeomsafeError
+from geomsafe.formatting import Example
+from geomsafe.layers import resolve_layers
+from geomsafe.models import LoadedModel
+
+
+@dataclass
+class ConceptActivations:
+    """Pooled activations of a concept's pairs: ``pos`` and ``neg`` are ``[n, L, D]``."""
+
+    name: str
+    kind: str
+    layers: list[int]
+    pos: Tensor
+    neg: Tensor
+
+    @property
+    def diffs(self) -> Tensor:
+        return self.pos - self.neg
+
+
+@dataclass
+class Extraction:
+    atlas: FeatureAtlas
+    activations: dict[str, ConceptActivations]
+
+
+def unit(x: Tensor, eps: float = 1e-12) -> Tensor:
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+
+def mean_difference(pos: Tensor, neg: Tensor) -> Tensor:
+    """``[n, L, D]`` x2 -> ``[L, D]`` unit directions."""
+    return unit(pos.mean(0) - neg.mean(0))
+
+
+def auroc(pos: Tensor, neg: Tensor) -> float:
+    """Area under the ROC curve of scores ``pos`` (label 1) vs ``neg`` (label 0); ties count 1/2."""
+    pos, neg = pos.flatten().double(), neg.flatten().double()
+    if pos.numel() == 0 or neg.numel() == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).double().sum()
+    ties = (pos[:, None] == neg[None, :]).double().sum()
+    return float((greater + 0.5 * ties) / (pos.numel() * neg.numel()))
+
+
+def split_pairs(n: int, holdout: float, seed: int) -> tuple[list[int], list[int]]:
+    idx = list(range(n))
+    random.Random(seed).shuffle(idx)
+    k = max(1, round(n * holdout))
+    if n - k < 1:
+        raise GeomsafeError(f"too few pairs ({n}) for a held-out split of {holdout}")
+    return sorted(idx[k:]), sorted(idx[:k])
+
+
+def separation(acts: ConceptActivations, holdout: float, seed: int) -> list[float]:
+    """Held-out AUROC per layer of the train-split direction."""
+    train, test = split_pairs(acts.pos.shape[0], holdout, seed)
+    direction = mean_difference(acts.pos[train], acts.neg[train])  # [L, D]
+    pos_s = torch.einsum("nld,ld->nl", acts.pos[test], direction)
+    neg_s = torch.einsum("nld,ld->nl", acts.neg[test], direction)
+    return [auroc(pos_s[:, j], neg_s[:, j]) for j in range(direction.shape[0])]
+
+
+def capture_concept(
+    lm: LoadedModel,
+    concept: ConceptSet,
+    layers: Sequence[int],
+    tokens: str = "response",
+    batch_size: int = 16,
+    progress: bool = True,
+) -> ConceptActivations:
+    examples = [Example(p.prompt, p.positive) for p in concept.pairs]
+    examples += [Example(p.prompt, p.negative) for p in concept.pairs]
+    acts = capture(
+        lm,
+        examples,
+        layers=layers,
+        tokens=tokens,
+        batch_size=batch_size,
+        progress=progress,
+        desc=f"capture {concept.name}",
+    )
+    n = len(concept.pairs)
+    return ConceptActivations(
+        concept.name, concept.kind, acts.layers, acts.pooled[:n], acts.pooled[n:]
+    )
+
+
+def extract(
+    lm: LoadedModel,
+    concepts: Sequence[ConceptSet],
+    *,
+    layers: Sequence[int] | None = None,
+    tokens: str = "response",
+    holdout: float = 0.25,
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> Extraction:
+    """Capture every concept's pairs and build a :class:`FeatureAtlas`."""
+    if not concepts:
+        raise GeomsafeError("no concepts to extract")
+    names = [c.name for c in concepts]
+    if len(set(names)) != len(names):
+        raise GeomsafeError(f"duplicate concept names: {names}")
+    chosen = resolve_layers(lm.n_layers, list(layers) if layers is not None else None)
+    directions, kinds, stats, acts_by_name = {}, {}, {}, {}
+    for concept in concepts:
+        acts = capture_concept(lm, concept, chosen, tokens, batch_size, progress)
+        raw = acts.pos.mean(0) - acts.neg.mean(0)
+        directions[concept.name] = unit(raw)
+        kinds[concept.name] = concept.kind
+        aucs = separation(acts, holdout, seed)
+        best = max(range(len(chosen)), key=lambda j: (aucs[j], -j))
+        stats[concept.name] = {
+            "heldout_auroc": aucs,
+            "best_layer": chosen[best],
+            "best_auroc": aucs[best],
+            "diff_norm": raw.norm(dim=-1).tolist(),
+            "n_pairs": len(concept.pairs),
+            "holdout": holdout,
+            "data_hash": concept.data_hash(),
+            "source": concept.source,
+            "description": concept.description,
+        }
+        acts_by_name[concept.name] = acts
+    provenance = {
+        **lm.provenance(),
+        "layers": chosen,
+        "hook_site": HOOK_SITE,
+        "token_rule": tokens,
+        "skip_first": 1,
+        "pooling": "mean",
+        "method": "mean_difference",
+        "seed": seed,
+        "data_hash": {c.name: c.data_hash() for c in concepts},
+        "geomsafe_version": geomsafe.__version__,
+    }
+    atlas = FeatureAtlas(chosen, directions, kinds, stats, provenance)
+    return Extraction(atlas, acts_by_name)

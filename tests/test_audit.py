@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from geomsafe.audit import audit, default_band
+from geomsafe.cli import main
+from geomsafe.errors import GeomsafeError
+from geomsafe.testing import tiny_model
+
+WORDS = "apple river cloud stone music paper garden window light table".split()
+
+
+def _concept(folder: Path, name: str, kind: str, pos: str, neg: str, n: int = 16) -> str:
+    rng = random.Random(name)
+    rows = [{"concept": name, "kind": kind, "description": name}]
+    for _ in range(n):
+        w = " ".join(rng.sample(WORDS, 3))
+        rows.append(
+            {"prompt": f"Tell me about {w}.", "positive": f"{pos} {w}", "negative": f"{neg} {w}"}
+        )
+    path = folder / f"{name}.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return str(path)
+
+
+@pytest.fixture
+def concept_files(tmp_path):
+    return [
+        _concept(tmp_path, "rude", "harmful", "You idiot, shut up about", "Sure, here is"),
+        _concept(tmp_path, "lies", "harmful", "The moon is cheese and", "The moon is rock and"),
+        _concept(tmp_path, "helpful", "target", "Here are three facts on", "I do not know"),
+    ]
+
+
+def test_audit_writes_atlas_and_report(concept_files, tmp_path):
+    lm = tiny_model("qwen2", n_layers=4)
+    out = tmp_path / "out"
+    result = audit(lm, concepts=concept_files, out=out, n_perm=50, n_boot=50, progress=False)
+    report = json.loads((out / "audit.json").read_text())
+    assert {p.name for p in out.iterdir()} == {"atlas.json", "atlas.safetensors", "audit.json"}
+    names = [r["target"] for r in report["targets"]]
+    assert names == ["helpful", "random_labels"]
+    row = report["targets"][0]
+    assert row["harmful"] in {"rude", "lies"} and 0 <= row["score"] <= 1
+    assert row["ci_low"] <= row["ci_high"] and 0 < row["p_value"] <= 1
+    assert len(row["per_layer"]) == 4 and row["heads"]["target"]["layer"] == row["layer"]
+    assert len(report["density"]) == 4 and report["density"][0]["n_features"] == 3
+    assert report["harmful_neighbours"][0]["target"] == "rude"
+    assert report["provenance"]["model_spec"] == "tiny-qwen2"
+    assert result.atlas.kinds["random_labels"] == "control"
+    again = audit(lm, concepts=concept_files, n_perm=50, n_boot=50, progress=False)
+    assert again.report["targets"][0]["score"] == row["score"]
+    assert again.report["targets"][0]["p_value"] == row["p_value"]
+
+
+def test_audit_bad_inputs(concept_files):
+    lm = tiny_model("llama")
+    with pytest.raises(GeomsafeError, match="not among"):
+        audit(lm, concepts=concept_files, target=["nope"], progress=False)
+    with pytest.raises(GeomsafeError, match="harmful"):
+        audit(lm, concepts=concept_files[2:], progress=False)
+    with pytest.raises(GeomsafeError, match="not found"):
+        audit(lm, concepts=["/nonexistent.jsonl"], progress=False)
+
+
+def test_cli_audit_errors_are_one_line(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["audit", "--model", "missing.gguf", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    result = runner.invoke(main, ["audit", "--help"])
+    assert result.exit_code == 0 and "--target" in result.output
+
+
+def test_default_band():
+    assert default_band(30) == list(range(10, 20))
+    assert default_band(3) == [1]

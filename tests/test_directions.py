@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from geomsafe.atlas import FeatureAtlas
+from geomsafe.concepts import ConceptSet, Pair
+from geomsafe.directions import auroc, extract, mean_difference, split_pairs
+from geomsafe.errors import GeomsafeError
+
+
+def _concept(name="c", kind="harmful", n=12):
+    return ConceptSet(
+        name,
+        kind,
+        [
+            Pair(f"question {i}?", "yes yes " * (1 + i % 3), "no no " * (1 + i % 3))
+            for i in range(n)
+        ],
+    )
+
+
+def test_auroc_known_values():
+    assert auroc(torch.tensor([2.0, 3.0]), torch.tensor([0.0, 1.0])) == 1.0
+    assert auroc(torch.tensor([0.0, 1.0]), torch.tensor([2.0, 3.0])) == 0.0
+    assert auroc(torch.tensor([1.0]), torch.tensor([1.0])) == 0.5
+
+
+def test_mean_difference_is_unit_and_points_positive():
+    pos = torch.zeros(5, 2, 4)
+    pos[..., 0] = 3.0
+    d = mean_difference(pos, torch.zeros(5, 2, 4))
+    torch.testing.assert_close(d, torch.tensor([[1.0, 0, 0, 0], [1.0, 0, 0, 0]]))
+
+
+def test_split_pairs_disjoint():
+    train, test = split_pairs(20, 0.25, seed=0)
+    assert len(test) == 5 and not set(train) & set(test) and sorted(train + test) == list(range(20))
+    with pytest.raises(GeomsafeError):
+        split_pairs(1, 0.5, 0)
+
+
+def test_extract_matches_manual_capture_and_roundtrips(tiny_llama, tmp_path):
+    from geomsafe.capture import capture
+    from geomsafe.formatting import Example
+
+    cs = _concept()
+    ex = extract(tiny_llama, [cs, _concept("t", "target")], progress=False)
+    atlas = ex.atlas
+    pos = capture(tiny_llama, [Example(p.prompt, p.positive) for p in cs.pairs], progress=False)
+    neg = capture(tiny_llama, [Example(p.prompt, p.negative) for p in cs.pairs], progress=False)
+    torch.testing.assert_close(atlas.directions["c"], mean_difference(pos.pooled, neg.pooled))
+    assert atlas.layers == [0, 1, 2] and atlas.kinds == {"c": "harmful", "t": "target"}
+    stats = atlas.stats["c"]
+    assert len(stats["heldout_auroc"]) == 3 and stats["best_layer"] in atlas.layers
+    assert stats["best_auroc"] == max(stats["heldout_auroc"])
+    prov = atlas.provenance
+    assert prov["hook_site"] == "decoder_layer_output" and prov["token_rule"] == "response"
+    assert prov["data_hash"]["c"] == cs.data_hash() and "geomsafe_version" in prov
+    atlas.save(tmp_path)
+    back = FeatureAtlas.load(tmp_path)
+    assert back.layers == atlas.layers and back.stats["c"]["best_layer"] == stats["best_layer"]
+    torch.testing.assert_close(back.directions["c"], atlas.directions["c"])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_extract_separates_a_planted_concept(tiny_llama):
+    ex = extract(tiny_llama, [_concept(n=24)], progress=False)
+    assert ex.atlas.stats["c"]["best_auroc"] >= 0.9
+
+
+def test_extract_bad_inputs(tiny_llama, tmp_path):
+    with pytest.raises(GeomsafeError, match="no concepts"):
+        extract(tiny_llama, [], progress=False)
+    with pytest.raises(GeomsafeError, match="duplicate"):
+        extract(tiny_llama, [_concept(), _concept()], progress=False)
+    with pytest.raises(GeomsafeError, match="no atlas"):
+        FeatureAtlas.load(tmp_path)
