@@ -57,13 +57,14 @@ def record(
     layer_template: str | None = None,
     stop_after_last: bool = False,
     site: str = "block",
+    detach: bool = True,
 ) -> Iterator[dict[int, Tensor]]:
     """Context manager that records activations into a dict ``{layer: [B, T, D]}``.
 
     ``site="block"``: decoder-layer outputs (the residual stream). ``site="heads"``: the input
     of the attention output projection, i.e. the concatenated per-head outputs ``[B, T, H*hd]``.
     With ``stop_after_last`` the forward pass is cut after the highest recorded layer; wrap
-    the call in :func:`run_until_stopped`.
+    the call in :func:`run_until_stopped`. ``detach=False`` keeps the autograd graph.
     """
     if site not in SITES:
         raise GeomsafeError(f"unknown hook site {site!r}; use one of {', '.join(SITES)}")
@@ -76,7 +77,7 @@ def record(
         def hook(_module: nn.Module, _inputs: tuple, output: object) -> None:
             if site == "block":
                 hidden = output[0] if isinstance(output, tuple) else output
-                store[idx] = hidden.detach()
+                store[idx] = hidden.detach() if detach else hidden
             if stop_after_last and idx == last:
                 raise _StopForward
 
@@ -84,7 +85,7 @@ def record(
 
     def make_pre_hook(idx: int):
         def pre_hook(_module: nn.Module, inputs: tuple) -> None:
-            store[idx] = inputs[0].detach()
+            store[idx] = inputs[0].detach() if detach else inputs[0]
 
         return pre_hook
 

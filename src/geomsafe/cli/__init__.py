@@ -34,12 +34,11 @@ def main() -> None:
 
 
 def _register() -> None:
-    from geomsafe.cli import info
+    from geomsafe.cli import audit, info, predict
 
     main.add_command(info.info)
-    from geomsafe.cli import audit
-
     main.add_command(audit.audit_cmd)
+    main.add_command(predict.predict_cmd)
 
 
 _register()

@@ -1,0 +1,138 @@
+"""First-order estimate of how one gradient step on a dataset moves harmful projections.
+
+For the weights W of the modules that write into the residual stream (attention output and
+MLP down projections) up to the deepest layer needed, a step ``ΔW = -lr ∇_W L(D)`` changes
+the projection p_h (mean over probe prompts of the last-token residual at h's best layer,
+projected on h) by ``Δp_h ≈ -lr <∇_W p_h, ∇_W L(D)>``. L is the mean next-token loss on the
+dataset's assistant tokens. Full weights are used rather than a LoRA's (whose B starts at
+zero), so the estimate does not depend on a random LoRA initialisation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from geomsafe.atlas import FeatureAtlas
+from geomsafe.capture import attention_out_proj, make_batches, record
+from geomsafe.formatting import Example, encode_all
+from geomsafe.layers import get_layers
+from geomsafe.models import LoadedModel
+
+MLP_OUT = ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc2")
+
+
+def _get(module: nn.Module, path: str) -> nn.Module | None:
+    for part in path.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module
+
+
+def residual_writers(lm: LoadedModel, max_layer: int) -> list[nn.Parameter]:
+    """Weights of the attention output and MLP down projections of blocks ``0..max_layer``."""
+    params = []
+    for block in get_layers(lm.model, lm.layer_template)[: max_layer + 1]:
+        params.append(attention_out_proj(block).weight)
+        mlp = next((m for m in (_get(block, p) for p in MLP_OUT) if m is not None), None)
+        if mlp is not None:
+            params.append(mlp.weight)
+    return params
+
+
+@contextlib.contextmanager
+def trainable(params: Sequence[nn.Parameter]) -> Iterator[None]:
+    """Temporarily enable gradients for ``params`` (restored in ``finally``)."""
+    before = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p, flag in zip(params, before, strict=True):
+            p.requires_grad_(flag)
+            p.grad = None
+
+
+def _loss_grad(
+    lm: LoadedModel,
+    data: Sequence[Example],
+    params,
+    batch_size: int,
+    max_length: int,
+    progress: bool,
+) -> list[Tensor]:
+    enc = encode_all(lm.tokenizer, data, max_length)
+    pad = lm.tokenizer.pad_token_id or 0
+    total = sum(max(e.length - e.prompt_len, 0) for e in enc)
+    for p in params:
+        p.grad = None
+    for b in tqdm(
+        list(make_batches(enc, batch_size, pad, "right")),
+        desc="loss gradient",
+        disable=not progress,
+        leave=False,
+    ):
+        labels = b.input_ids.clone()
+        for row, i in enumerate(b.index):
+            labels[row, : enc[i].prompt_len] = -100
+        labels[b.attention_mask == 0] = -100
+        logits = lm.model(
+            input_ids=b.input_ids.to(lm.device),
+            attention_mask=b.attention_mask.to(lm.device),
+            position_ids=b.position_ids.to(lm.device),
+            use_cache=False,
+        ).logits
+        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(lm.device)
+        loss = nn.functional.cross_entropy(
+            shift_logits.reshape(-1, shift_logits.shape[-1]).float(),
+            shift_labels.reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
+        ) / max(total, 1)
+        loss.backward()
+    return [p.grad.detach().clone() for p in params]
+
+
+def gradient_shift(
+    lm: LoadedModel,
+    data: Sequence[Example],
+    probe: Sequence[Example],
+    atlas: FeatureAtlas,
+    names: Sequence[str],
+    lr: float = 1e-4,
+    batch_size: int = 8,
+    max_length: int = 256,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Predicted change of each concept's probe projection after one step of size ``lr``."""
+    at = {n: atlas.best_layer(n) for n in names}
+    params = residual_writers(lm, max(at.values()))
+    with trainable(params):
+        g_loss = _loss_grad(lm, data, params, batch_size, max_length, progress)
+        enc = encode_all(lm.tokenizer, probe, max_length)
+        pad = lm.tokenizer.pad_token_id or 0
+        (batch,) = list(make_batches(enc, len(enc), pad, "left"))
+        layers = sorted(set(at.values()))
+        with record(lm.model, layers, lm.layer_template, detach=False) as store:
+            lm.model.base_model(
+                input_ids=batch.input_ids.to(lm.device),
+                attention_mask=batch.attention_mask.to(lm.device),
+                position_ids=batch.position_ids.to(lm.device),
+                use_cache=False,
+            )
+        out = {}
+        for n in names:
+            last = store[at[n]][:, -1].float()  # left padding: the last column is the last token
+            proj = (last @ atlas.direction(n, at[n]).float().to(last.device)).mean()
+            grads = torch.autograd.grad(proj, params, retain_graph=True, allow_unused=True)
+            dot = sum(
+                float((g * gl).sum()) for g, gl in zip(grads, g_loss, strict=True) if g is not None
+            )
+            out[n] = -lr * dot
+    return out
