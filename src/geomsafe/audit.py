@@ -114,7 +114,7 @@ def audit(
             "layer": at,
             "auroc": atlas.stats[name]["best_auroc"],
             "band": res_band.to_dict(),
-            "per_layer": overlap_per_layer(atlas, name, against),
+            "per_layer": overlap_per_layer(atlas, name, against, ex.activations, n_perm, seed),
         }
         if heads:
             ht = head_attribution(lm, by_name[name], at, atlas.direction(name, at))

@@ -34,11 +34,12 @@ def main() -> None:
 
 
 def _register() -> None:
-    from geomsafe.cli import audit, info, predict
+    from geomsafe.cli import audit, info, predict, report
 
     main.add_command(info.info)
     main.add_command(audit.audit_cmd)
     main.add_command(predict.predict_cmd)
+    main.add_command(report.report_cmd)
 
 
 _register()

@@ -70,13 +70,37 @@ def overlap_score(
 
 
 def overlap_per_layer(
-    atlas: FeatureAtlas, target: str, harmful: Sequence[str] | None = None
+    atlas: FeatureAtlas,
+    target: str,
+    harmful: Sequence[str] | None = None,
+    activations: dict[str, ConceptActivations] | None = None,
+    n_perm: int = 200,
+    seed: int = 0,
 ) -> list[dict]:
+    """Score per layer; with ``activations``, also that layer's null band (mean and 95th pct)."""
+    harmful = [h for h in (harmful or atlas.harmful) if h != target]
     out = []
     for layer in atlas.layers:
         score, nearest, cos = overlap_score(atlas, target, [layer], harmful)
-        out.append({"layer": layer, "score": score, "harmful": nearest, "cosines": cos})
+        row = {"layer": layer, "score": score, "harmful": nearest, "cosines": cos}
+        if activations is not None:
+            null = _null(atlas, activations, target, [layer], harmful, n_perm, seed)
+            row |= {
+                "null_mean": float(null.mean()),
+                "null_q95": float(torch.quantile(null, 0.95)),
+                "p_value": float((1 + (null >= score).sum()) / (1 + n_perm)),
+            }
+        out.append(row)
     return out
+
+
+def _null(atlas, activations, target, layers, harmful, n_perm, seed) -> Tensor:
+    """Permutation null of the overlap statistic: ``[n_perm]``."""
+    rows = [activations[target].layers.index(layer) for layer in layers]
+    gen = torch.Generator().manual_seed(seed)
+    h_dirs = torch.stack([atlas.directions[h][[atlas.row(x) for x in layers]] for h in harmful])
+    null_t = _sign_flip_directions(activations[target].diffs[:, rows], n_perm, gen)
+    return _band_cos(null_t[:, None], h_dirs[None]).max(dim=1).values.clamp_min(0)
 
 
 def _sign_flip_directions(diffs: Tensor, n: int, generator: torch.Generator) -> Tensor:
@@ -108,15 +132,10 @@ def overlap(
     if missing:
         raise GeomsafeError(f"no activations for {', '.join(missing)}: null and CI need them")
     rows = [activations[target].layers.index(layer) for layer in layers]
-    gen = torch.Generator().manual_seed(seed)
-    t_diffs = activations[target].diffs[:, rows]
-    h_dirs = torch.stack([atlas.directions[h][[atlas.row(x) for x in layers]] for h in harmful])
-
-    null_t = _sign_flip_directions(t_diffs, n_perm, gen)  # [P, R, D]
-    null_cos = _band_cos(null_t[:, None], h_dirs[None])  # [P, H]
-    null = null_cos.max(dim=1).values.clamp_min(0)
+    null = _null(atlas, activations, target, layers, harmful, n_perm, seed)
     p_value = float((1 + (null >= score).sum()) / (1 + n_perm))
-
+    gen = torch.Generator().manual_seed(seed + 1)
+    t_diffs = activations[target].diffs[:, rows]
     boot_t = _resampled_directions(t_diffs, n_boot, gen)
     boot_cos = []
     for h in harmful:

@@ -1,0 +1,148 @@
+"""Plots as inline SVG strings (matplotlib, Agg), so the report needs no network to view."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import matplotlib
+import matplotlib.ticker
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+plt.rcParams.update(
+    {
+        "svg.fonttype": "none",
+        "font.size": 9,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "svg.hashsalt": "geomsafe",
+    }
+)
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg") :]
+
+
+def overlap_layers(per_layer: Sequence[dict], title: str) -> str:
+    """Overlap score per layer with its permutation null band (mean .. 95th percentile)."""
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    x = [r["layer"] for r in per_layer]
+    ax.plot(x, [r["score"] for r in per_layer], "o-", color="#c0392b", ms=3, label="overlap")
+    if "null_q95" in per_layer[0]:
+        ax.fill_between(
+            x,
+            [r["null_mean"] for r in per_layer],
+            [r["null_q95"] for r in per_layer],
+            color="#7f8c8d",
+            alpha=0.3,
+            label="null band (mean–95%)",
+        )
+    ax.set_xlabel("layer")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel("overlap score")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(frameon=False, fontsize=8)
+    return _svg(fig)
+
+
+def heatmap(matrix: Sequence[Sequence[float]], labels: Sequence[str], title: str) -> str:
+    m = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(0.42 * len(labels) + 2, 0.42 * len(labels) + 1.2))
+    im = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(
+                j,
+                i,
+                f"{m[i, j]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="white" if abs(m[i, j]) > 0.6 else "black",
+            )
+    fig.colorbar(im, ax=ax, shrink=0.7, label="cosine")
+    ax.set_title(title)
+    return _svg(fig)
+
+
+def density(rows: Sequence[dict]) -> str:
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    x = [r["layer"] for r in rows]
+    ax.plot(x, [r["density"] for r in rows], "o-", ms=3, label="features (mean cos²)")
+    base = np.array([r["baseline"] for r in rows])
+    sd = np.array([r["baseline_sd"] for r in rows])
+    ax.plot(x, base, "--", color="#7f8c8d", label="random from layer covariance")
+    ax.fill_between(x, base - sd, base + sd, color="#7f8c8d", alpha=0.2)
+    ax.set_xlabel("layer")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel("mean squared cosine")
+    ax2 = ax.twinx()
+    ax2.plot(x, [r["effective_rank"] for r in rows], ":", color="#27ae60", label="effective rank")
+    ax2.set_ylabel("effective rank", color="#27ae60")
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], frameon=False, fontsize=7)
+    ax.set_title("superposition density per layer")
+    return _svg(fig)
+
+
+def pca_map(vectors: np.ndarray, labels: Sequence[str], kinds: Sequence[str], title: str) -> str:
+    """2-D PCA of unit feature directions (via SVD of the centred matrix)."""
+    centred = vectors - vectors.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    xy = centred @ vt[:2].T
+    colours = {"harmful": "#c0392b", "target": "#2980b9", "control": "#7f8c8d"}
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for (x, y), name, kind in zip(xy, labels, kinds, strict=True):
+        ax.scatter(x, y, color=colours.get(kind, "#8e44ad"), s=25)
+        ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    ax.set_title(title)
+    return _svg(fig)
+
+
+def bars(
+    labels: Sequence[str],
+    values: Sequence[float],
+    title: str,
+    xlabel: str,
+    errors: Sequence[tuple[float, float]] | None = None,
+) -> str:
+    fig, ax = plt.subplots(figsize=(6, 0.3 * len(labels) + 1))
+    y = np.arange(len(labels))
+    xerr = None
+    if errors is not None:
+        xerr = np.array(
+            [
+                [v - lo for (lo, _), v in zip(errors, values, strict=True)],
+                [hi - v for (_, hi), v in zip(errors, values, strict=True)],
+            ]
+        )
+    ax.barh(y, values, xerr=xerr, color=["#c0392b" if v > 0 else "#2980b9" for v in values])
+    ax.set_yticks(y, labels)
+    ax.axvline(0, color="black", lw=0.5)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    return _svg(fig)
+
+
+def curves(steps: Sequence[int], series: dict[str, Sequence[float]], title: str) -> str:
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    for name, ys in series.items():
+        ax.plot(steps, ys, label=name, lw=1)
+    ax.set_xlabel("step")
+    ax.set_title(title)
+    ax.legend(frameon=False, fontsize=7)
+    return _svg(fig)
