@@ -6,7 +6,7 @@ import torch
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.capture import attention_out_proj, token_span
 from geomsafe.concepts import ConceptSet, Pair
-from geomsafe.directions import ConceptActivations, unit
+from geomsafe.directions import ConceptActivations, extract, unit
 from geomsafe.formatting import Example, encode
 from geomsafe.geometry import (
     cosine_matrix,
@@ -118,7 +118,8 @@ def test_head_attribution_sums_to_attention_write(family):
         "c", "target", [Pair(f"q{i}", "yes " * (i + 1), "no " * (i + 1)) for i in range(4)]
     )
     u = unit(torch.randn(lm.d_model, generator=torch.Generator().manual_seed(0)))
-    attr = head_attribution(lm, concept, 1, u)
+    acts = extract(lm, [concept], heads=True, progress=False).activations["c"]
+    attr = head_attribution(lm, acts, 1, u)
     assert len(attr.attribution) == lm.n_heads
     # The sum over heads equals u . (mean attention write on positives - on negatives),
     # measured independently with a hook on the output projection's output.

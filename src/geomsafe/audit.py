@@ -97,13 +97,19 @@ def audit(
         base = next(c for c in sets if c.name == targets[0])
         sets.append(base.shuffled_labels(seed, name=CONTROL))
     ex = extract(
-        lm, sets, layers=layers, tokens=tokens, seed=seed, batch_size=batch_size, progress=progress
+        lm,
+        sets,
+        layers=layers,
+        tokens=tokens,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+        heads=heads,
     )
     atlas = ex.atlas
     if layer is not None and layer not in atlas.layers:
         raise GeomsafeError(f"layer {layer} was not extracted (layers {atlas.layers})")
     band = [b for b in (band or default_band(lm.n_layers)) if b in atlas.layers] or atlas.layers
-    by_name = {c.name: c for c in sets}
 
     def scored(name: str, against: list[str]) -> dict:
         at = layer if layer is not None else atlas.best_layer(name)
@@ -117,8 +123,9 @@ def audit(
             "per_layer": overlap_per_layer(atlas, name, against, ex.activations, n_perm, seed),
         }
         if heads:
-            ht = head_attribution(lm, by_name[name], at, atlas.direction(name, at))
-            hh = head_attribution(lm, by_name[res.harmful], at, atlas.direction(res.harmful, at))
+            acts = ex.activations
+            ht = head_attribution(lm, acts[name], at, atlas.direction(name, at))
+            hh = head_attribution(lm, acts[res.harmful], at, atlas.direction(res.harmful, at))
             row["heads"] = {
                 "target": ht.to_dict(),
                 "harmful": hh.to_dict(),

@@ -175,7 +175,9 @@ class Activations:
     """Residual-stream activations at ``layers``.
 
     ``pooled`` is ``[N, L, D]`` (mean over the selected tokens of each example);
-    ``tokens`` (when asked for) holds one ``[T_i, L, D]`` tensor per example.
+    ``tokens`` (when asked for) holds one ``[T_i, L, D]`` tensor per example; ``heads`` (when
+    asked for) is ``[N, L, H*hd]``, the pooled per-head attention outputs (the input of the
+    attention output projection) at the same layers and tokens.
     """
 
     layers: list[int]
@@ -185,6 +187,7 @@ class Activations:
     skip_first: int = 1
     tokens: list[Tensor] | None = None
     n_tokens: list[int] = field(default_factory=list)
+    heads: Tensor | None = None
 
     def layer(self, layer: int) -> Tensor:
         """``[N, D]`` pooled activations at a model layer index."""
@@ -200,6 +203,7 @@ class Activations:
             self.skip_first,
             toks,
             list(self.n_tokens),
+            None if self.heads is None else self.heads.to(*args, **kwargs),
         )
 
 
@@ -229,12 +233,13 @@ def capture(
     max_length: int = 512,
     progress: bool = True,
     desc: str = "capture",
-    site: str = "block",
+    heads: bool = False,
 ) -> Activations:
     """Residual-stream activations of ``examples`` at ``layers`` (all when None).
 
     ``tokens``: ``response`` | ``prompt`` | ``last`` | ``all``. ``skip_first`` tokens at the
     start of every sequence (attention sinks) are excluded from ``prompt``/``all``.
+    ``heads=True`` also pools the per-head attention outputs in the same forward pass.
     """
     if tokens not in TOKEN_RULES:
         raise GeomsafeError(f"unknown token rule {tokens!r}; use one of {', '.join(TOKEN_RULES)}")
@@ -245,14 +250,18 @@ def capture(
     encoded = encode_all(lm.tokenizer, exs, max_length)
     spans = [token_span(e, tokens, skip_first) for e in encoded]
     device = lm.device
-    d = lm.d_model if site == "block" else lm.n_heads * head_dim(lm)
-    pooled = torch.zeros(len(exs), len(chosen), d)
+    pooled = torch.zeros(len(exs), len(chosen), lm.d_model)
+    pooled_heads = torch.zeros(len(exs), len(chosen), lm.n_heads * head_dim(lm)) if heads else None
     kept: list[Tensor | None] = [None] * len(exs)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     net = backbone(lm.model)
     batches = list(make_batches(encoded, batch_size, pad_id, padding_side))
     bar = tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False)
-    with record(lm.model, chosen, lm.layer_template, True, site) as store:
+    head_layers = chosen if heads else []
+    with (
+        record(lm.model, chosen, lm.layer_template, True) as store,
+        record(lm.model, head_layers, lm.layer_template, site="heads") as head_store,
+    ):
         for batch in bar:
             run_until_stopped(
                 net,
@@ -271,6 +280,9 @@ def capture(
             for j, idx in enumerate(chosen):
                 hidden = store[idx].float()
                 pooled[rows, j] = torch.bmm(weights.unsqueeze(1), hidden).squeeze(1).cpu()
+                if pooled_heads is not None:
+                    z = head_store[idx].float()
+                    pooled_heads[rows, j] = torch.bmm(weights.unsqueeze(1), z).squeeze(1).cpu()
             if per_token:
                 for row, i in enumerate(batch.index):
                     start, end = spans[i]
@@ -283,12 +295,13 @@ def capture(
                         .cpu()
                     )
             store.clear()
+            head_store.clear()
     return Activations(
         layers=chosen,
         pooled=pooled,
         token_rule=tokens,
-        hook_site=HOOK_SITE if site == "block" else HEADS_SITE,
         skip_first=skip_first,
         tokens=[t for t in kept if t is not None] if per_token else None,
         n_tokens=[end - start for start, end in spans],
+        heads=pooled_heads,
     )

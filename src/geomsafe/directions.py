@@ -35,6 +35,8 @@ class ConceptActivations:
     layers: list[int]
     pos: Tensor
     neg: Tensor
+    heads_pos: Tensor | None = None  # [n, L, H*hd] pooled per-head attention outputs
+    heads_neg: Tensor | None = None
 
     @property
     def diffs(self) -> Tensor:
@@ -91,6 +93,7 @@ def capture_concept(
     tokens: str = "response",
     batch_size: int = 16,
     progress: bool = True,
+    heads: bool = False,
 ) -> ConceptActivations:
     examples = [Example(p.prompt, p.positive) for p in concept.pairs]
     examples += [Example(p.prompt, p.negative) for p in concept.pairs]
@@ -102,10 +105,18 @@ def capture_concept(
         batch_size=batch_size,
         progress=progress,
         desc=f"capture {concept.name}",
+        heads=heads,
     )
     n = len(concept.pairs)
+    h = acts.heads
     return ConceptActivations(
-        concept.name, concept.kind, acts.layers, acts.pooled[:n], acts.pooled[n:]
+        concept.name,
+        concept.kind,
+        acts.layers,
+        acts.pooled[:n],
+        acts.pooled[n:],
+        None if h is None else h[:n],
+        None if h is None else h[n:],
     )
 
 
@@ -119,6 +130,7 @@ def extract(
     seed: int = 0,
     batch_size: int = 16,
     progress: bool = True,
+    heads: bool = False,
 ) -> Extraction:
     """Capture every concept's pairs and build a :class:`FeatureAtlas`."""
     if not concepts:
@@ -129,7 +141,7 @@ def extract(
     chosen = resolve_layers(lm.n_layers, list(layers) if layers is not None else None)
     directions, kinds, stats, acts_by_name = {}, {}, {}, {}
     for concept in concepts:
-        acts = capture_concept(lm, concept, chosen, tokens, batch_size, progress)
+        acts = capture_concept(lm, concept, chosen, tokens, batch_size, progress, heads)
         raw = acts.pos.mean(0) - acts.neg.mean(0)
         directions[concept.name] = unit(raw)
         kinds[concept.name] = concept.kind

@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass
 
 from torch import Tensor, nn
 
-from geomsafe.capture import attention_out_proj, capture, head_dim
-from geomsafe.concepts import ConceptSet
-from geomsafe.formatting import Example
+from geomsafe.capture import attention_out_proj, head_dim
+from geomsafe.directions import ConceptActivations
+from geomsafe.errors import GeomsafeError
 from geomsafe.layers import get_layers
 from geomsafe.models import LoadedModel
 
@@ -51,30 +51,21 @@ def head_readout(lm: LoadedModel, layer: int, direction: Tensor) -> Tensor:
 
 def head_attribution(
     lm: LoadedModel,
-    concept: ConceptSet,
+    acts: ConceptActivations,
     layer: int,
     direction: Tensor,
-    tokens: str = "response",
-    batch_size: int = 16,
-    progress: bool = False,
 ) -> HeadAttribution:
-    pos = [Example(p.prompt, p.positive) for p in concept.pairs]
-    neg = [Example(p.prompt, p.negative) for p in concept.pairs]
-    acts = capture(
-        lm,
-        pos + neg,
-        layers=[layer],
-        tokens=tokens,
-        batch_size=batch_size,
-        progress=progress,
-        site="heads",
-        desc=f"heads {concept.name}",
+    """Attribution of every head at ``layer`` from a concept's pooled head outputs
+    (``extract(..., heads=True)`` records them in the same pass as the residual stream)."""
+    if acts.heads_pos is None or acts.heads_neg is None:
+        raise GeomsafeError(f"no head activations for {acts.name}: extract with heads=True")
+    j = acts.layers.index(layer)
+    z_diff = (acts.heads_pos[:, j].mean(0) - acts.heads_neg[:, j].mean(0)).view(
+        lm.n_heads, head_dim(lm)
     )
-    z = acts.pooled[:, 0].view(len(pos) + len(neg), lm.n_heads, head_dim(lm))
-    z_diff = z[: len(pos)].mean(0) - z[len(pos) :].mean(0)  # [H, hd]
     attr = (head_readout(lm, layer, direction) * z_diff).sum(-1)
     frac = attr / attr.abs().sum().clamp_min(1e-12)
-    return HeadAttribution(layer, concept.name, attr.tolist(), frac.tolist())
+    return HeadAttribution(layer, acts.name, attr.tolist(), frac.tolist())
 
 
 def shared_heads(a: HeadAttribution, b: HeadAttribution, k: int = 3) -> list[dict]:
