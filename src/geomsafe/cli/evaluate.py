@@ -1,0 +1,158 @@
+"""`geomsafe evaluate`: toxic-output rate, over-refusal and trait probes, before vs after."""
+
+from __future__ import annotations
+
+import click
+import torch
+
+from geomsafe.cli.common import model_option, print_table
+from geomsafe.errors import GeomsafeError
+from geomsafe.evaluate import EvalConfig, EvalResult
+from geomsafe.evaluate import evaluate as run_evaluate
+from geomsafe.evaluate.probes import DEFAULT_TRAITS
+
+_D = EvalConfig()
+
+
+def print_eval(result: EvalResult) -> None:
+    headers, rows = result.table()
+    print_table(headers, [list(r) for r in rows])
+    for w in result.warnings:
+        click.echo(f"note: {w}")
+
+
+@click.command("evaluate")
+@model_option
+@click.option(
+    "--adapter", type=click.Path(), help="peft LoRA adapter folder (evaluates base and adapted)."
+)
+@click.option("--baseline", type=click.Path(), help="eval.json (or its folder) to compare with.")
+@click.option(
+    "--atlas",
+    type=click.Path(),
+    help="FeatureAtlas folder: project responses on its harmful directions.",
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(file_okay=False),
+    help="Output folder (eval.json, generations.jsonl).",
+)
+@click.option(
+    "--prompts",
+    default=_D.prompts,
+    show_default=True,
+    help="builtin, rtp, em, xstest or a .jsonl/.yaml file; comma-separated.",
+)
+@click.option(
+    "--n-prompts",
+    type=int,
+    default=_D.n_prompts,
+    show_default=True,
+    help="Prompts drawn from the set (0: all).",
+)
+@click.option("--samples-per-prompt", type=int, default=_D.samples_per_prompt, show_default=True)
+@click.option("--max-new-tokens", type=int, default=_D.max_new_tokens, show_default=True)
+@click.option("--temperature", type=float, default=_D.temperature, show_default=True)
+@click.option("--top-p", type=float, default=_D.top_p, show_default=True)
+@click.option(
+    "--threshold",
+    type=float,
+    default=_D.threshold,
+    show_default=True,
+    help="Toxicity score above which a response is toxic.",
+)
+@click.option(
+    "--n-probe",
+    type=int,
+    default=_D.n_probe,
+    show_default=True,
+    help="Persona statements per trait (0: none).",
+)
+@click.option(
+    "--traits",
+    default=",".join(DEFAULT_TRAITS),
+    show_default=True,
+    help="Persona traits (file names in anthropic-evals/persona).",
+)
+@click.option(
+    "--em-probes/--no-em-probes",
+    default=_D.em_probes,
+    show_default=True,
+    help="Emergent-misalignment pivotal-token probes.",
+)
+@click.option(
+    "--n-xstest",
+    type=int,
+    default=_D.n_xstest,
+    show_default=True,
+    help="XSTest safe prompts for over-refusal (0: skip).",
+)
+@click.option("--batch-size", type=int, default=_D.batch_size, show_default=True)
+@click.option("--n-boot", type=int, default=_D.n_boot, show_default=True)
+@click.option("--seed", type=int, default=_D.seed, show_default=True)
+@click.option(
+    "--data-root",
+    type=click.Path(),
+    help="Public data folder (default: $GEOMSAFE_DATA or ../shared/data).",
+)
+@click.option(
+    "--threads",
+    type=int,
+    help="torch CPU threads (default: torch's choice; on a busy machine 1 can be much faster).",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def evaluate(
+    model,
+    adapter,
+    baseline,
+    atlas,
+    out,
+    prompts,
+    n_prompts,
+    samples_per_prompt,
+    max_new_tokens,
+    temperature,
+    top_p,
+    threshold,
+    n_probe,
+    traits,
+    em_probes,
+    n_xstest,
+    batch_size,
+    n_boot,
+    seed,
+    data_root,
+    threads,
+    no_progress,
+) -> None:
+    """Toxic-output rate, over-refusal and trait probes, before vs after fine-tuning."""
+    if threads is not None:
+        if threads < 1:
+            raise GeomsafeError(f"--threads must be at least 1, not {threads}")
+        torch.set_num_threads(threads)
+    result = run_evaluate(
+        model,
+        adapter=adapter,
+        baseline=baseline,
+        atlas=atlas,
+        out=out,
+        progress=not no_progress,
+        prompts=prompts,
+        n_prompts=None if n_prompts == 0 else n_prompts,
+        samples_per_prompt=samples_per_prompt,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        threshold=threshold,
+        n_probe=n_probe,
+        traits=tuple(t.strip() for t in traits.split(",") if t.strip()),
+        em_probes=em_probes,
+        n_xstest=n_xstest,
+        batch_size=batch_size,
+        n_boot=n_boot,
+        seed=seed,
+        data_root=data_root,
+    )
+    print_eval(result)
+    click.echo(f"\n{result.seconds:.1f} s" + (f"; wrote {out}" if out else ""))

@@ -1,0 +1,187 @@
+"""Batched sampled generation with fixed seeds.
+
+Every (prompt, sample) pair is one row. Rows are sorted by prompt length (longest first, ties
+by prompt then sample index) and cut into batches of ``batch_size``; prompts are rendered with
+the chat template (:func:`geomsafe.formatting.encode`, which calls ``render_prompt``),
+left-padded, and generated with the KV cache. Before batch ``b`` the torch RNG is seeded with
+``seed + b``, so a batch's samples depend only on the seed, the batch's rows and the model,
+never on other batches; the caller's global RNG state is restored afterwards. Two models
+evaluated with the same prompts and seed use the same random numbers (common random numbers),
+which makes their difference less noisy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from geomsafe.errors import GeomsafeError
+from geomsafe.formatting import Example, encode
+from geomsafe.models import LoadedModel
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How responses are sampled."""
+
+    samples_per_prompt: int = 2  # sampled responses per prompt
+    max_new_tokens: int = 48  # tokens generated at most per response
+    temperature: float = 1.0  # softmax temperature; 0 = greedy decoding
+    top_p: float = 0.95  # nucleus sampling mass
+    batch_size: int = 16  # rows generated together
+    seed: int = 0  # batch b is seeded with seed + b
+
+    def validate(self) -> None:
+        if self.samples_per_prompt < 1:
+            raise GeomsafeError(f"samples per prompt must be >= 1, not {self.samples_per_prompt}")
+        if self.max_new_tokens < 1:
+            raise GeomsafeError(f"max new tokens must be >= 1, not {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise GeomsafeError(f"temperature must be >= 0, not {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise GeomsafeError(f"top_p must be in (0, 1], not {self.top_p}")
+        if self.batch_size < 1:
+            raise GeomsafeError(f"batch size must be >= 1, not {self.batch_size}")
+
+
+@dataclass
+class Generations:
+    """``texts[i][s]`` is sample ``s`` for prompt ``i``; ``n_tokens`` likewise (tokens generated,
+    the end-of-turn token included when it was reached)."""
+
+    texts: list[list[str]]
+    n_tokens: list[list[int]]
+    config: SamplingConfig
+    seconds: float = 0.0
+
+    def flat(self) -> list[str]:
+        return [t for row in self.texts for t in row]
+
+
+class NucleusSampler(LogitsProcessor):
+    """Temperature then nucleus (top-p) filtering, exact, without sorting the whole vocabulary.
+
+    Tokens are kept in order of probability while the mass before them is below ``top_p`` (the
+    token that crosses ``top_p`` is kept; at least one token always is): the rule of
+    transformers' ``TopPLogitsWarper``. Only the ``k`` most probable tokens are found
+    (``torch.topk``); the rare rows whose top ``k`` hold less than ``top_p`` are sorted in full,
+    so the result never depends on ``k``. On SmolLM2's 49k vocabulary this takes a fifth of the
+    time of a full sort, which was a fifth of the decoding time on CPU.
+    """
+
+    def __init__(self, temperature: float, top_p: float, k: int = 4096) -> None:
+        self.temperature = temperature
+        self.top_p = top_p
+        self.k = k
+
+    def _remove(self, probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        top, idx = probs.topk(k, dim=-1) if k < probs.shape[-1] else probs.sort(-1, True)
+        cum = top.cumsum(-1)
+        keep = (cum - top) < self.top_p
+        keep[:, 0] = True
+        remove = torch.ones_like(probs, dtype=torch.bool)
+        remove.scatter_(-1, idx, ~keep)
+        return remove, cum[:, -1] < self.top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores / self.temperature
+        if self.top_p >= 1.0:
+            return scores
+        probs = scores.float().softmax(-1)
+        remove, short = self._remove(probs, min(self.k, probs.shape[-1]))
+        if bool(short.any()):  # the crossing token lies beyond the top k: sort those rows
+            remove[short] = self._remove(probs[short], probs.shape[-1])[0]
+        return scores.masked_fill(remove, float("-inf"))
+
+
+def eos_ids(lm: LoadedModel) -> list[int]:
+    """End-of-turn tokens: the generation config's and the tokenizer's."""
+    ids: list[int] = []
+    cfg = getattr(lm.model, "generation_config", None)
+    found = getattr(cfg, "eos_token_id", None) if cfg is not None else None
+    for value in [found, lm.tokenizer.eos_token_id]:
+        if value is None:
+            continue
+        for v in value if isinstance(value, list | tuple) else [value]:
+            if int(v) not in ids:
+                ids.append(int(v))
+    return ids
+
+
+@torch.no_grad()
+def generate(
+    lm: LoadedModel,
+    prompts: Sequence[Example | str],
+    config: SamplingConfig | None = None,
+    *,
+    progress: bool = True,
+    desc: str = "generate",
+) -> Generations:
+    """Sample ``config.samples_per_prompt`` responses to each prompt (see the module docstring)."""
+    cfg = config or SamplingConfig()
+    cfg.validate()
+    if not prompts:
+        raise GeomsafeError("no prompts to generate from")
+    tok = lm.tokenizer
+    examples = [p if isinstance(p, Example) else Example(p) for p in prompts]
+    encoded = [list(encode(tok, Example(ex.prompt)).input_ids) for ex in examples]
+    rows = [(i, s) for i in range(len(prompts)) for s in range(cfg.samples_per_prompt)]
+    rows.sort(key=lambda r: (-len(encoded[r[0]]), r[0], r[1]))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    stop = eos_ids(lm)
+    out_text = [[""] * cfg.samples_per_prompt for _ in prompts]
+    out_n = [[0] * cfg.samples_per_prompt for _ in prompts]
+    device = lm.device
+    sampling = cfg.temperature > 0
+    # transformers' own temperature/top-p/top-k warpers are switched off; NucleusSampler
+    # does temperature and top-p (custom processors run before the built-in warpers)
+    kwargs: dict[str, object] = {"do_sample": sampling, "temperature": 1.0, "top_p": 1.0}
+    kwargs["top_k"] = 0 if sampling else None
+    if sampling:
+        nucleus = NucleusSampler(cfg.temperature, cfg.top_p)
+        kwargs["logits_processor"] = LogitsProcessorList([nucleus])
+    starts = list(range(0, len(rows), cfg.batch_size))
+    model: Any = lm.model  # typed loosely: transformers' stubs do not declare generate()
+    t0 = time.perf_counter()
+    fork_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices):
+        for b, start in enumerate(
+            tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False)
+        ):
+            batch = rows[start : start + cfg.batch_size]
+            width = max(len(encoded[i]) for i, _ in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for r, (i, _) in enumerate(batch):
+                n = len(encoded[i])
+                ids[r, width - n :] = torch.tensor(encoded[i])
+                mask[r, width - n :] = 1
+            torch.manual_seed(cfg.seed + b)
+            gen = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=cfg.max_new_tokens,
+                pad_token_id=pad,
+                eos_token_id=stop or None,
+                **kwargs,
+            )
+            new = gen[:, width:].cpu()
+            for r, (i, s) in enumerate(batch):
+                row = new[r].tolist()
+                n = len(row)
+                for k, t in enumerate(row):
+                    if t in stop:
+                        n = k + 1
+                        break
+                out_n[i][s] = n
+                out_text[i][s] = str(tok.decode(row[:n], skip_special_tokens=True)).strip()
+    return Generations(out_text, out_n, cfg, time.perf_counter() - t0)
+
+
+__all__ = ["Generations", "NucleusSampler", "SamplingConfig", "eos_ids", "generate"]
