@@ -1,0 +1,76 @@
+"""Geometric guards: regularisers that keep LoRA fine-tuning off harmful feature directions.
+
+Four guards, cheapest first (``GUARDS`` maps each name to its class):
+
+- ``orthogonal``: after each optimiser step, project the LoRA ``B`` of the residual-stream
+  writers (``o_proj``, ``down_proj``) of each guarded block off the harmful directions;
+- ``steer``: add the harmful directions to the residual stream during training forwards only
+  (preventative steering);
+- ``projection``: penalise the change of the residual stream's projection on the harmful
+  directions versus the base model (adapters disabled, one partial no-grad forward);
+- ``covariance``: penalise the batch cross-covariance of target and harmful projections.
+
+Which directions at which layers: :class:`GuardConfig` (``concepts``: harmful feature names of
+the atlas; ``layers``: None = each concept at its best atlas layer, or a list/band of layers).
+Every guard logs each step its ``penalty`` (0 for orthogonal/steer) and ``proj/<concept>``, the
+mean projection of the assistant tokens' residual stream on each guarded direction.
+
+Any torch training loop can use them (``geomsafe.train`` does the same on the Trainer)::
+
+    from geomsafe.guard import GuardConfig, build_guards, combined, step_logs, total_penalty
+
+    guards = build_guards(["orthogonal", "projection"], atlas, GuardConfig(concepts=["toxicity"]))
+    params = [p for p in model.parameters() if p.requires_grad]  # model: a peft LoRA model
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    for batch in batches:  # dicts with input_ids, attention_mask, labels (-100 = not trained)
+        with combined(guards, model):  # hooks active during the training forward only
+            loss = model(**batch).loss
+        penalty = total_penalty(guards, model, batch)  # after the forward, before backward
+        if penalty is not None:
+            loss = loss + penalty
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        for guard in guards:
+            guard.after_step(model)  # orthogonal projects the LoRA weights here
+        print(step_logs(guards))  # {"orthogonal/penalty": 0.0, "projection/proj/toxicity": ...}
+"""
+
+from __future__ import annotations
+
+from geomsafe.guard.base import (
+    GUARDS,
+    Guard,
+    GuardConfig,
+    build_guards,
+    combined,
+    register,
+    step_logs,
+    total_penalty,
+)
+from geomsafe.guard.covariance import CovarianceGuard, cross_covariance
+from geomsafe.guard.orthogonal import OrthogonalGuard, orthonormal_basis
+from geomsafe.guard.plan import LayerPlan, make_plan
+from geomsafe.guard.projection import ProjectionGuard
+from geomsafe.guard.recording import AtlasGuard
+from geomsafe.guard.steer import SteerGuard
+
+__all__ = [
+    "GUARDS",
+    "AtlasGuard",
+    "CovarianceGuard",
+    "Guard",
+    "GuardConfig",
+    "LayerPlan",
+    "OrthogonalGuard",
+    "ProjectionGuard",
+    "SteerGuard",
+    "build_guards",
+    "combined",
+    "cross_covariance",
+    "make_plan",
+    "orthonormal_basis",
+    "register",
+    "step_logs",
+    "total_penalty",
+]

@@ -1,0 +1,177 @@
+"""The guard protocol, its configuration, the registry of guard kinds and small helpers.
+
+A guard is a small object with four methods that any training loop can call:
+
+- ``install(model)``: a context manager whose hooks are active during the *training* forward
+  pass (steering adds, the others record);
+- ``penalty(model, inputs)``: called right after that forward, before backward; a scalar added
+  to the loss (already weighted) or ``None``;
+- ``after_step(model)``: called after each optimiser step (the orthogonal guard projects the
+  LoRA weights here);
+- ``log()``: the last values for the geometry log (``penalty``, ``proj/<concept>``, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor, nn
+
+from geomsafe.errors import GeomsafeError
+
+if TYPE_CHECKING:
+    from geomsafe.atlas import FeatureAtlas
+
+# Modules (paths relative to a decoder block) that write into the residual stream.
+WRITERS: tuple[str, ...] = (
+    "self_attn.o_proj",
+    "mlp.down_proj",
+    "attn.c_proj",
+    "mlp.c_proj",
+    "attention.dense",
+    "self_attention.dense",
+    "mlp.dense_4h_to_h",
+    "self_attn.out_proj",
+    "fc2",
+)
+STEER_SCALES = ("norm", "diff", "unit")
+PROJECTION_MODES = ("both", "increase")
+ORTHOGONAL_SCOPES = ("layer", "upto")
+
+
+@dataclass
+class GuardConfig:
+    """What a guard protects and how hard.
+
+    Layers are model layer indices with the atlas's hook site: the output of decoder layer
+    ``l`` (the residual stream after block ``l``).
+    """
+
+    concepts: list[str] | None = None  # guarded harmful features; None = every harmful one
+    layers: list[int] | None = None  # None = each concept at its best atlas layer; a list
+    # (e.g. a band of layers) = every concept at every listed layer
+    weight: float = 1.0  # multiplies the projection / covariance penalty
+    targets: list[str] | None = None  # covariance: target features; None = all atlas targets
+    steer_coeff: float = 0.1  # steer: how far along each harmful direction, in steer_scale units
+    steer_scale: str = "norm"  # norm: x median token residual norm of the layer, measured on
+    # the first training batch; diff: x the concept's raw mean-difference norm (atlas stats,
+    # persona-vector scale); unit: the unit direction itself (adds exactly steer_coeff * u)
+    projection_mode: str = "both"  # both: penalise any change of the projection; increase: only
+    # moves towards the harmful side (proj_adapted > proj_base)
+    orthogonal_scope: str = "layer"  # layer: project the writers of block l off layer l's
+    # directions; upto: the writers of every block j <= l too (all of them feed layer l)
+    writers: list[str] = field(default_factory=lambda: list(WRITERS))  # orthogonal: module
+    # paths in a block that write to the residual stream
+
+    def validate(self) -> GuardConfig:
+        checks = [
+            (self.weight >= 0, f"guard weight must be >= 0, not {self.weight}"),
+            (
+                self.steer_scale in STEER_SCALES,
+                f"steer_scale must be one of {', '.join(STEER_SCALES)}, not {self.steer_scale!r}",
+            ),
+            (
+                self.projection_mode in PROJECTION_MODES,
+                f"projection_mode must be one of {', '.join(PROJECTION_MODES)}, "
+                f"not {self.projection_mode!r}",
+            ),
+            (
+                self.orthogonal_scope in ORTHOGONAL_SCOPES,
+                f"orthogonal_scope must be one of {', '.join(ORTHOGONAL_SCOPES)}, "
+                f"not {self.orthogonal_scope!r}",
+            ),
+            (self.concepts is None or len(self.concepts) > 0, "guard concepts list is empty"),
+            (self.layers is None or len(self.layers) > 0, "guard layers list is empty"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise GeomsafeError(message)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Guard:
+    """Base class of every guard; the defaults do nothing."""
+
+    name: str = "guard"
+
+    def install(self, model: nn.Module) -> contextlib.AbstractContextManager[None]:
+        """Hooks active during training forward passes. Default: none."""
+        return contextlib.nullcontext()
+
+    def penalty(self, model: nn.Module, inputs: dict[str, Tensor]) -> Tensor | None:
+        """A weighted scalar added to the loss before backward, or None."""
+        return None
+
+    def after_step(self, model: nn.Module) -> None:
+        """Called after each optimiser step."""
+
+    def log(self) -> dict[str, float]:
+        """The last values for the geometry log."""
+        return {}
+
+
+GUARDS: dict[str, type[Guard]] = {}
+_ORDER = ("orthogonal", "steer", "projection", "covariance")  # cheapest first
+
+
+def register(cls: type[Guard]) -> type[Guard]:
+    """Class decorator: add a guard kind to :data:`GUARDS` under ``cls.name``."""
+    GUARDS[cls.name] = cls
+    ordered = sorted(GUARDS.items(), key=lambda kv: _ORDER.index(kv[0]) if kv[0] in _ORDER else 99)
+    GUARDS.clear()
+    GUARDS.update(ordered)
+    return cls
+
+
+def build_guards(
+    names: Sequence[str] | str,
+    atlas: FeatureAtlas,
+    config: GuardConfig | None = None,
+    layer_template: str | None = None,
+) -> list[Guard]:
+    """One guard per kind in ``names`` (a list or ``"orthogonal,steer"``), in that order."""
+    items = names.split(",") if isinstance(names, str) else list(names)
+    kinds: list[str] = []
+    for item in items:
+        kind = str(item).strip().lower()
+        if not kind:
+            continue
+        if kind not in GUARDS:
+            raise GeomsafeError(f"unknown guard {item!r}; use one of {', '.join(GUARDS)}")
+        if kind not in kinds:
+            kinds.append(kind)
+    config = (config or GuardConfig()).validate()
+    return [GUARDS[k](atlas, config, layer_template) for k in kinds]  # type: ignore[call-arg]
+
+
+@contextlib.contextmanager
+def combined(guards: Sequence[Guard], model: nn.Module) -> Iterator[None]:
+    """Install every guard's hooks on ``model`` for the duration of the block."""
+    with contextlib.ExitStack() as stack:
+        for guard in guards:
+            stack.enter_context(guard.install(model))
+        yield
+
+
+def total_penalty(
+    guards: Sequence[Guard], model: nn.Module, inputs: dict[str, Tensor]
+) -> Tensor | None:
+    """The sum of the guards' penalties for the batch just forwarded (None when none has one).
+    Call it for every batch: the guards also compute their projection logs here."""
+    total: Tensor | None = None
+    for guard in guards:
+        p = guard.penalty(model, inputs)
+        if p is not None:
+            total = p if total is None else total + p
+    return total
+
+
+def step_logs(guards: Sequence[Guard]) -> dict[str, float]:
+    """Every guard's ``log()`` namespaced as ``<guard>/<key>``."""
+    return {f"{g.name}/{k}": float(v) for g in guards for k, v in g.log().items()}

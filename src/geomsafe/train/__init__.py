@@ -1,0 +1,44 @@
+"""LoRA fine-tuning (peft on transformers' Trainer) with geometric guards plugged in.
+
+``finetune(model, data, out, guard=..., guard_concepts=..., atlas=..., config=TrainConfig())``
+trains a LoRA adapter on chat / prompt-completion JSONL with the loss on assistant tokens only,
+adds the guards' penalties and post-step projections, logs the geometry per step and writes
+the adapter (peft format), ``geometry_log.jsonl`` and ``run.json`` to ``out``. Because it
+runs on the Trainer, ``accelerate launch -m geomsafe.cli finetune ...`` scales it to many
+GPUs unchanged. ``train_steps`` times guarded vs plain steps for benchmarks.
+"""
+
+from __future__ import annotations
+
+from geomsafe.train.config import TrainConfig
+from geomsafe.train.data import IGNORE_INDEX, TrainData, load_data, parse_record, read_jsonl
+from geomsafe.train.lora import make_peft_model, peft_layer_template
+from geomsafe.train.run import FinetuneResult, finetune
+from geomsafe.train.steps import heldout_loss, train_steps
+from geomsafe.train.trainer import (
+    GeometryCallback,
+    GuardedTrainer,
+    PadCollator,
+    Probe,
+    ProjectionMonitor,
+)
+
+__all__ = [
+    "IGNORE_INDEX",
+    "FinetuneResult",
+    "GeometryCallback",
+    "GuardedTrainer",
+    "PadCollator",
+    "Probe",
+    "ProjectionMonitor",
+    "TrainConfig",
+    "TrainData",
+    "finetune",
+    "heldout_loss",
+    "load_data",
+    "make_peft_model",
+    "parse_record",
+    "peft_layer_template",
+    "read_jsonl",
+    "train_steps",
+]

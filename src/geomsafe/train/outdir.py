@@ -1,0 +1,109 @@
+"""The run folder: train into ``<parent>/.<name>.partial`` and rename it to ``--out`` at the end.
+
+A run that fails before its first checkpoint leaves nothing behind; one that fails later keeps
+only the hidden ``.partial`` folder (so ``--resume`` can continue it), never a half-written
+``--out``. ``--resume`` continues from the newest checkpoint of the ``.partial`` folder, or of a
+finished run's ``--out/checkpoints`` (e.g. to train it for more steps).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from geomsafe.errors import GeomsafeError
+
+CHECKPOINTS = "checkpoints"
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass
+class RunDir:
+    out: Path
+    work: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.work / CHECKPOINTS
+
+
+def work_dir(out: Path) -> Path:
+    return out.parent / f".{out.name}.partial"
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    if not folder.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT.match(p.name))]
+    found = [(n, p) for n, p in found if (p / "trainer_state.json").is_file()]
+    return max(found)[1] if found else None
+
+
+def prepare_check(out: Path, resume: bool, overwrite: bool) -> None:
+    """Fail early (before any work) when ``out`` cannot take this run."""
+    if out.exists() and not out.is_dir():
+        raise GeomsafeError(f"--out {out} is a file, not a folder")
+    finished = out.is_dir() and any(out.iterdir())
+    if finished and not (resume or overwrite):
+        raise GeomsafeError(
+            f"{out} already exists and is not empty; pass --resume to continue "
+            "its run or --overwrite to replace it"
+        )
+    if (
+        resume
+        and latest_checkpoint(work_dir(out) / CHECKPOINTS) is None
+        and (latest_checkpoint(out / CHECKPOINTS) is None)
+    ):
+        raise GeomsafeError(f"--resume: no checkpoint in {out / CHECKPOINTS} or {work_dir(out)}")
+
+
+def prepare(
+    out: str | Path, resume: bool, overwrite: bool, main: bool = True
+) -> tuple[RunDir, Path | None]:
+    """Check ``out``, set up the work folder and find the checkpoint to resume from.
+
+    Only the main process (``main``) touches the file system."""
+    out = Path(out).absolute()
+    prepare_check(out, resume, overwrite)
+    run = RunDir(out, work_dir(out))
+    ckpt = None
+    if resume:
+        ckpt = latest_checkpoint(run.checkpoints)
+        source = latest_checkpoint(out / CHECKPOINTS) if ckpt is None else None
+        if ckpt is None and source is None:
+            raise GeomsafeError(f"--resume: no checkpoint in {out / CHECKPOINTS} or {run.work}")
+        if source is not None:
+            ckpt = run.checkpoints / source.name
+            if main:
+                shutil.rmtree(run.work, ignore_errors=True)
+                run.checkpoints.mkdir(parents=True)
+                shutil.copytree(source, ckpt)
+                if (out / "atlas").is_dir():
+                    shutil.copytree(out / "atlas", run.work / "atlas")
+    elif main:
+        shutil.rmtree(run.work, ignore_errors=True)  # a stale folder from a failed run
+    if main:
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+    return run, ckpt
+
+
+def abandon(run: RunDir) -> None:
+    """After a failure: keep the work folder only when it holds a checkpoint to resume from."""
+    if latest_checkpoint(run.checkpoints) is None:
+        shutil.rmtree(run.work, ignore_errors=True)
+
+
+def finalize(run: RunDir) -> None:
+    """Rename the finished work folder to ``out`` (replacing an older run there)."""
+    run.out.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if run.out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{run.out.name}.old-", dir=run.out.parent))
+        os.replace(run.out, old / "run")
+    os.replace(run.work, run.out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,394 @@
+"""`finetune`: LoRA fine-tuning of a geomsafe model on chat data, with optional guards.
+
+The run trains into ``<parent>/.<name>.partial`` and is renamed to ``out`` when it is done
+(see :mod:`geomsafe.train.outdir`). ``out`` then holds the adapter in peft format
+(``adapter_config.json`` + ``adapter_model.safetensors``; load it with
+``peft.PeftModel.from_pretrained(base_model, out)``), ``geometry_log.jsonl`` (one row per
+optimiser step: loss, guard penalty, ``proj/<concept>`` on each guarded harmful direction,
+learning rate, step time), ``run.json`` (provenance, metrics and the same log),
+``checkpoints/checkpoint-N`` (the newest Trainer checkpoint, for ``resume``) and ``atlas/``
+when the atlas was extracted for the run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+import geomsafe
+from geomsafe.atlas import FeatureAtlas, atomic_write
+from geomsafe.capture import HOOK_SITE
+from geomsafe.errors import GeomsafeError
+from geomsafe.formatting import Example
+from geomsafe.models import LoadedModel, load
+from geomsafe.train import guards as guardlib
+from geomsafe.train import outdir
+from geomsafe.train.config import TrainConfig
+from geomsafe.train.data import TrainData, load_data, read_jsonl
+from geomsafe.train.lora import make_peft_model, peft_layer_template
+from geomsafe.train.trainer import (
+    GEOMETRY_LOG,
+    GeometryCallback,
+    GuardedTrainer,
+    PadCollator,
+    Probe,
+    ProgressBar,
+    ProjectionMonitor,
+    guard_name,
+    is_main_process,
+    probes_for,
+    quiet,
+    training_arguments,
+)
+
+RUN_JSON = "run.json"
+RUN_META = "geomsafe_run.json"  # written into every checkpoint; checked on resume
+
+
+@dataclass
+class FinetuneResult:
+    """What a fine-tuning run produced. ``adapter_dir`` is loadable with
+    ``peft.PeftModel.from_pretrained``; ``lm`` is the tuned model (a peft model) in memory."""
+
+    out: Path
+    adapter_dir: Path
+    metrics: dict[str, float]
+    geometry_log: list[dict[str, Any]]
+    time_per_step: float
+    provenance: dict[str, Any]
+    guards: list[str]
+    concepts: list[str]
+    step_times: list[float] = field(default_factory=list, repr=False)
+    atlas: FeatureAtlas | None = field(default=None, repr=False)
+    lm: LoadedModel | None = field(default=None, repr=False)
+
+    def projection_change(self) -> dict[str, float]:
+        """Per guarded concept: mean ``proj/<c>`` over the last rows minus over the first rows
+        of the geometry log (window = ``metrics["window"]`` rows)."""
+        return projection_change(self.geometry_log, self.concepts)
+
+
+def window(n: int) -> int:
+    return max(1, min(5, n // 4))
+
+
+def projection_change(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    w = window(len(rows))
+    for name in names:
+        vals = [r[f"proj/{name}"] for r in rows if f"proj/{name}" in r]
+        if vals:
+            out[name] = statistics.fmean(vals[-w:]) - statistics.fmean(vals[:w])
+    return out
+
+
+def _device() -> str:
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return "cpu"
+
+
+def _model(model: str | LoadedModel) -> LoadedModel:
+    """A private copy: the caller's LoadedModel is never modified."""
+    if isinstance(model, LoadedModel):
+        return dataclasses.replace(model, model=copy.deepcopy(model.model))
+    return load(model, device=_device())
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    atomic_write(path, lambda p: Path(p).write_text(json.dumps(payload, indent=1, default=str)))
+
+
+def _check_resume(ckpt: Path, meta: dict[str, Any]) -> None:
+    saved_path = ckpt / RUN_META
+    if not saved_path.is_file():
+        return
+    saved = json.loads(saved_path.read_text())
+    for key in ("model_spec", "data_hash", "max_examples"):
+        if key in saved and saved[key] != meta.get(key):
+            raise GeomsafeError(
+                f"--resume: {ckpt} was trained with {key}={saved[key]!r}, this "
+                f"run has {meta.get(key)!r}"
+            )
+
+
+class _MetaCallback(TrainerCallback):
+    def __init__(self, meta: dict[str, Any]) -> None:
+        self.meta = meta
+
+    def on_save(self, args, state, control, **kwargs):
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and ckpt.is_dir():
+            (ckpt / RUN_META).write_text(json.dumps(self.meta, indent=1))
+
+
+def _wait_for_everyone() -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
+
+
+def _saved_atlas(out: Path) -> Path | None:
+    for folder in (outdir.work_dir(out) / "atlas", out / "atlas"):
+        if (folder / "atlas.json").is_file():
+            return folder
+    return None
+
+
+def finetune(
+    model: str | LoadedModel = "default",
+    data: str | Path | Sequence[Example | tuple[str, str]] | None = None,
+    out: str | Path | None = None,
+    guard: str | Sequence[Any] | None = None,
+    guard_concepts: str | Sequence[str] | None = None,
+    atlas: FeatureAtlas | str | Path | None = None,
+    config: TrainConfig | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    *,
+    guard_config: Any = None,
+    overwrite: bool = False,
+    atlas_max_pairs: int | None = 64,
+) -> FinetuneResult:
+    """LoRA fine-tuning of ``model`` on ``data`` (a JSONL file or examples) into ``out``.
+
+    ``guard``: guard kinds (``"orthogonal,steer,projection,covariance"`` or a list) and/or
+    Guard objects. ``guard_concepts``: the harmful concepts to guard (built-in names or concept
+    files; default: the atlas's harmful concepts, or all built-in ones). ``atlas``: a
+    FeatureAtlas or its folder; without one, guards by name get an atlas extracted on the fly
+    (saved in ``out/atlas``). With an atlas, the geometry log tracks ``proj/<concept>`` even
+    without guards. ``resume`` continues from the newest checkpoint (see
+    :mod:`geomsafe.train.outdir`); ``overwrite`` replaces a finished run in ``out``.
+    """
+    t_start = time.perf_counter()
+    config = (config or TrainConfig()).validate()
+    if data is None:
+        raise GeomsafeError("no training data: pass --data FILE.jsonl")
+    if out is None:
+        raise GeomsafeError("no output folder: pass --out DIR")
+    out_path = Path(out).absolute()
+    main = is_main_process()
+    outdir.prepare_check(out_path, resume, overwrite)
+    from transformers import set_seed
+
+    set_seed(config.seed)
+    if isinstance(data, (str, Path)):  # structural checks before the (slow) model load
+        read_jsonl(data, config.max_examples)
+    lm = _model(model)
+    train_data = load_data(
+        data,
+        lm.tokenizer,
+        max_length=config.max_length,
+        truncate=config.truncate,
+        add_eos=config.add_eos,
+        max_examples=config.max_examples,
+    )
+    kinds, _ = guardlib.parse_guards(guard)
+    reuse = _saved_atlas(out_path) if atlas is None and kinds and resume else None
+    kinds, objects, names, atlas_obj, extracted, gcfg = guardlib.resolve(
+        lm,
+        guard,
+        guard_concepts,
+        reuse or atlas,
+        guard_config,
+        seed=config.seed,
+        max_pairs=atlas_max_pairs,
+        progress=progress and main,
+    )
+    extracted = extracted or reuse is not None  # the atlas this run extracted before resuming
+    setup = _Setup(lm, train_data, config, kinds, objects, names, atlas_obj, atlas, extracted, gcfg)
+    run, ckpt = outdir.prepare(out_path, resume, overwrite, main)
+    _wait_for_everyone()  # the main process may still be copying the checkpoint to resume
+    try:
+        if ckpt is not None:
+            _check_resume(ckpt, setup.meta())
+        return _train(setup, run, ckpt, progress, main, t_start)
+    except BaseException:
+        if main:
+            outdir.abandon(run)
+        raise
+
+
+@dataclass
+class _Setup:
+    """The resolved inputs of a run."""
+
+    lm: LoadedModel
+    data: TrainData
+    config: TrainConfig
+    kinds: list[str]  # guard kinds built from the atlas
+    objects: list[Any]  # guard objects passed in
+    names: list[str]  # guarded / monitored harmful concepts
+    atlas: FeatureAtlas | None
+    atlas_arg: Any  # what the caller passed (a folder is recorded in the provenance)
+    extracted: bool  # the atlas was extracted for this run (saved in out/atlas)
+    guard_config: Any
+
+    def meta(self) -> dict[str, Any]:
+        """What a checkpoint records so that a resumed run can be checked against it."""
+        return {
+            "model_spec": self.lm.spec,
+            "data_hash": self.data.data_hash,
+            "max_examples": self.config.max_examples,
+            "guards": self.kinds,
+            "concepts": self.names,
+        }
+
+
+def _train(
+    setup: _Setup,
+    run: outdir.RunDir,
+    ckpt: Path | None,
+    progress: bool,
+    main: bool,
+    t_start: float,
+) -> FinetuneResult:
+    lm, config = setup.lm, setup.config
+    if setup.extracted and main and setup.atlas is not None:
+        setup.atlas.save(run.work / "atlas")
+    peft_model = make_peft_model(lm.model, config)
+    template = peft_layer_template(lm)
+    guard_objs = list(setup.objects) + guardlib.build(
+        setup.kinds, setup.atlas, setup.guard_config, template
+    )
+    probes = probes_for(setup.atlas, setup.names)
+    geometry = GeometryCallback(log_path=run.work / GEOMETRY_LOG if main else None)
+    if ckpt is not None:
+        geometry.rows = _read_log(ckpt / GEOMETRY_LOG)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    trainer = GuardedTrainer(
+        model=peft_model,
+        args=training_arguments(config, run.checkpoints),
+        train_dataset=setup.data.features,
+        data_collator=PadCollator(pad),
+        callbacks=[geometry, _MetaCallback(setup.meta())],
+        guards=guard_objs,
+        monitor=ProjectionMonitor(probes, template) if probes else None,
+    )
+    geometry.trainer = trainer
+    quiet(trainer)
+    if progress and main:
+        trainer.add_callback(ProgressBar(geometry))
+    output = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
+    peft_model.eval()
+    rows = geometry.rows
+    times = geometry.step_times[1:] if len(geometry.step_times) > 1 else geometry.step_times
+    time_per_step = statistics.median(times) if times else float("nan")
+    metrics = _metrics(setup, trainer, rows, ckpt, float(output.metrics.get("train_runtime", 0)))
+    provenance = _provenance(setup, trainer, probes, t_start)
+    if main:
+        peft_model.save_pretrained(str(run.work))
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        atomic_write(run.work / GEOMETRY_LOG, lambda p: Path(p).write_text(text))
+        payload = {
+            "provenance": provenance,
+            "metrics": metrics,
+            "time_per_step_s": time_per_step,
+            "projection_change": projection_change(rows, setup.names),
+            "geometry_log": rows,
+        }
+        _write_json(run.work / RUN_JSON, payload)
+        outdir.finalize(run)
+    _wait_for_everyone()
+    tuned = dataclasses.replace(lm, model=peft_model, layer_template=template)
+    return FinetuneResult(
+        out=run.out,
+        adapter_dir=run.out,
+        metrics=metrics,
+        geometry_log=rows,
+        time_per_step=time_per_step,
+        provenance=provenance,
+        guards=provenance["guards"],
+        concepts=list(setup.names),
+        step_times=geometry.step_times,
+        atlas=setup.atlas,
+        lm=tuned,
+    )
+
+
+def _metrics(
+    setup: _Setup,
+    trainer: GuardedTrainer,
+    rows: list[dict[str, Any]],
+    ckpt: Path | None,
+    runtime: float,
+) -> dict[str, Any]:
+    w = window(len(rows))
+    losses = [r["loss"] for r in rows]
+    data = setup.data
+    return {
+        "steps": int(trainer.state.global_step),
+        "epochs": float(trainer.state.epoch or 0.0),
+        "window": w,
+        "first_loss": statistics.fmean(losses[:w]) if losses else float("nan"),
+        "final_loss": statistics.fmean(losses[-w:]) if losses else float("nan"),
+        "final_penalty": statistics.fmean(r["penalty"] for r in rows[-w:]) if rows else 0.0,
+        "train_runtime_s": runtime,
+        "n_examples": len(data),
+        "n_tokens": data.n_tokens,
+        "n_response_tokens": data.n_response_tokens,
+        "n_truncated": data.n_truncated,
+        "n_skipped": len(data.skipped),
+        "resumed_from_step": int(ckpt.name.split("-")[-1]) if ckpt is not None else 0,
+    }
+
+
+def _provenance(
+    setup: _Setup, trainer: GuardedTrainer, probes: list[Probe], t_start: float
+) -> dict[str, Any]:
+    atlas_prov: dict[str, Any] | None = None
+    if setup.atlas is not None:
+        arg = setup.atlas_arg
+        folder = str(arg) if isinstance(arg, (str, Path)) else None
+        atlas_prov = {
+            **setup.atlas.provenance,
+            "path": "atlas" if setup.extracted else folder,
+            "extracted_for_run": setup.extracted,
+            "layers_used": {p.name: p.layer for p in probes},
+        }
+    return {
+        **setup.lm.provenance(),
+        "data": setup.data.source,
+        "data_hash": setup.data.data_hash,
+        "max_examples": setup.config.max_examples,
+        "guards": setup.kinds + [guard_name(g) for g in setup.objects],
+        "guard_concepts": setup.names,
+        "guard_config": guardlib.config_dict(setup.guard_config) if setup.kinds else {},
+        "atlas": atlas_prov,
+        "hook_site": HOOK_SITE,
+        "projection": "mean over assistant tokens of the training batch, at each concept's "
+        "best atlas layer",
+        "config": setup.config.to_dict(),
+        "seed": setup.config.seed,
+        "geomsafe_version": geomsafe.__version__,
+        "torch": torch.__version__,
+        "device": str(trainer.args.device),
+        "world_size": int(trainer.args.world_size),
+        "wall_s": time.perf_counter() - t_start,
+        **_versions(),
+    }
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import transformers
+
+    return {"transformers": transformers.__version__, "peft": peft.__version__}

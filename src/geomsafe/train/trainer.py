@@ -1,0 +1,372 @@
+"""transformers' Trainer with geometric guards plugged in.
+
+- :class:`PadCollator` pads ``input_ids`` / ``labels`` / ``attention_mask`` on the right.
+- :class:`GuardedTrainer` installs every guard's hooks (a context manager) around the training
+  forward pass, adds the guards' penalties to the task loss before backward, and records the
+  per-step loss, penalty and (with a :class:`ProjectionMonitor`) the mean projection of the
+  assistant tokens' residual stream on each guarded harmful direction.
+- :class:`GeometryCallback` calls every guard's ``after_step`` after each optimiser step,
+  times the step and appends one row per step to the geometry log (and to
+  ``geometry_log.jsonl`` in every checkpoint, so a resumed run keeps its history).
+
+Nothing here assumes one process: the Trainer (and so ``accelerate launch``) handles devices,
+DDP/FSDP and gradient accumulation; the guards see the unwrapped model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from geomsafe.atlas import FeatureAtlas
+from geomsafe.layers import get_layers
+from geomsafe.train.config import TrainConfig
+from geomsafe.train.data import IGNORE_INDEX
+
+GEOMETRY_LOG = "geometry_log.jsonl"
+
+
+class GuardLike(Protocol):
+    """What the trainer needs of a guard (see :mod:`geomsafe.guard`)."""
+
+    def install(self, model: nn.Module) -> contextlib.AbstractContextManager: ...
+    def penalty(self, model: nn.Module, inputs: dict[str, Tensor]) -> Tensor | None: ...
+    def after_step(self, model: nn.Module) -> None: ...
+    def log(self) -> dict[str, float]: ...
+
+
+def guard_name(guard: object) -> str:
+    return str(getattr(guard, "name", None) or type(guard).__name__.lower())
+
+
+@dataclass
+class PadCollator:
+    """Right-pads a list of ``{"input_ids", "labels"}`` features into a batch."""
+
+    pad_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: Sequence[dict[str, Sequence[int]]]) -> dict[str, Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            m = self.pad_to_multiple_of
+            width = (width + m - 1) // m * m
+        ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(features), width), dtype=torch.long)
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            ids[row, :n] = torch.as_tensor(f["input_ids"], dtype=torch.long)
+            labels[row, :n] = torch.as_tensor(f["labels"], dtype=torch.long)
+            mask[row, :n] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@dataclass
+class Probe:
+    """Measure the projection of the residual stream (output of ``layer``) on ``direction``."""
+
+    name: str
+    layer: int
+    direction: Tensor  # [D], unit
+
+
+def probes_for(atlas: FeatureAtlas | None, names: Sequence[str]) -> list[Probe]:
+    """One probe per concept, at its best atlas layer."""
+    if atlas is None:
+        return []
+    return [Probe(n, atlas.best_layer(n), atlas.direction(n, atlas.best_layer(n))) for n in names]
+
+
+class ProjectionMonitor:
+    """Mean projection of the assistant tokens' residual stream on each probe's direction,
+    measured inside the training forward pass (no extra forward; detached)."""
+
+    def __init__(self, probes: Sequence[Probe], layer_template: str | None = None) -> None:
+        self.probes = list(probes)
+        self.layer_template = layer_template
+        by_layer: dict[int, list[Probe]] = {}
+        for p in self.probes:
+            by_layer.setdefault(p.layer, []).append(p)
+        self._names = {layer: [p.name for p in ps] for layer, ps in by_layer.items()}
+        self._dirs = {
+            layer: torch.stack([p.direction.float() for p in ps]) for layer, ps in by_layer.items()
+        }
+        self._sums: dict[str, float | Tensor] = {}
+        self._count = 0.0
+
+    @contextlib.contextmanager
+    def watch(self, model: nn.Module, labels: Tensor) -> Iterator[None]:
+        blocks = get_layers(model, self.layer_template)
+        mask = (labels != IGNORE_INDEX).float()
+        n = mask.sum()
+        handles = []
+
+        def make_hook(layer: int):
+            def hook(_m: nn.Module, _i: tuple, output: object) -> None:
+                hidden = output[0] if isinstance(output, tuple) else output
+                with torch.no_grad():
+                    dirs = self._dirs[layer].to(hidden.device)
+                    proj = hidden.detach().float() @ dirs.T  # [B, T, F]
+                    sums = (proj * mask.to(hidden.device).unsqueeze(-1)).sum((0, 1))
+                for j, name in enumerate(self._names[layer]):
+                    self._sums[name] = self._sums.get(name, 0.0) + sums[j]
+
+            return hook
+
+        try:
+            for layer in self._dirs:
+                handles.append(blocks[layer].register_forward_hook(make_hook(layer)))
+            yield
+            self._count += float(n)
+        finally:
+            for h in handles:
+                h.remove()
+
+    def pop(self) -> dict[str, float]:
+        """The step's mean projections (``proj/<name>``); resets the accumulators."""
+        out = {}
+        if self._count > 0:
+            out = {f"proj/{k}": float(v) / self._count for k, v in self._sums.items()}
+        self._sums, self._count = {}, 0.0
+        return out
+
+
+class GuardedTrainer(Trainer):
+    """A Trainer whose training loss is ``task loss + sum of guard penalties``."""
+
+    def __init__(
+        self,
+        *args: Any,
+        guards: Sequence[GuardLike] = (),
+        monitor: ProjectionMonitor | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.guards = list(guards)
+        self.monitor = monitor
+        self._task: list[Tensor] = []
+        self._penalty: list[Tensor] = []
+
+    def _ga_steps(self) -> int:
+        return int(
+            getattr(self, "current_gradient_accumulation_steps", None)
+            or self.args.gradient_accumulation_steps
+        )
+
+    def _loss_is_scaled(self, num_items_in_batch: object) -> bool:
+        """Whether the Trainer treats the returned loss as already divided over the accumulated
+        batch (then it does not divide by the accumulation steps itself)."""
+        explicit = getattr(self, "loss_is_scaled_for_ga", None)
+        if explicit is not None:
+            return bool(explicit)
+        return bool(
+            (self.model_accepts_loss_kwargs and num_items_in_batch is not None)
+            or self.compute_loss_func is not None
+        )
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Tensor | Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Tensor | int | None = None,
+    ):
+        if not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        net = self.accelerator.unwrap_model(model)
+        with contextlib.ExitStack() as stack:
+            if self.monitor is not None:
+                stack.enter_context(self.monitor.watch(net, inputs["labels"]))
+            for guard in self.guards:
+                stack.enter_context(guard.install(net))
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        if not return_outputs:
+            del outputs  # free the logits before the guards' penalties (a base forward, maybe)
+        scaled = self._loss_is_scaled(num_items_in_batch)
+        # Under DDP with token averaging the Trainer has already multiplied the loss by the
+        # number of processes, so this is the rank's own mean token loss again.
+        task = loss.detach()
+        self._task.append(task if scaled else task / self._ga_steps())
+        penalty: Tensor | None = None
+        for guard in self.guards:
+            p = guard.penalty(net, inputs)
+            if p is not None:
+                penalty = p if penalty is None else penalty + p
+        if penalty is not None:
+            self._penalty.append(penalty.detach() / self._ga_steps())
+            # The task loss is (or will be) divided over the accumulated micro-batches; do the
+            # same to the penalty so its weight does not depend on grad_accum.
+            loss = loss + (penalty / self._ga_steps() if scaled else penalty)
+        return (loss, outputs) if return_outputs else loss
+
+    def pop_step_stats(self) -> dict[str, float]:
+        """The finished step's task loss and guard penalty; resets the accumulators."""
+        out = {"loss": float(torch.stack(self._task).sum()) if self._task else float("nan")}
+        out["penalty"] = float(torch.stack(self._penalty).sum()) if self._penalty else 0.0
+        self._task, self._penalty = [], []
+        if self.monitor is not None:
+            out.update(self.monitor.pop())
+        return out
+
+
+def merge_guard_logs(guards: Sequence[GuardLike], row: dict[str, Any]) -> dict[str, Any]:
+    """Add every guard's ``log()`` to ``row``: namespaced as ``<guard>/<key>``, and un-namespaced
+    when the key is not in the row yet (the monitor's ``proj/<name>`` and the trainer's
+    ``penalty`` take precedence)."""
+    for guard in guards:
+        name = guard_name(guard)
+        for key, value in (guard.log() or {}).items():
+            value = float(value)
+            row[f"{name}/{key}"] = value
+            row.setdefault(key, value)
+    return row
+
+
+@dataclass
+class GeometryCallback(TrainerCallback):
+    """Runs guards' ``after_step``, times steps and keeps the geometry log (one row per step)."""
+
+    trainer: GuardedTrainer | None = None
+    log_path: Path | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    step_times: list[float] = field(default_factory=list)
+    _t0: float = 0.0
+
+    def _sync(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # Resuming: keep the history up to the checkpoint, drop what came after it.
+        self.rows = [r for r in self.rows if r["step"] <= state.global_step]
+        if self.log_path is not None and state.is_world_process_zero:
+            text = "".join(json.dumps(r) + "\n" for r in self.rows)
+            self.log_path.write_text(text)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._sync()
+        self._t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        trainer = self.trainer
+        assert trainer is not None
+        net = trainer.accelerator.unwrap_model(model if model is not None else trainer.model)
+        for guard in trainer.guards:
+            guard.after_step(net)
+        self._sync()
+        dt = time.perf_counter() - self._t0
+        self.step_times.append(dt)
+        row: dict[str, Any] = {
+            "step": state.global_step,
+            "epoch": round(float(state.epoch or 0), 4),
+        }
+        row.update(trainer.pop_step_stats())
+        row["lr"] = float(trainer._get_learning_rate())
+        row["step_time_s"] = dt
+        row = merge_guard_logs(trainer.guards, row)
+        self.rows.append(row)
+        if self.log_path is not None and state.is_world_process_zero:
+            with self.log_path.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if ckpt.is_dir():
+            text = "".join(json.dumps(r) + "\n" for r in self.rows)
+            (ckpt / GEOMETRY_LOG).write_text(text)
+
+
+@dataclass
+class ProgressBar(TrainerCallback):
+    """A tqdm bar over optimiser steps showing the loss and guard penalty."""
+
+    geometry: GeometryCallback
+    desc: str = "finetune"
+    bar: Any = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.bar = tqdm(
+                total=state.max_steps,
+                initial=state.global_step,
+                desc=self.desc,
+                unit="step",
+                dynamic_ncols=True,
+            )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is None or not self.geometry.rows:
+            return
+        row = self.geometry.rows[-1]
+        post = {"loss": f"{row['loss']:.3f}"}
+        if self.geometry.trainer is not None and self.geometry.trainer.guards:
+            post["penalty"] = f"{row['penalty']:.3g}"
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(1)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def training_arguments(
+    config: TrainConfig, output_dir: str | Path, save: bool = True
+) -> TrainingArguments:
+    """TrainingArguments for ``config``: no reporting, CPU when there is no CUDA, quiet."""
+    cuda = torch.cuda.is_available()
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        logging_strategy="steps",
+        logging_steps=config.logging_steps,
+        save_strategy="steps" if save else "no",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to=[],
+        use_cpu=not cuda,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=cuda,
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        ddp_find_unused_parameters=False,
+        bf16=config.bf16,
+        log_level="error",
+    )
+    kwargs.update(config.extra_args)
+    return TrainingArguments(**kwargs)
+
+
+def quiet(trainer: Trainer) -> None:
+    """Remove the Trainer's own printing callbacks (we show our own bar and table)."""
+    for cb in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(cb)
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
