@@ -12,7 +12,7 @@ from geomsafe.cli import main
 from geomsafe.errors import GeomsafeError
 from geomsafe.testing import tiny_model
 
-WORDS = "apple river cloud stone music paper garden window light table".split()
+WORDS = ["apple", "river", "cloud", "stone", "music", "paper", "garden", "window", "light", "table"]
 
 
 def _concept(folder: Path, name: str, kind: str, pos: str, neg: str, n: int = 16) -> str:

@@ -133,3 +133,19 @@ def test_bad_inputs(tiny_llama):
         capture(tiny_llama, EXAMPLES, layers=[7], progress=False)
     with pytest.raises(GeomsafeError, match="no examples"):
         capture(tiny_llama, [], progress=False)
+
+
+def test_over_long_examples_keep_prompt_end_and_response_start():
+    from geomsafe.formatting import Example, encode
+    from geomsafe.testing import char_tokenizer
+
+    tok = char_tokenizer()
+    ex = Example("p" * 300 + " question?", "r" * 40)
+    full = encode(tok, ex)
+    cut = encode(tok, ex, max_length=100)
+    assert len(cut.input_ids) == 100 and cut.length - cut.prompt_len == 40
+    assert cut.input_ids[-40:] == full.input_ids[-40:]  # the whole response
+    assert cut.input_ids[:60] == full.input_ids[full.prompt_len - 60 : full.prompt_len]
+    long_r = encode(tok, Example("q?", "r" * 300), max_length=100)
+    assert long_r.length == 100 and long_r.length - long_r.prompt_len >= 50
+    assert encode(tok, Example("p" * 300), max_length=50).length == 50

@@ -53,7 +53,8 @@ def test_extract_matches_manual_capture_and_roundtrips(tiny_llama, tmp_path):
     assert atlas.layers == [0, 1, 2] and atlas.kinds == {"c": "harmful", "t": "target"}
     stats = atlas.stats["c"]
     assert len(stats["heldout_auroc"]) == 3 and stats["best_layer"] in atlas.layers
-    assert stats["best_auroc"] == max(stats["heldout_auroc"])
+    assert stats["best_auroc"] >= max(stats["heldout_auroc"]) - 5e-4
+    assert len(stats["heldout_effect_size"]) == 3
     prov = atlas.provenance
     assert prov["hook_site"] == "decoder_layer_output" and prov["token_rule"] == "response"
     assert prov["data_hash"]["c"] == cs.data_hash() and "geomsafe_version" in prov
@@ -76,3 +77,19 @@ def test_extract_bad_inputs(tiny_llama, tmp_path):
         extract(tiny_llama, [_concept(), _concept()], progress=False)
     with pytest.raises(GeomsafeError, match="no atlas"):
         FeatureAtlas.load(tmp_path)
+
+
+def test_best_row_breaks_saturated_ties_by_effect_size():
+    from geomsafe.directions import best_row
+
+    assert best_row([1.0, 1.0, 0.9], [2.0, 5.0, 9.0]) == 1
+    assert best_row([0.7, 0.95, 0.9], [9.0, 1.0, 9.0]) == 1
+    assert best_row([1.0, 1.0], [3.0, 3.0]) == 0
+
+
+def test_effect_size_sign_and_scale():
+    from geomsafe.directions import effect_size
+
+    pos, neg = torch.tensor([2.0, 3.0, 4.0]), torch.tensor([0.0, 1.0, 2.0])
+    assert effect_size(pos, neg) == pytest.approx(2.0)
+    assert effect_size(neg, pos) == pytest.approx(-2.0)

@@ -4,7 +4,9 @@ between positive and negative responses, unit-normalised, with held-out separati
 Direction of concept c at layer l: ``mean(act | positive) - mean(act | negative)`` over the
 selected tokens (``response`` by default), then unit-normalised. Held-out separation: the
 direction is fitted on a random ``1 - holdout`` share of the pairs and the AUROC of the
-projection is measured on the rest; the saved direction is then refit on all pairs.
+projection is measured on the rest (with its effect size, Cohen's d); the saved direction is
+then refit on all pairs. Best layer: the highest held-out AUROC, ties (AUROC saturates at 1
+for many concepts) broken by the larger held-out effect size.
 """
 
 from __future__ import annotations
@@ -77,13 +79,33 @@ def split_pairs(n: int, holdout: float, seed: int) -> tuple[list[int], list[int]
     return sorted(idx[k:]), sorted(idx[:k])
 
 
-def separation(acts: ConceptActivations, holdout: float, seed: int) -> list[float]:
-    """Held-out AUROC per layer of the train-split direction."""
+def effect_size(pos: Tensor, neg: Tensor) -> float:
+    """Cohen's d of scores ``pos`` vs ``neg`` (difference of means over the pooled std)."""
+    pos, neg = pos.flatten().double(), neg.flatten().double()
+    if pos.numel() < 2 or neg.numel() < 2:
+        return float("nan")
+    pooled = ((pos.var() + neg.var()) / 2).sqrt().clamp_min(1e-12)
+    return float((pos.mean() - neg.mean()) / pooled)
+
+
+def separation(
+    acts: ConceptActivations, holdout: float, seed: int
+) -> tuple[list[float], list[float]]:
+    """Held-out AUROC and held-out effect size (Cohen's d) per layer of the train-split
+    direction."""
     train, test = split_pairs(acts.pos.shape[0], holdout, seed)
     direction = mean_difference(acts.pos[train], acts.neg[train])  # [L, D]
     pos_s = torch.einsum("nld,ld->nl", acts.pos[test], direction)
     neg_s = torch.einsum("nld,ld->nl", acts.neg[test], direction)
-    return [auroc(pos_s[:, j], neg_s[:, j]) for j in range(direction.shape[0])]
+    layers = range(direction.shape[0])
+    aucs = [auroc(pos_s[:, j], neg_s[:, j]) for j in layers]
+    return aucs, [effect_size(pos_s[:, j], neg_s[:, j]) for j in layers]
+
+
+def best_row(aucs: Sequence[float], effects: Sequence[float]) -> int:
+    """The row with the highest held-out AUROC (to 3 decimals); ties, common when AUROC
+    saturates at 1, go to the larger held-out effect size, then to the earlier layer."""
+    return max(range(len(aucs)), key=lambda j: (round(aucs[j], 3), effects[j], -j))
 
 
 def capture_concept(
@@ -145,10 +167,11 @@ def extract(
         raw = acts.pos.mean(0) - acts.neg.mean(0)
         directions[concept.name] = unit(raw)
         kinds[concept.name] = concept.kind
-        aucs = separation(acts, holdout, seed)
-        best = max(range(len(chosen)), key=lambda j: (aucs[j], -j))
+        aucs, effects = separation(acts, holdout, seed)
+        best = best_row(aucs, effects)
         stats[concept.name] = {
             "heldout_auroc": aucs,
+            "heldout_effect_size": effects,
             "best_layer": chosen[best],
             "best_auroc": aucs[best],
             "diff_norm": raw.norm(dim=-1).tolist(),

@@ -63,8 +63,10 @@ def encode(
     tokenizer: PreTrainedTokenizerBase, example: Example, max_length: int | None = None
 ) -> Encoded:
     """Encode one example. A BOS token is prepended when the tokenizer defines one and the
-    rendered prompt does not already start with it. Over-long examples are cut at the end
-    (the response loses tokens first)."""
+    rendered prompt does not already start with it. An over-long example keeps the end of its
+    prompt (the turn being answered and the assistant header) and the start of its response:
+    the response keeps at least half of ``max_length`` (all of it when it fits), the prompt
+    loses tokens from its start."""
     prompt_ids = _ids(tokenizer, render_prompt(tokenizer, example.messages()))
     bos = tokenizer.bos_token_id
     if bos is not None and getattr(tokenizer, "add_bos_token", False) and prompt_ids[:1] != [bos]:
@@ -76,10 +78,11 @@ def encode(
         # Without a chat template the prompt ends in "Assistant:", so the reply gets a space.
         sep = "" if getattr(tokenizer, "chat_template", None) else " "
         response_ids = _ids(tokenizer, sep + example.response)
-    ids = prompt_ids + response_ids
-    if max_length is not None and len(ids) > max_length:
-        ids = ids[:max_length]
-    return Encoded(tuple(ids), min(len(prompt_ids), len(ids)))
+    if max_length is not None and len(prompt_ids) + len(response_ids) > max_length:
+        keep_r = min(len(response_ids), max(max_length - len(prompt_ids), max_length // 2))
+        response_ids = response_ids[:keep_r]
+        prompt_ids = prompt_ids[len(prompt_ids) - (max_length - keep_r) :]
+    return Encoded(tuple(prompt_ids + response_ids), len(prompt_ids))
 
 
 def encode_all(
