@@ -34,12 +34,16 @@ def main() -> None:
 
 
 def _register() -> None:
-    from geomsafe.cli import audit, info, predict, report
+    from geomsafe.cli import audit, bench, evaluate, finetune, info, predict, report, toy
 
     main.add_command(info.info)
     main.add_command(audit.audit_cmd)
     main.add_command(predict.predict_cmd)
+    main.add_command(finetune.finetune)
+    main.add_command(evaluate.evaluate)
     main.add_command(report.report_cmd)
+    main.add_command(bench.bench_cmd)
+    main.add_command(toy.toy)
 
 
 _register()

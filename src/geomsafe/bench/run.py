@@ -1,0 +1,304 @@
+"""`bench`: fine-tune on each task with one fixed recipe, without and with a guard, evaluate
+before/after, and relate the geometry (overlap score, predicted shift) to what happened
+(toxic-output increase, measured shift).
+
+The run works in ``<parent>/.<name>.partial`` and renames it to ``out`` at the end: ``out``
+then holds ``bench.json`` (rows, correlations, provenance), ``table.md``, ``atlas/`` (the
+harmful features), ``eval-base/`` and ``eval/<task>-<guard>/`` (eval.json + generations) and
+``runs/<task>-<guard>/`` (adapter, geometry log, run.json).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+import geomsafe
+from geomsafe.atlas import atomic_write
+from geomsafe.audit import default_band
+from geomsafe.bench.config import BenchConfig
+from geomsafe.bench.geometry import task_geometry, task_pairs
+from geomsafe.bench.table import COLUMNS, cells, correlations, markdown
+from geomsafe.bench.tasks import Task, resolve_tasks
+from geomsafe.concepts import builtin_names, load_builtin
+from geomsafe.datasets import Dataset, load_dataset
+from geomsafe.directions import extract
+from geomsafe.errors import GeomsafeError
+from geomsafe.evaluate import EvalConfig, EvalResult, evaluate
+from geomsafe.models import LoadedModel, load
+from geomsafe.predict import probe_prompts
+from geomsafe.shift import measured_shift
+from geomsafe.train import TrainConfig, finetune
+
+BENCH_JSON = "bench.json"
+FORMAT = "geomsafe.bench/1"
+
+
+@dataclass
+class BenchResult:
+    rows: list[dict[str, Any]]
+    correlations: dict[str, dict[str, Any]]
+    shift_correlations: dict[str, dict[str, Any]]
+    provenance: dict[str, Any]
+    config: dict[str, Any]
+    out: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "provenance": self.provenance,
+            "config": self.config,
+            "shift_concept": self.config["shift_concept"],
+            "columns": list(COLUMNS),
+            "rows": self.rows,
+            "correlations": self.correlations,
+            "shift_correlations": self.shift_correlations,
+        }
+
+
+def _eval_config(cfg: BenchConfig) -> EvalConfig:
+    return EvalConfig(
+        n_prompts=cfg.n_prompts,
+        samples_per_prompt=cfg.samples_per_prompt,
+        max_new_tokens=cfg.eval_max_new_tokens,
+        n_xstest=cfg.n_xstest,
+        n_probe=cfg.n_probe,
+        em_probes=False,
+        n_boot=cfg.n_boot,
+        seed=cfg.seed,
+        data_root=cfg.data_root,
+    )
+
+
+def _recipe(cfg: BenchConfig) -> TrainConfig:
+    return TrainConfig(
+        max_steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        lora_r=cfg.lora_r,
+        lora_alpha=2 * cfg.lora_r,
+        max_length=cfg.max_length,
+        truncate=True,
+        seed=cfg.seed,
+        save_steps=10**9,
+    )
+
+
+def _ci(before: float, low: float, high: float, scale: float = 1.0) -> dict[str, float]:
+    return {"value": before * scale, "ci_low": low * scale, "ci_high": high * scale}
+
+
+def _change(ev: EvalResult, name: str) -> dict[str, float] | None:
+    c = ev.changes.get(name)
+    return None if c is None else _ci(c.delta.value, c.delta.low, c.delta.high, 100.0)
+
+
+def _rate(ci: Any) -> dict[str, float] | None:
+    return None if ci is None else _ci(ci.value, ci.low, ci.high)
+
+
+def _prepare(out: Path, overwrite: bool) -> Path:
+    if out.exists() and not out.is_dir():
+        raise GeomsafeError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise GeomsafeError(f"{out} already exists and is not empty; pass --overwrite")
+    work = out.parent / f".{out.name}.partial"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    return work
+
+
+def _finish(work: Path, out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    work.rename(out)
+
+
+def _sample(task: Task, cfg: BenchConfig) -> Dataset:
+    ds = load_dataset(task.path).sample(cfg.n_train, cfg.seed)
+    if len(ds) < cfg.batch_size:
+        raise GeomsafeError(f"task {task.name}: {len(ds)} examples, fewer than a batch")
+    return ds
+
+
+def bench(
+    model: str | LoadedModel = "default",
+    out: str | Path | None = None,
+    config: BenchConfig | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+) -> BenchResult:
+    """Run the benchmark of ``config`` (default: the full size) on ``model``; write it to
+    ``out`` when given. Returns the table rows and correlations."""
+    t0 = time.perf_counter()
+    cfg = (config or BenchConfig()).validate()
+    tasks = resolve_tasks(cfg.tasks, cfg.data_root)  # every input checked before any work
+    out_path = Path(out).absolute() if out is not None else None
+    if out_path is not None:
+        work = _prepare(out_path, overwrite)
+    else:
+        work = Path(tempfile.mkdtemp(prefix="geomsafe-bench-"))
+    try:
+        result = _run(model, tasks, cfg, work, progress, t0, command)
+        _write(work, result)
+        if out_path is None:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            _finish(work, out_path)
+            result.out = out_path
+        return result
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _run(
+    model: str | LoadedModel,
+    tasks: list[Task],
+    cfg: BenchConfig,
+    work: Path,
+    progress: bool,
+    t0: float,
+    command: str | None,
+) -> BenchResult:
+    lm = model if isinstance(model, LoadedModel) else load(model)
+    sets = [load_builtin(n).subset(cfg.concept_pairs, cfg.seed) for n in builtin_names("harmful")]
+    ex = extract(lm, sets, seed=cfg.seed, progress=progress)
+    atlas = ex.atlas
+    if cfg.shift_concept not in atlas.harmful:
+        raise GeomsafeError(f"shift concept {cfg.shift_concept!r} is not a harmful concept")
+    band = default_band(lm.n_layers)
+    atlas.save(work / "atlas")
+    ecfg = _eval_config(cfg)
+    base = evaluate(lm, out=work / "eval-base", config=ecfg, progress=progress)
+    probes = probe_prompts(cfg.n_shift_prompts)
+    recipe = _recipe(cfg)
+    rows: list[dict[str, Any]] = []
+    hashes: dict[str, str] = {}
+    bar = tqdm(total=len(tasks) * len(cfg.guards), desc="bench", disable=not progress)
+    try:
+        for task in tasks:
+            ds = _sample(task, cfg)
+            hashes[task.name] = ds.sha256
+            train_file = work / "data" / f"{task.name}.jsonl"
+            train_file.parent.mkdir(parents=True, exist_ok=True)
+            train_file.write_text("".join(r.raw.rstrip("\n") + "\n" for r in ds.records))
+            direction_set = Dataset(ds.path, ds.records[: cfg.n_direction], ds.sha256)
+            pairs = task_pairs(lm, direction_set, cfg.own_max_new_tokens)
+            geom = task_geometry(lm, pairs, atlas, ex.activations, band, seed=cfg.seed)
+            for guard in cfg.guards:
+                bar.set_postfix_str(f"{task.name} / {guard}")
+                t1 = time.perf_counter()
+                run = finetune(
+                    lm,
+                    train_file,
+                    work / "runs" / f"{task.name}-{guard}",
+                    guard=None if guard == "none" else guard,
+                    guard_concepts=atlas.harmful,
+                    atlas=atlas,
+                    config=recipe,
+                    progress=False,
+                )
+                assert run.lm is not None
+                measured = measured_shift(run.lm, probes, atlas, atlas.harmful)
+                ev = evaluate(
+                    run.lm,
+                    baseline=work / "eval-base" / "eval.json",
+                    out=work / "eval" / f"{task.name}-{guard}",
+                    config=ecfg,
+                    progress=False,
+                )
+                rows.append(
+                    _row(lm, task, guard, len(ds), base, ev, geom, measured, run.metrics, cfg)
+                    | {"seconds": time.perf_counter() - t1}
+                )
+                del run, ev
+                gc.collect()
+                bar.update()
+                if progress:
+                    tqdm.write("  ".join(cells(rows[-1])[1:]))
+    finally:
+        bar.close()
+    provenance = {
+        **lm.provenance(),
+        "atlas": atlas.provenance,
+        "band": band,
+        "data_sha256": hashes,
+        "eval_config": ecfg.to_dict(),
+        "train_config": recipe.to_dict(),
+        "geomsafe_version": geomsafe.__version__,
+        "command": command or "geomsafe.bench.bench(...)",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "seconds": time.perf_counter() - t0,
+    }
+    return BenchResult(
+        rows,
+        correlations(rows, "overlap.score", "toxic_increase_pp.value"),
+        correlations(rows, "predicted_shift", "measured_shift"),
+        provenance,
+        cfg.to_dict(),
+    )
+
+
+def _row(
+    lm: LoadedModel,
+    task: Task,
+    guard: str,
+    n_train: int,
+    base: EvalResult,
+    ev: EvalResult,
+    geom: Any,
+    measured: dict[str, float],
+    metrics: dict[str, Any],
+    cfg: BenchConfig,
+) -> dict[str, Any]:
+    ov = geom.overlap
+    before = base.model.metrics.get("toxic_rate")
+    after = ev.model.metrics.get("toxic_rate")
+    return {
+        "model": lm.spec,
+        "task": task.name,
+        "task_kind": task.kind,
+        "guard": guard,
+        "n_train": n_train,
+        "toxic_before": _rate(before.ci if before else None),
+        "toxic_after": _rate(after.ci if after else None),
+        "toxic_increase_pp": _change(ev, "toxic_rate"),
+        "refusal_increase_pp": _change(ev, "xstest_refusal"),
+        "overlap": {
+            "score": ov.score,
+            "harmful": ov.harmful,
+            "layer": ov.layers[len(ov.layers) // 2],
+            "layers": ov.layers,
+            "p_value": ov.p_value,
+            "ci_low": ov.ci_low,
+            "ci_high": ov.ci_high,
+            "null_q95": ov.null_q95,
+            "cosines": ov.cosines,
+            "n_pairs": geom.n_pairs,
+        },
+        "predicted_shift": geom.predicted[cfg.shift_concept],
+        "measured_shift": measured[cfg.shift_concept],
+        "predicted": geom.predicted,
+        "measured": measured,
+        "final_loss": metrics.get("final_loss"),
+        "first_loss": metrics.get("first_loss"),
+    }
+
+
+def _write(work: Path, result: BenchResult) -> None:
+    payload = result.to_dict()
+    atomic_write(work / BENCH_JSON, lambda p: Path(p).write_text(json.dumps(payload, indent=1)))
+    atomic_write(work / "table.md", lambda p: Path(p).write_text(markdown(payload)))

@@ -1,0 +1,104 @@
+"""The benchmark table: rows, correlations, and the printed / Markdown forms."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from scipy.stats import pearsonr, spearmanr
+
+COLUMNS = (
+    "model",
+    "fine-tuning task",
+    "guard",
+    "% increase in toxic output (95% CI)",
+    "geometric overlap score (nearest harmful, p)",
+    "predicted shift",
+    "measured shift",
+    "final loss",
+)
+
+
+def correlation(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
+    """Pearson and Spearman correlation with p-values; NaN where undefined (n < 3 or a
+    constant input)."""
+    n = len(x)
+    out: dict[str, Any] = {"n": n}
+    ok = n >= 3 and len(set(x)) > 1 and len(set(y)) > 1
+    for key, fn in (("pearson", pearsonr), ("spearman", spearmanr)):
+        if ok:
+            res = fn(x, y)
+            out[key], out[f"{key}_p"] = float(res.statistic), float(res.pvalue)
+        else:
+            out[key], out[f"{key}_p"] = math.nan, math.nan
+    return out
+
+
+def correlations(rows: Sequence[dict[str, Any]], x: str, y: str) -> dict[str, dict[str, Any]]:
+    """Per guard setting, the correlation of ``x`` with ``y`` over the tasks."""
+    out = {}
+    for guard in dict.fromkeys(r["guard"] for r in rows):
+        sub = [r for r in rows if r["guard"] == guard]
+        out[guard] = correlation([_num(r, x) for r in sub], [_num(r, y) for r in sub])
+    return out
+
+
+def _num(row: dict[str, Any], key: str) -> float:
+    v: Any = row
+    for part in key.split("."):
+        v = v[part]
+    return float(v)
+
+
+def _ci(d: dict[str, float] | None, digits: int = 1) -> str:
+    if not d:
+        return "–"
+    return f"{d['value']:+.{digits}f} [{d['ci_low']:+.{digits}f}, {d['ci_high']:+.{digits}f}]"
+
+
+def cells(row: dict[str, Any]) -> list[str]:
+    ov = row["overlap"]
+    return [
+        row["model"],
+        row["task"],
+        row["guard"],
+        _ci(row["toxic_increase_pp"]),
+        f"{ov['score']:.3f} ({ov['harmful']}, p={ov['p_value']:.3f})",
+        f"{row['predicted_shift']:+.3f}",
+        f"{row['measured_shift']:+.3f}",
+        f"{row['final_loss']:.3f}",
+    ]
+
+
+def _fmt(v: float) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.2f}"
+
+
+def correlation_lines(corr: dict[str, dict[str, Any]], what: str) -> list[str]:
+    return [
+        f"{what}, guard {g}: Pearson {_fmt(c['pearson'])} (p={_fmt(c['pearson_p'])}), "
+        f"Spearman {_fmt(c['spearman'])} (p={_fmt(c['spearman_p'])}), n={c['n']}"
+        for g, c in corr.items()
+    ]
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The table and its correlations as Markdown, with the command that produced them."""
+    head = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
+    body = "".join("| " + " | ".join(cells(r)) + " |\n" for r in result["rows"])
+    prov = result["provenance"]
+    lines = [
+        f"Command: `{prov['command']}`  ",
+        f"geomsafe {prov['geomsafe_version']}, model {prov['model_spec']}, "
+        f"{prov['seconds'] / 60:.1f} min on {prov.get('machine', 'this machine')}; "
+        f"shifts along `{result['shift_concept']}`.",
+        "",
+        head + body,
+        *[f"- {x}" for x in correlation_lines(result["correlations"], "overlap vs toxic increase")],
+        *[
+            f"- {x}"
+            for x in correlation_lines(result["shift_correlations"], "predicted vs measured shift")
+        ],
+    ]
+    return "\n".join(lines) + "\n"
