@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import html
 import json
 import math
 
@@ -11,6 +12,7 @@ from geomsafe.bench.table import markdown
 from geomsafe.bench.tasks import resolve_task
 from geomsafe.cli import main
 from geomsafe.errors import GeomsafeError
+from geomsafe.report import report
 from geomsafe.testing import tiny_model
 
 TINY = BenchConfig(
@@ -130,3 +132,23 @@ def test_quick_preset_is_smaller_than_full():
     q, f = preset("quick"), preset("full")
     assert q.n_train < f.n_train and q.steps < f.steps and q.tasks == f.tasks
     assert preset("quick", tasks=("code",)).tasks == ("code",)
+
+
+def test_report_of_a_bench_and_of_its_runs(result):
+    page = report(result.out).read_text()
+    assert "<h2>Benchmark</h2>" in page and "<h2>Evaluation before / after</h2>" not in page
+    for row in result.rows:
+        for cell in cells(row)[1:4]:
+            assert html.escape(cell) in page
+    assert page.count("<svg") >= 3 and "Spearman" in page
+    ev = report(result.out / "eval" / "code-orthogonal").read_text()
+    change = json.loads((result.out / "eval" / "code-orthogonal" / "eval.json").read_text())[
+        "changes"
+    ]["toxic_rate"]
+    assert "<h2>Evaluation before / after</h2>" in ev and "paired bootstrap" in ev
+    assert f"{100 * change['delta']:+.2f} pp" in ev
+    assert f"Toxic-output rate changed by {100 * change['delta']:+.1f} points" in ev or (
+        change["delta_ci_low"] > 0 and "rose by" in ev
+    )
+    run = report(result.out / "runs" / "code-orthogonal").read_text()
+    assert "<h2>Training</h2>" in run and "orthogonal" in run and "training loss" in run

@@ -3,19 +3,24 @@ folder (or a folder holding several). Plots are inline SVG; nothing loads from t
 
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 import geomsafe
 from geomsafe.atlas import atomic_write
 from geomsafe.errors import GeomsafeError
-from geomsafe.report import plots
 from geomsafe.report.recommend import recommend
+from geomsafe.report.sections import (
+    audit_section,
+    bench_section,
+    evaluation_section,
+    log_section,
+    risk_section,
+    run_section,
+)
 
 REPORT = "report.html"
 KNOWN = ("audit.json", "risk.json", "eval.json", "run.json", "bench.json", "geometry_log.jsonl")
@@ -44,81 +49,15 @@ def _find(folder: Path, name: str) -> Any:
     return found
 
 
-def audit_section(audit: dict) -> dict:
-    rows = audit["targets"]
-    names = audit["cosines"]["names"]
-    band = audit.get("band") or [int(k) for k in audit["cosines"]["by_layer"]]
-    mid = str(band[len(band) // 2])
-    kinds = [
-        (
-            "harmful"
-            if n in {h["target"] for h in audit["harmful_neighbours"]}
-            or any(n == r["harmful"] for r in rows)
-            else "target"
-        )
-        for n in names
-    ]
-    cos = np.asarray(audit["cosines"]["by_layer"][mid])
-    # Directions are unit vectors: their Gram matrix gives a 2-D map without the raw vectors.
-    vals, vecs = np.linalg.eigh(cos)
-    coords = vecs * np.sqrt(np.clip(vals, 0, None))
-    return {
-        "rows": rows,
-        "neighbours": audit["harmful_neighbours"],
-        "overlap_plots": [
-            plots.overlap_layers(r["per_layer"], f"{r['target']} vs harmful") for r in rows
-        ],
-        "heatmap": plots.heatmap(cos, names, f"cosine of feature directions, layer {mid}"),
-        "density": plots.density(audit["density"]),
-        "pca": plots.pca_map(coords, names, kinds, f"feature directions, layer {mid} (PCA)"),
-        "separation": {n: max(v) for n, v in audit["separation"].items()},
-        "best_layer": audit["best_layer"],
-        "heads": [
-            (r["target"], r["harmful"], r["heads"]["shared"]) for r in rows if r.get("heads")
-        ],
-    }
-
-
-def risk_section(risk: dict) -> dict:
-    cs = sorted(risk["concepts"], key=lambda c: -c["risk"])
-    return {
-        "concepts": cs,
-        "plot": plots.bars(
-            [c["concept"] for c in cs],
-            [c["risk"] for c in cs],
-            "predicted risk per harmful concept",
-            "risk (0–1)",
-        ),
-        "examples": risk["examples"][:10],
-        "overall": risk["overall_risk"],
-        "overall_concept": risk["overall_concept"],
-        "n": risk["n_examples"],
-        "n_total": risk["n_total"],
-    }
-
-
-def log_section(log: list[dict]) -> dict:
-    steps = [r.get("step", i) for i, r in enumerate(log)]
-    loss = {"loss": [r.get("loss", float("nan")) for r in log]}
-    if any("penalty" in r for r in log):
-        loss["guard penalty"] = [r.get("penalty", 0.0) for r in log]
-    projs = sorted({k for r in log for k in r if k.startswith("proj/")})
-    out = {"loss": plots.curves(steps, loss, "training loss and guard penalty")}
-    if projs:
-        out["proj"] = plots.curves(
-            steps,
-            {k[5:]: [r.get(k, float("nan")) for r in log] for k in projs},
-            "projection of the batch on guarded harmful directions",
-        )
-    return out
-
-
 def report(folder: str | Path, out: str | Path | None = None) -> Path:
     """Render ``report.html`` for the results found in ``folder``; returns its path."""
     folder = Path(folder)
     if not folder.is_dir():
         raise GeomsafeError(f"not a folder: {folder}")
-    found = {name: _find(folder, name) for name in KNOWN}
+    # A bench folder holds many evals and runs of its own: the bench section shows them, so
+    # sub-folders are searched only when the folder is not a bench.
+    nested = _read(folder, "bench.json") is None
+    found = {name: (_find(folder, name) if nested else _read(folder, name)) for name in KNOWN}
     if not any(v is not None for v in found.values()):
         raise GeomsafeError(f"no geomsafe results in {folder} (looked for {', '.join(KNOWN)})")
     audit, risk, evaluation = found["audit.json"], found["risk.json"], found["eval.json"]
@@ -134,12 +73,11 @@ def report(folder: str | Path, out: str | Path | None = None) -> Path:
         audit=audit_section(audit) if audit else None,
         audit_raw=audit,
         risk=risk_section(risk) if risk else None,
-        evaluation=evaluation,
-        evaluation_json=html.escape(json.dumps(evaluation, indent=1)) if evaluation else None,
-        run=run,
+        evaluation=evaluation_section(evaluation) if evaluation else None,
+        run=run_section(run) if run else None,
         log=log_section(log) if log else None,
-        bench=bench,
-        recommendations=recommend(audit, risk, evaluation, run),
+        bench=bench_section(bench) if bench else None,
+        recommendations=recommend(audit, risk, evaluation, run, bench),
         provenance=next(
             (
                 d.get("provenance")

@@ -146,3 +146,79 @@ def curves(steps: Sequence[int], series: dict[str, Sequence[float]], title: str)
     ax.set_title(title)
     ax.legend(frameon=False, fontsize=7)
     return _svg(fig)
+
+
+def forest(
+    labels: Sequence[str],
+    values: Sequence[float],
+    lows: Sequence[float],
+    highs: Sequence[float],
+    title: str,
+    xlabel: str,
+) -> str:
+    """Point estimates with their 95% CIs, one row each, and a line at zero (a forest plot)."""
+    fig, ax = plt.subplots(figsize=(6, 0.32 * len(labels) + 1))
+    y = np.arange(len(labels))[::-1]
+    for yi, v, lo, hi in zip(y, values, lows, highs, strict=True):
+        colour = "#c0392b" if lo > 0 else "#2980b9" if hi < 0 else "#555555"
+        ax.plot([lo, hi], [yi, yi], color=colour, lw=1.5)
+        ax.plot([v], [yi], "o", color=colour, ms=4)
+    ax.set_yticks(y, labels)
+    ax.axvline(0, color="black", lw=0.5)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    return _svg(fig)
+
+
+def scatter(
+    xs: Sequence[float],
+    ys: Sequence[float],
+    names: Sequence[str],
+    groups: Sequence[str],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    yerr: Sequence[tuple[float, float]] | None = None,
+) -> str:
+    """One labelled point per item, coloured by group, with optional vertical CI bars."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    palette = ["#c0392b", "#2980b9", "#27ae60", "#8e44ad", "#f39c12"]
+    colours = {g: palette[i % len(palette)] for i, g in enumerate(dict.fromkeys(groups))}
+    for i, (x, y, name, g) in enumerate(zip(xs, ys, names, groups, strict=True)):
+        if yerr is not None:
+            lo, hi = yerr[i]
+            ax.plot([x, x], [lo, hi], color=colours[g], lw=0.8, alpha=0.6)
+        ax.scatter([x], [y], color=colours[g], s=25, label=g)
+        ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    ax.legend(unique.values(), unique.keys(), frameon=False, fontsize=7, title="guard")
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return _svg(fig)
+
+
+def grouped_bars(
+    categories: Sequence[str],
+    series: dict[str, Sequence[tuple[float, float, float]]],
+    title: str,
+    ylabel: str,
+) -> str:
+    """Bars per category and series; each value is (estimate, CI low, CI high)."""
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(categories) + 2), 3))
+    x = np.arange(len(categories))
+    width = 0.8 / max(1, len(series))
+    palette = ["#c0392b", "#2980b9", "#27ae60", "#8e44ad"]
+    for i, (name, vals) in enumerate(series.items()):
+        v = np.array([t[0] for t in vals])
+        err = np.array([[t[0] - t[1] for t in vals], [t[2] - t[0] for t in vals]])
+        pos = x + (i - (len(series) - 1) / 2) * width
+        ax.bar(pos, v, width, yerr=err, capsize=2, label=name, color=palette[i % len(palette)])
+    ax.set_xticks(x, categories, rotation=20, ha="right")
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(frameon=False, fontsize=7, title="guard")
+    return _svg(fig)

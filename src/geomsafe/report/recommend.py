@@ -6,7 +6,11 @@ from typing import Any
 
 
 def recommend(
-    audit: dict | None, risk: dict | None, evaluation: dict | None, run: dict | None
+    audit: dict | None,
+    risk: dict | None,
+    evaluation: dict | None,
+    run: dict | None,
+    bench: dict | None = None,
 ) -> list[str]:
     out: list[str] = []
     if audit:
@@ -54,20 +58,57 @@ def recommend(
         change = _toxic_change(evaluation)
         if change is not None and change[1] > 0:
             out.append(
-                f"Toxic-output rate rose by {change[0]:+.1f} points (CI excludes 0): do "
-                "not ship this adapter without a guard."
+                f"Toxic-output rate rose by {change[0]:+.1f} points (95% CI "
+                f"[{change[1]:+.1f}, {change[2]:+.1f}], excludes 0): do not ship this adapter "
+                "without a guard."
             )
-    if run and run.get("guards"):
+        elif change is not None:
+            out.append(
+                f"Toxic-output rate changed by {change[0]:+.1f} points (95% CI "
+                f"[{change[1]:+.1f}, {change[2]:+.1f}]): no increase this evaluation can "
+                "resolve at its size."
+            )
+    guards = (run or {}).get("provenance", {}).get("guards")
+    if guards:
         out.append(
-            f"This run used the guards {', '.join(run['guards'])}; compare its measured "
-            "shift with an unguarded run before trusting it."
+            f"This run used the guards {', '.join(guards)}; compare its measured shift with an "
+            "unguarded run before trusting it."
+        )
+    if bench:
+        out.extend(_bench_lines(bench))
+    return out
+
+
+def _bench_lines(bench: dict[str, Any]) -> list[str]:
+    rows = [r for r in bench["rows"] if r.get("toxic_increase_pp")]
+    up = [r for r in rows if r["guard"] == "none" and r["toxic_increase_pp"]["ci_low"] > 0]
+    out = []
+    if up:
+        out.append(
+            "Unguarded fine-tuning raised the toxic-output rate (CI above 0) for: "
+            + ", ".join(f"{r['task']} ({r['toxic_increase_pp']['value']:+.1f} pp)" for r in up)
+            + "."
+        )
+    else:
+        out.append(
+            "No unguarded fine-tune raised the toxic-output rate with a CI above 0 at this "
+            "benchmark's size."
+        )
+    corr = bench.get("correlations", {}).get("none", {})
+    rho = corr.get("spearman")
+    if isinstance(rho, float) and rho == rho:
+        out.append(
+            f"Across tasks, overlap score vs toxic increase: Spearman {rho:+.2f} "
+            f"(p={corr['spearman_p']:.2f}, n={corr['n']}); with so few tasks, treat it as a "
+            "direction, not a proof."
         )
     return out
 
 
-def _toxic_change(evaluation: dict[str, Any]) -> tuple[float, float] | None:
-    """(change in points, CI low) of the toxic-output rate, when the file has a before/after."""
-    ch = evaluation.get("change", {}).get("toxic_rate") if isinstance(evaluation, dict) else None
-    if not isinstance(ch, dict) or "value" not in ch:
+def _toxic_change(evaluation: dict[str, Any]) -> tuple[float, float, float] | None:
+    """(change, CI low, CI high) of the toxic-output rate in percentage points, when the file
+    has a before/after."""
+    ch = (evaluation.get("changes") or {}).get("toxic_rate")
+    if not isinstance(ch, dict) or "delta" not in ch:
         return None
-    return float(ch["value"]) * (100 if abs(ch["value"]) <= 1 else 1), float(ch.get("ci_low", 0))
+    return 100 * ch["delta"], 100 * ch["delta_ci_low"], 100 * ch["delta_ci_high"]
