@@ -17,8 +17,14 @@ $(VENV)/.geomsafe-setup: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# The main job on the default model: audit (about 3 min), pre-flight risk of the built-in code
+# task set (about 1 min), one HTML report of both.
 demo: setup
 	$(VENV)/bin/geomsafe info --model default
+	$(VENV)/bin/geomsafe audit --model default --out $(OUT)/audit
+	$(VENV)/bin/geomsafe predict --model default --data task:code --atlas $(OUT)/audit \
+		--max-examples 48 --out $(OUT)/predict
+	$(VENV)/bin/geomsafe report $(OUT)
 
 test: setup
 	$(PY) -m pytest
@@ -26,8 +32,9 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests bench
 
+# The end-to-end benchmark, quick size (under 30 minutes on 2 CPU cores); table in runs/bench-quick.
 bench: setup
-	cd bench && ../$(PY) model_load.py && ../$(PY) capture.py
+	$(VENV)/bin/geomsafe bench --model default --quick --out runs/bench-quick --overwrite
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -141,6 +141,15 @@ def test_report_of_a_bench_and_of_its_runs(result):
         for cell in cells(row)[1:4]:
             assert html.escape(cell) in page
     assert page.count("<svg") >= 3 and "Spearman" in page
+    by = {(r["task"], r["guard"]): r for r in result.rows}
+    shift = [
+        abs(by[(t, "orthogonal")]["measured_shift"]) / abs(by[(t, "none")]["measured_shift"])
+        for t in TINY.tasks
+    ]
+    assert (
+        f"Guard 'orthogonal': median |measured shift| along 'toxicity' "
+        f"{sorted(shift)[1]:.2f}× the unguarded run's"
+    ) in html.unescape(page)
     ev = report(result.out / "eval" / "code-orthogonal").read_text()
     change = json.loads((result.out / "eval" / "code-orthogonal" / "eval.json").read_text())[
         "changes"

@@ -71,14 +71,14 @@ def cells(row: dict[str, Any]) -> list[str]:
     ]
 
 
-def _fmt(v: float) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.2f}"
+def _fmt(v: float, sign: str = "+") -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:{sign}.2f}"
 
 
 def correlation_lines(corr: dict[str, dict[str, Any]], what: str) -> list[str]:
     return [
-        f"{what}, guard {g}: Pearson {_fmt(c['pearson'])} (p={_fmt(c['pearson_p'])}), "
-        f"Spearman {_fmt(c['spearman'])} (p={_fmt(c['spearman_p'])}), n={c['n']}"
+        f"{what}, guard {g}: Pearson {_fmt(c['pearson'])} (p={_fmt(c['pearson_p'], '')}), "
+        f"Spearman {_fmt(c['spearman'])} (p={_fmt(c['spearman_p'], '')}), n={c['n']}"
         for g, c in corr.items()
     ]
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 
 def recommend(
     audit: dict | None,
@@ -94,6 +96,24 @@ def _bench_lines(bench: dict[str, Any]) -> list[str]:
             "No unguarded fine-tune raised the toxic-output rate with a CI above 0 at this "
             "benchmark's size."
         )
+    by = {(r["task"], r["guard"]): r for r in bench["rows"]}
+    for guard in dict.fromkeys(r["guard"] for r in bench["rows"] if r["guard"] != "none"):
+        pairs = [
+            (by[(t, "none")], r) for (t, g), r in by.items() if g == guard and (t, "none") in by
+        ]
+        shift = [
+            abs(g["measured_shift"]) / abs(n["measured_shift"])
+            for n, g in pairs
+            if n["measured_shift"]
+        ]
+        loss = [g["final_loss"] / n["final_loss"] for n, g in pairs if n.get("final_loss")]
+        if shift and loss:
+            out.append(
+                f"Guard '{guard}': median |measured shift| along "
+                f"'{bench.get('shift_concept', 'toxicity')}' {float(np.median(shift)):.2f}× the "
+                f"unguarded run's, at {float(np.median(loss)):.2f}× its final training loss "
+                f"(median over {len(pairs)} tasks)."
+            )
     corr = bench.get("correlations", {}).get("none", {})
     rho = corr.get("spearman")
     if isinstance(rho, float) and rho == rho:
