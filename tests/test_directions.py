@@ -65,6 +65,27 @@ def test_extract_matches_manual_capture_and_roundtrips(tiny_llama, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_shuffled_control_reuses_its_source_activations(tiny_llama, monkeypatch):
+    import geomsafe.directions as directions
+
+    cs = _concept(n=10)
+    control = cs.shuffled_labels(seed=1, name="ctl")
+    fresh = extract(tiny_llama, [control], progress=False, heads=True).activations["ctl"]
+    calls = []
+    real = directions.capture_concept
+    monkeypatch.setattr(
+        directions, "capture_concept", lambda lm, c, *a: calls.append(c.name) or real(lm, c, *a)
+    )
+    ex = extract(tiny_llama, [cs, control], progress=False, heads=True)
+    assert calls == ["c"]  # the control was not captured again
+    got = ex.activations["ctl"]
+    assert got.kind == "control" and got.layers == fresh.layers
+    for attr in ("pos", "neg", "heads_pos", "heads_neg"):
+        torch.testing.assert_close(getattr(got, attr), getattr(fresh, attr), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ex.atlas.directions["ctl"], mean_difference(fresh.pos, fresh.neg))
+    assert not torch.equal(got.pos, ex.activations["c"].pos)  # some labels were swapped
+
+
 def test_extract_separates_a_planted_concept(tiny_llama):
     ex = extract(tiny_llama, [_concept(n=24)], progress=False)
     assert ex.atlas.stats["c"]["best_auroc"] >= 0.9

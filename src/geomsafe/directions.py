@@ -142,6 +142,40 @@ def capture_concept(
     )
 
 
+Seen = dict[tuple[str, str], tuple[ConceptActivations, int, bool]]
+
+
+def _remember(seen: Seen, concept: ConceptSet, acts: ConceptActivations) -> None:
+    for i, p in enumerate(concept.pairs):
+        seen.setdefault((p.prompt, p.positive), (acts, i, True))
+        seen.setdefault((p.prompt, p.negative), (acts, i, False))
+
+
+def _reuse(seen: Seen, concept: ConceptSet) -> ConceptActivations | None:
+    """The concept's activations assembled from examples captured before (a label-shuffled
+    control re-uses its source's), or None when any of its examples is new."""
+    found = [
+        (seen.get((p.prompt, p.positive)), seen.get((p.prompt, p.negative))) for p in concept.pairs
+    ]
+    if not found or any(a is None or b is None for a, b in found):
+        return None
+
+    def rows(side: int, attr: str) -> Tensor | None:
+        parts = []
+        for f in found:
+            acts, i, positive = f[side]
+            t = getattr(acts, attr if positive else attr.replace("pos", "neg"))
+            if t is None:
+                return None
+            parts.append(t[i])
+        return torch.stack(parts)
+
+    layers = found[0][0][0].layers
+    pos, neg = rows(0, "pos"), rows(1, "pos")
+    hp, hn = rows(0, "heads_pos"), rows(1, "heads_pos")
+    return ConceptActivations(concept.name, concept.kind, layers, pos, neg, hp, hn)
+
+
 def extract(
     lm: LoadedModel,
     concepts: Sequence[ConceptSet],
@@ -154,7 +188,9 @@ def extract(
     progress: bool = True,
     heads: bool = False,
 ) -> Extraction:
-    """Capture every concept's pairs and build a :class:`FeatureAtlas`."""
+    """Capture every concept's pairs and build a :class:`FeatureAtlas`. A control concept whose
+    examples were all captured for an earlier concept (a label-shuffled copy) is not captured
+    again: its activations are those rows, re-labelled."""
     if not concepts:
         raise GeomsafeError("no concepts to extract")
     names = [c.name for c in concepts]
@@ -162,8 +198,12 @@ def extract(
         raise GeomsafeError(f"duplicate concept names: {names}")
     chosen = resolve_layers(lm.n_layers, list(layers) if layers is not None else None)
     directions, kinds, stats, acts_by_name = {}, {}, {}, {}
+    seen: Seen = {}
     for concept in concepts:
-        acts = capture_concept(lm, concept, chosen, tokens, batch_size, progress, heads)
+        acts = _reuse(seen, concept) if concept.kind == "control" else None
+        if acts is None:
+            acts = capture_concept(lm, concept, chosen, tokens, batch_size, progress, heads)
+            _remember(seen, concept, acts)
         raw = acts.pos.mean(0) - acts.neg.mean(0)
         directions[concept.name] = unit(raw)
         kinds[concept.name] = concept.kind
