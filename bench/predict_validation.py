@@ -5,7 +5,7 @@
 For each data set (emergent-misalignment insecure, jailbroken, secure_small, insecure_small,
 and the built-in benign task sets factual_qa, instruction_following, code, summarisation):
 1. predict the shift per harmful concept (projection difference with the model's own greedy
-   responses; prompt-anchored; first-order gradient), on a fixed sample;
+   responses; prompt-anchored; first-order gradient and its alignment), on a fixed sample;
 2. fine-tune LoRA briefly with one fixed recipe (same steps, lr, r, batch, seed for all);
 3. measure the shift with geomsafe.shift: the projection at the last prompt token of a fixed
    probe prompt set (the built-in evaluation prompts), tuned minus base, per concept.
@@ -44,7 +44,7 @@ DATASETS = {
     "code": "task:code",
     "summarisation": "task:summarisation",
 }
-ESTIMATORS = ("projection_difference", "prompt_anchored", "gradient")
+ESTIMATORS = ("projection_difference", "prompt_anchored", "gradient", "gradient_alignment")
 
 
 def pair_accuracy(pred: list[float], meas: list[float]) -> float:

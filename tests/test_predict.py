@@ -11,7 +11,7 @@ from geomsafe.concepts import ConceptSet, Pair
 from geomsafe.datasets import load_dataset
 from geomsafe.directions import extract
 from geomsafe.predict import predict
-from geomsafe.predict.gradient import gradient_shift, residual_writers, trainable
+from geomsafe.predict.gradient import gradient_estimate, residual_writers, trainable
 from geomsafe.predict.projection import generate_own
 
 
@@ -58,7 +58,19 @@ def test_predict_ranks_a_dataset_along_its_concept(setup, tmp_path):
     g = {c.concept: c for c in good.concepts}
     assert b["rude"].projection_difference > g["rude"].projection_difference
     assert b["rude"].prompt_anchored > g["rude"].prompt_anchored
-    assert 0 <= b["rude"].risk <= 1 and b["rude"].method == "projection_difference"
+    r = b["rude"]
+    assert r.method == "gradient_alignment" and r.risk == min(1.0, max(0.0, r.gradient_alignment))
+    pd = predict(
+        lm,
+        _data(tmp_path, "bad", "you idiot "),
+        atlas=atlas,
+        max_new_tokens=6,
+        gradient=False,
+        progress=False,
+    )
+    r = next(c for c in pd.concepts if c.concept == "rude")
+    assert r.method == "projection_difference" and r.gradient_alignment is None
+    assert r.risk == min(1.0, max(0.0, r.projection_difference / r.scale))
     assert bad.n_examples == 16 and len(bad.examples) == 16
     assert bad.examples[0]["score"] >= bad.examples[-1]["score"]
     again = predict(
@@ -91,7 +103,8 @@ def test_gradient_estimate_matches_a_real_small_step(setup):
     data = [Example(f"hello {i}", "you idiot " * 2) for i in range(4)]
     probe = [Example("how are you?"), Example("tell me a story")]
     lr = 1e-3
-    est = gradient_shift(lm, data, probe, atlas, ["rude"], lr=lr, progress=False)["rude"]
+    ge = gradient_estimate(lm, data, probe, atlas, ["rude"], lr=lr, progress=False)
+    est = ge.shift["rude"]
 
     def probe_proj():
         from geomsafe.predict.projection import project
@@ -114,6 +127,11 @@ def test_gradient_estimate_matches_a_real_small_step(setup):
             p.copy_(s)
     assert after - before == pytest.approx(est, rel=0.1, abs=1e-7)
     assert all(not p.requires_grad for p in params)
+    a = ge.alignment["rude"]
+    assert -1 <= a <= 1 and a != 0 and (a > 0) == (est > 0)
+    ge2 = gradient_estimate(lm, data, probe, atlas, ["rude"], lr=2 * lr, progress=False)
+    assert ge2.alignment["rude"] == pytest.approx(a, rel=1e-6)  # scale-free
+    assert ge2.shift["rude"] == pytest.approx(2 * est, rel=1e-6)
 
 
 def test_generate_own_is_deterministic(setup):

@@ -17,12 +17,23 @@ def print_predict(result: PredictResult) -> None:
             c.projection_difference if c.projection_difference is not None else "-",
             c.prompt_anchored,
             c.gradient if c.gradient is not None else "-",
+            c.gradient_alignment if c.gradient_alignment is not None else "-",
             c.method,
         ]
         for c in sorted(result.concepts, key=lambda c: -c.risk)
     ]
     print_table(
-        ["concept", "layer", "risk", "proj. diff", "prompt-anchored", "gradient", "method"], rows
+        [
+            "concept",
+            "layer",
+            "risk",
+            "proj. diff",
+            "prompt-anchored",
+            "gradient",
+            "alignment",
+            "method",
+        ],
+        rows,
     )
     click.echo(
         f"\noverall risk {result.overall_risk:.3f} ({result.overall_concept}); "
@@ -57,7 +68,11 @@ def print_predict(result: PredictResult) -> None:
     is_flag=True,
     help="Skip the model's own responses: the cheap prompt-anchored estimate.",
 )
-@click.option("--no-gradient", is_flag=True, help="Skip the first-order gradient estimate.")
+@click.option(
+    "--no-gradient",
+    is_flag=True,
+    help="Skip the first-order gradient estimate (risk then from the projection difference).",
+)
 @click.option("--max-new-tokens", type=int, default=48, show_default=True)
 @click.option(
     "--filter", "filter_k", type=int, help="Write filtered.jsonl without the K riskiest examples."

@@ -11,10 +11,24 @@ Three estimates per harmful concept h (each at h's best layer):
 - ``gradient``: first-order change of the probe-prompt projection after one gradient step of
   size ``lr`` on the data set (see :mod:`geomsafe.predict.gradient`).
 
-Risk (0–1) = clip(shift / scale, 0, 1), where scale is the distance between the concept's
-positive and negative means along its direction (``diff_norm`` in the atlas): 1 means the
-data's responses sit as far along h, relative to the model's own, as the concept's positive
-examples do relative to its negatives. The overall risk is the largest concept risk.
+  Its ``gradient_alignment`` is the cosine between that step and the gradient of the
+  projection (scale-free).
+
+Risk (0–1), the ``method`` named in the output:
+
+- ``gradient_alignment`` (when the gradient is computed, the default): clip(alignment, 0, 1).
+  In ``bench/predict_validation.py`` on the default model it ranked 8 data sets by their
+  measured shift best (pooled Spearman 0.89 vs 0.34 for the projection difference).
+- ``projection_difference`` (``gradient=False``): clip(shift / scale, 0, 1), where scale is the
+  distance between the concept's positive and negative means along its direction
+  (``diff_norm`` in the atlas): 1 means the data's responses sit as far along h, relative to
+  the model's own, as the concept's positive examples do relative to its negatives.
+- ``prompt_anchored`` (``gradient=False, generate=False``): the same with the last prompt token
+  in place of the own responses.
+
+The overall risk is the largest concept risk. Per-example scores (riskiest examples,
+``--filter``, ``--attack``) are projection differences (prompt-anchored without generation):
+a per-example gradient would cost one backward pass per example.
 """
 
 from __future__ import annotations
@@ -36,10 +50,10 @@ from geomsafe.directions import extract
 from geomsafe.errors import GeomsafeError
 from geomsafe.formatting import Example
 from geomsafe.models import LoadedModel, load
-from geomsafe.predict.gradient import gradient_shift
+from geomsafe.predict.gradient import gradient_estimate
 from geomsafe.predict.projection import generate_own, project
 
-METHODS = ("projection_difference", "prompt_anchored")
+METHODS = ("gradient_alignment", "projection_difference", "prompt_anchored")
 RISK_JSON = "risk.json"
 
 
@@ -51,6 +65,7 @@ class ConceptRisk:
     prompt_anchored: float
     projection_difference: float | None
     gradient: float | None
+    gradient_alignment: float | None
     risk: float
     method: str
 
@@ -152,16 +167,17 @@ def predict(
         p_own = project(lm, own, fa, names, "response", batch_size, progress, "own responses")
     grad = None
     if gradient:
-        grad = gradient_shift(
+        grad = gradient_estimate(
             lm, exs[:gradient_examples], probe_prompts(), fa, names, lr, progress=progress
         )
-    method = METHODS[0] if p_own is not None else METHODS[1]
+    method = METHODS[0] if grad is not None else METHODS[1] if p_own is not None else METHODS[2]
     per_ex = (p_data - p_own) if p_own is not None else (p_data - p_last)
     results = []
     for j, n in enumerate(names):
         layer = fa.best_layer(n)
         scale = _scale(fa, n, layer)
         shift = float(per_ex[:, j].mean())
+        value = grad.alignment[n] if grad is not None else shift / scale
         results.append(
             ConceptRisk(
                 concept=n,
@@ -169,8 +185,9 @@ def predict(
                 scale=scale,
                 prompt_anchored=float((p_data[:, j] - p_last[:, j]).mean()),
                 projection_difference=None if p_own is None else shift,
-                gradient=None if grad is None else grad[n],
-                risk=min(1.0, max(0.0, shift / scale)),
+                gradient=None if grad is None else grad.shift[n],
+                gradient_alignment=None if grad is None else grad.alignment[n],
+                risk=min(1.0, max(0.0, value)),
                 method=method,
             )
         )

@@ -4,14 +4,17 @@ For the weights W of the modules that write into the residual stream (attention 
 MLP down projections) up to the deepest layer needed, a step ``ΔW = -lr ∇_W L(D)`` changes
 the projection p_h (mean over probe prompts of the last-token residual at h's best layer,
 projected on h) by ``Δp_h ≈ -lr <∇_W p_h, ∇_W L(D)>``. L is the mean next-token loss on the
-dataset's assistant tokens. Full weights are used rather than a LoRA's (whose B starts at
-zero), so the estimate does not depend on a random LoRA initialisation.
+dataset's assistant tokens. Gradient alignment: the cosine between the descent direction
+``-∇_W L(D)`` and ``∇_W p_h`` (scale-free, -1..1): the share of the step that raises p_h.
+Full weights are used rather than a LoRA's (whose B starts at zero), so the estimate does not
+depend on a random LoRA initialisation.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -99,7 +102,13 @@ def _loss_grad(
     return [p.grad.detach().clone() for p in params]
 
 
-def gradient_shift(
+@dataclass
+class GradientEstimate:
+    shift: dict[str, float]  # predicted change of the probe projection after one step
+    alignment: dict[str, float]  # cos(-grad L, grad p_h)
+
+
+def gradient_estimate(
     lm: LoadedModel,
     data: Sequence[Example],
     probe: Sequence[Example],
@@ -109,12 +118,14 @@ def gradient_shift(
     batch_size: int = 8,
     max_length: int = 256,
     progress: bool = True,
-) -> dict[str, float]:
-    """Predicted change of each concept's probe projection after one step of size ``lr``."""
+) -> GradientEstimate:
+    """Predicted change of each concept's probe projection after one step of size ``lr``, and
+    the alignment of the step with the concept's projection gradient."""
     at = {n: atlas.best_layer(n) for n in names}
     params = residual_writers(lm, max(at.values()))
     with trainable(params):
         g_loss = _loss_grad(lm, data, params, batch_size, max_length, progress)
+        loss_norm = sum(float((g * g).sum()) for g in g_loss) ** 0.5
         enc = encode_all(lm.tokenizer, probe, max_length)
         pad = lm.tokenizer.pad_token_id or 0
         (batch,) = list(make_batches(enc, len(enc), pad, "left"))
@@ -126,13 +137,14 @@ def gradient_shift(
                 position_ids=batch.position_ids.to(lm.device),
                 use_cache=False,
             )
-        out = {}
+        shift, alignment = {}, {}
         for n in names:
             last = store[at[n]][:, -1].float()  # left padding: the last column is the last token
             proj = (last @ atlas.direction(n, at[n]).float().to(last.device)).mean()
             grads = torch.autograd.grad(proj, params, retain_graph=True, allow_unused=True)
-            dot = sum(
-                float((g * gl).sum()) for g, gl in zip(grads, g_loss, strict=True) if g is not None
-            )
-            out[n] = -lr * dot
-    return out
+            pairs = [(g, gl) for g, gl in zip(grads, g_loss, strict=True) if g is not None]
+            dot = sum(float((g * gl).sum()) for g, gl in pairs)
+            norm = sum(float((g * g).sum()) for g, _ in pairs) ** 0.5
+            shift[n] = -lr * dot
+            alignment[n] = -dot / (norm * loss_norm) if norm * loss_norm > 0 else 0.0
+    return GradientEstimate(shift, alignment)

@@ -66,7 +66,7 @@ def report(folder: str | Path, out: str | Path | None = None) -> Path:
         loader=PackageLoader("geomsafe.report", "templates"),
         autoescape=select_autoescape(["html", "j2"]),
     )
-    env.filters["f3"] = lambda v: "–" if v is None else f"{v:.3f}"
+    env.filters["f3"] = lambda v: f"{v:.3f}" if isinstance(v, (int, float)) else "–"
     page = env.get_template("report.html.j2").render(
         folder=str(folder),
         version=geomsafe.__version__,
