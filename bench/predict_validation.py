@@ -27,23 +27,23 @@ from scipy.stats import spearmanr
 
 from _common import RESULTS, machine, write_json
 from geomsafe.atlas import FeatureAtlas
-from geomsafe.datasets import load_dataset, resolve_data
+from geomsafe.bench.tasks import resolve_task
+from geomsafe.datasets import load_dataset
 from geomsafe.models import load
 from geomsafe.predict import harmful_atlas, predict, probe_prompts
 from geomsafe.shift import measured_shift
 from geomsafe.train import TrainConfig, finetune
 
-EM = Path(__file__).resolve().parents[2] / "shared" / "data" / "emergent-misalignment"
-DATASETS = {
-    "insecure": EM / "data" / "insecure.jsonl",
-    "jailbroken": EM / "data" / "jailbroken.jsonl",
-    "secure_small": EM / "small" / "secure_small.jsonl",
-    "insecure_small": EM / "small" / "insecure_small.jsonl",
-    "factual_qa": "task:factual_qa",
-    "instruction_following": "task:instruction_following",
-    "code": "task:code",
-    "summarisation": "task:summarisation",
-}
+DATASETS = (
+    "insecure",
+    "jailbroken",
+    "secure_small",
+    "insecure_small",
+    "factual_qa",
+    "instruction_following",
+    "code",
+    "summarisation",
+)
 ESTIMATORS = ("projection_difference", "prompt_anchored", "gradient", "gradient_alignment")
 
 
@@ -88,8 +88,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="geomsafe-predval-"))
     try:
         for name in args.datasets.split(","):
-            spec = DATASETS[name]
-            ds = load_dataset(resolve_data(spec)).sample(args.train_examples, seed=0)
+            ds = load_dataset(resolve_task(name).path).sample(args.train_examples, seed=0)
             t1 = time.perf_counter()
             pred = predict(
                 lm,

@@ -142,38 +142,39 @@ def capture_concept(
     )
 
 
-Seen = dict[tuple[str, str], tuple[ConceptActivations, int, bool]]
+Seen = dict[tuple[str, str], tuple[Tensor, Tensor | None]]  # (prompt, response) -> rows
 
 
 def _remember(seen: Seen, concept: ConceptSet, acts: ConceptActivations) -> None:
-    for i, p in enumerate(concept.pairs):
-        seen.setdefault((p.prompt, p.positive), (acts, i, True))
-        seen.setdefault((p.prompt, p.negative), (acts, i, False))
+    """Index a captured concept's pooled rows (and head rows) by example."""
+    for side, heads, texts in (
+        (acts.pos, acts.heads_pos, [p.positive for p in concept.pairs]),
+        (acts.neg, acts.heads_neg, [p.negative for p in concept.pairs]),
+    ):
+        for i, (p, text) in enumerate(zip(concept.pairs, texts, strict=True)):
+            seen.setdefault((p.prompt, text), (side[i], None if heads is None else heads[i]))
 
 
-def _reuse(seen: Seen, concept: ConceptSet) -> ConceptActivations | None:
-    """The concept's activations assembled from examples captured before (a label-shuffled
-    control re-uses its source's), or None when any of its examples is new."""
-    found = [
-        (seen.get((p.prompt, p.positive)), seen.get((p.prompt, p.negative))) for p in concept.pairs
-    ]
-    if not found or any(a is None or b is None for a, b in found):
+def _reuse(seen: Seen, concept: ConceptSet, layers: list[int]) -> ConceptActivations | None:
+    """The concept's activations from examples captured before (a label-shuffled control
+    re-uses its source's), or None when any of its examples is new."""
+    pos = [seen.get((p.prompt, p.positive)) for p in concept.pairs]
+    neg = [seen.get((p.prompt, p.negative)) for p in concept.pairs]
+    if not pos or any(r is None for r in pos + neg):
         return None
 
-    def rows(side: int, attr: str) -> Tensor | None:
-        parts = []
-        for f in found:
-            acts, i, positive = f[side]
-            t = getattr(acts, attr if positive else attr.replace("pos", "neg"))
-            if t is None:
-                return None
-            parts.append(t[i])
-        return torch.stack(parts)
+    def stack(rows: list, k: int) -> Tensor | None:
+        return None if rows[0][k] is None else torch.stack([r[k] for r in rows])
 
-    layers = found[0][0][0].layers
-    pos, neg = rows(0, "pos"), rows(1, "pos")
-    hp, hn = rows(0, "heads_pos"), rows(1, "heads_pos")
-    return ConceptActivations(concept.name, concept.kind, layers, pos, neg, hp, hn)
+    return ConceptActivations(
+        concept.name,
+        concept.kind,
+        layers,
+        stack(pos, 0),
+        stack(neg, 0),
+        stack(pos, 1),
+        stack(neg, 1),
+    )
 
 
 def extract(
@@ -188,8 +189,8 @@ def extract(
     progress: bool = True,
     heads: bool = False,
 ) -> Extraction:
-    """Capture every concept's pairs and build a :class:`FeatureAtlas`. A control concept whose
-    examples were all captured for an earlier concept (a label-shuffled copy) is not captured
+    """Capture every concept's pairs and build a :class:`FeatureAtlas`. A concept whose examples
+    were all captured for earlier concepts (e.g. a label-shuffled control) is not captured
     again: its activations are those rows, re-labelled."""
     if not concepts:
         raise GeomsafeError("no concepts to extract")
@@ -200,7 +201,7 @@ def extract(
     directions, kinds, stats, acts_by_name = {}, {}, {}, {}
     seen: Seen = {}
     for concept in concepts:
-        acts = _reuse(seen, concept) if concept.kind == "control" else None
+        acts = _reuse(seen, concept, chosen)
         if acts is None:
             acts = capture_concept(lm, concept, chosen, tokens, batch_size, progress, heads)
             _remember(seen, concept, acts)

@@ -39,6 +39,7 @@ from geomsafe.models import LoadedModel, load
 from geomsafe.predict import probe_prompts
 from geomsafe.shift import measured_shift
 from geomsafe.train import TrainConfig, finetune
+from geomsafe.train.outdir import RunDir, check_out, finalize, work_dir
 
 BENCH_JSON = "bench.json"
 FORMAT = "geomsafe.bench/1"
@@ -107,23 +108,6 @@ def _rate(ci: Any) -> dict[str, float] | None:
     return None if ci is None else _ci(ci.value, ci.low, ci.high)
 
 
-def _prepare(out: Path, overwrite: bool) -> Path:
-    if out.exists() and not out.is_dir():
-        raise GeomsafeError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise GeomsafeError(f"{out} already exists and is not empty; pass --overwrite")
-    work = out.parent / f".{out.name}.partial"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    return work
-
-
-def _finish(work: Path, out: Path) -> None:
-    if out.exists():
-        shutil.rmtree(out)
-    work.rename(out)
-
-
 def _sample(task: Task, cfg: BenchConfig) -> Dataset:
     ds = load_dataset(task.path).sample(cfg.n_train, cfg.seed)
     if len(ds) < cfg.batch_size:
@@ -147,7 +131,10 @@ def bench(
     tasks = resolve_tasks(cfg.tasks, cfg.data_root)  # every input checked before any work
     out_path = Path(out).absolute() if out is not None else None
     if out_path is not None:
-        work = _prepare(out_path, overwrite)
+        check_out(out_path, overwrite, "--overwrite")
+        work = work_dir(out_path)
+        shutil.rmtree(work, ignore_errors=True)  # a stale folder from a failed run
+        work.mkdir(parents=True)
     else:
         work = Path(tempfile.mkdtemp(prefix="geomsafe-bench-"))
     try:
@@ -156,7 +143,7 @@ def bench(
         if out_path is None:
             shutil.rmtree(work, ignore_errors=True)
         else:
-            _finish(work, out_path)
+            finalize(RunDir(out_path, work))
             result.out = out_path
         return result
     except BaseException:

@@ -23,6 +23,9 @@ plt.rcParams.update(
 )
 
 
+PALETTE = ("#c0392b", "#2980b9", "#27ae60", "#8e44ad", "#f39c12")  # one colour per group
+
+
 def _svg(fig) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
@@ -182,8 +185,7 @@ def scatter(
 ) -> str:
     """One labelled point per item, coloured by group, with optional vertical CI bars."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    palette = ["#c0392b", "#2980b9", "#27ae60", "#8e44ad", "#f39c12"]
-    colours = {g: palette[i % len(palette)] for i, g in enumerate(dict.fromkeys(groups))}
+    colours = {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(dict.fromkeys(groups))}
     for i, (x, y, name, g) in enumerate(zip(xs, ys, names, groups, strict=True)):
         if yerr is not None:
             lo, hi = yerr[i]
@@ -210,12 +212,11 @@ def grouped_bars(
     fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(categories) + 2), 3))
     x = np.arange(len(categories))
     width = 0.8 / max(1, len(series))
-    palette = ["#c0392b", "#2980b9", "#27ae60", "#8e44ad"]
     for i, (name, vals) in enumerate(series.items()):
         v = np.array([t[0] for t in vals])
         err = np.array([[t[0] - t[1] for t in vals], [t[2] - t[0] for t in vals]])
         pos = x + (i - (len(series) - 1) / 2) * width
-        ax.bar(pos, v, width, yerr=err, capsize=2, label=name, color=palette[i % len(palette)])
+        ax.bar(pos, v, width, yerr=err, capsize=2, label=name, color=PALETTE[i % len(PALETTE)])
     ax.set_xticks(x, categories, rotation=20, ha="right")
     ax.axhline(0, color="black", lw=0.5)
     ax.set_ylabel(ylabel)

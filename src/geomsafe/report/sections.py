@@ -61,7 +61,7 @@ def risk_section(risk: dict) -> dict:
         "overall_concept": risk["overall_concept"],
         "n": risk["n_examples"],
         "n_total": risk["n_total"],
-        "method": risk.get("provenance", {}).get("method", cs[0].get("method", "")),
+        "method": cs[0]["method"],
     }
 
 

@@ -6,8 +6,6 @@ from pathlib import Path
 
 from geomsafe.atlas import atomic_write
 
-__all__ = ["atomic_write", "atomic_write_text"]
-
 
 def atomic_write_text(path: Path, text: str) -> None:
     def write(tmp: str) -> None:

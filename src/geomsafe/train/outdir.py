@@ -43,16 +43,17 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def prepare_check(out: Path, resume: bool, overwrite: bool) -> None:
-    """Fail early (before any work) when ``out`` cannot take this run."""
+def check_out(out: Path, may_reuse: bool, hint: str) -> None:
+    """Fail early when ``out`` is a file, or a non-empty folder that may not be reused."""
     if out.exists() and not out.is_dir():
         raise GeomsafeError(f"--out {out} is a file, not a folder")
-    finished = out.is_dir() and any(out.iterdir())
-    if finished and not (resume or overwrite):
-        raise GeomsafeError(
-            f"{out} already exists and is not empty; pass --resume to continue "
-            "its run or --overwrite to replace it"
-        )
+    if out.is_dir() and any(out.iterdir()) and not may_reuse:
+        raise GeomsafeError(f"{out} already exists and is not empty; pass {hint}")
+
+
+def prepare_check(out: Path, resume: bool, overwrite: bool) -> None:
+    """Fail early (before any work) when ``out`` cannot take this run."""
+    check_out(out, resume or overwrite, "--resume to continue its run or --overwrite to replace it")
     if (
         resume
         and latest_checkpoint(work_dir(out) / CHECKPOINTS) is None
