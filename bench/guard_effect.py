@@ -21,6 +21,7 @@ Goal: guarded |shift| <= 20% of unguarded (summed over concepts) at <= 5% worse 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import shutil
 import signal
@@ -35,12 +36,13 @@ import yaml
 from _common import RESULTS, machine, write_json
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.concepts import load_builtin
+from geomsafe.datasets import load_dataset
 from geomsafe.errors import GeomsafeError
 from geomsafe.guard import GuardConfig
 from geomsafe.models import load
 from geomsafe.shift import projections
 from geomsafe.train import TrainConfig, finetune, heldout_loss
-from geomsafe.train.data import build, read_jsonl
+from geomsafe.train.data import build
 from geomsafe.train.guards import extract_atlas
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -145,13 +147,13 @@ def main() -> None:
         + ", ".join(f"{n}@L{layers[n]} (AUROC {auroc[n]:.2f})" for n in names)
     )
 
-    examples, where = read_jsonl(INSECURE, args.n_train + args.n_heldout + 64)
-    pool = build(lm.tokenizer, examples, where, max_length=args.max_length, truncate=True)
-    kept = [i for i, w in enumerate(where) if w not in set(pool.skipped)]
-    train = [examples[i] for i in kept[: args.n_train]]
+    source = load_dataset(INSECURE).head(args.n_train + args.n_heldout + 64)
+    pool = build(lm.tokenizer, source, max_length=args.max_length, truncate=True)
+    kept = pool.records  # the records whose prompt fits max_length
+    train = dataclasses.replace(source, records=kept[: args.n_train])
     held = build(
         lm.tokenizer,
-        [examples[i] for i in kept[args.n_train :]][: args.n_heldout],
+        dataclasses.replace(source, records=kept[args.n_train :][: args.n_heldout]),
         max_length=args.max_length,
         truncate=True,
     )

@@ -100,11 +100,7 @@ def main() -> None:
                 progress=False,
             )
             t_pred = time.perf_counter() - t1
-            train_file = work / f"{name}.jsonl"
-            train_file.write_text("\n".join(r.raw for r in ds.records) + "\n")
-            run = finetune(
-                lm, train_file, work / f"run-{name}", atlas=atlas, config=recipe, progress=False
-            )
+            run = finetune(lm, ds, work / f"run-{name}", atlas=atlas, config=recipe, progress=False)
             tuned = run.lm
             shift = measured_shift(tuned, probes, atlas, names)
             row = {

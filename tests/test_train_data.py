@@ -7,10 +7,12 @@ import torch
 from click.testing import CliRunner
 
 from geomsafe.cli import main
+from geomsafe.datasets import Dataset, builtin_task, file_sha256, load_dataset
 from geomsafe.errors import GeomsafeError
 from geomsafe.formatting import Example, encode
 from geomsafe.testing import tiny_model
-from geomsafe.train import IGNORE_INDEX, PadCollator, load_data, read_jsonl
+from geomsafe.train import IGNORE_INDEX, PadCollator, TrainConfig, finetune, load_data
+from geomsafe.train.data import build
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 MULTI = {
@@ -63,34 +65,48 @@ def test_prompt_completion_with_messages(tmp_path, tok):
     assert data.where[1].endswith(":3")  # blank lines are skipped but counted
 
 
-def test_max_examples_reads_first_n(tmp_path, tok):
-    path = write(tmp_path / "d.jsonl", [CHAT, MULTI, "{broken"])
-    assert len(load_data(path, tok, max_examples=2)) == 2
-    with pytest.raises(GeomsafeError, match=r"d\.jsonl:3"):
-        load_data(path, tok)
+def test_max_examples_keeps_first_n_of_a_checked_file(tmp_path, tok):
+    path = write(tmp_path / "d.jsonl", [CHAT, MULTI, CHAT])
+    data = load_data(path, tok, max_examples=2)
+    assert len(data) == 2 and data.where[-1].endswith("d.jsonl:2")
+    # the whole file is read by the one reader: a bad line after the first N is still an error
+    write(path, [CHAT, MULTI, "{broken"])
+    with pytest.raises(GeomsafeError, match=r"d\.jsonl:3: not valid JSON"):
+        load_data(path, tok, max_examples=2)
 
 
-BAD = [
+def test_file_dataset_task_and_memory_give_the_same_features(tmp_path, tok):
+    rows = [{"prompt": "2+2?", "completion": "4"}, CHAT]
+    path = write(tmp_path / "d.jsonl", rows)
+    from_file = load_data(path, tok)
+    from_dataset = load_data(load_dataset(path), tok)
+    from_memory = load_data([("2+2?", "4"), CHAT], tok)
+    assert from_file.features == from_dataset.features == from_memory.features
+    assert from_file.data_hash == file_sha256(path) and from_file.source == str(path)
+    # in-memory examples hash as the JSONL they would write: here the same bytes as the file
+    assert from_memory.source == "<memory>" and from_memory.data_hash == from_file.data_hash
+    assert load_data([("2+2?", "5"), CHAT], tok).data_hash != from_file.data_hash
+    task = load_data("task:factual_qa", tok, max_length=10_000, max_examples=3)
+    assert len(task) == 3 and task.data_hash == file_sha256(builtin_task("factual_qa"))
+
+
+def test_build_keeps_records_aligned_with_features(tmp_path, tok):
+    path = write(
+        tmp_path / "d.jsonl",
+        [{"prompt": "q" * 100, "completion": "y"}, CHAT, {"prompt": "p", "completion": "x"}],
+    )
+    ds = load_dataset(path)
+    data = build(tok, ds, max_length=64, truncate=True)
+    assert data.dataset is ds and data.skipped == [f"{path}:1"]
+    assert data.records == ds.records[1:] and data.where == [f"{path}:2", f"{path}:3"]
+    for rec, feats in zip(data.records, data.features, strict=True):
+        assert feats == build(tok, Dataset.from_examples([rec.example])).features[0]
+
+
+BAD = [  # the parsing rules are tested for every command in test_datasets.py
     ("malformed", [CHAT, '{"messages": [', CHAT], 2, "not valid JSON"),
-    ("not_object", [CHAT, "[1, 2]"], 2, "expected a JSON object"),
     ("no_assistant", [{"messages": [{"role": "user", "content": "x"}]}], 1, "no assistant turn"),
-    (
-        "trailing_user",
-        [{"messages": [*CHAT["messages"], {"role": "user", "content": "?"}]}],
-        1,
-        "after the last assistant",
-    ),
-    ("empty_response", [{"prompt": "p", "completion": "  "}], 1, "empty assistant response"),
-    ("bad_role", [{"messages": [{"role": "bot", "content": "x"}]}], 1, "role 'bot'"),
-    (
-        "no_content",
-        [{"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]}],
-        1,
-        "no string 'content'",
-    ),
-    ("unknown_keys", [{"text": "hello"}], 1, "expected 'messages' or 'prompt'"),
-    ("empty_file", [], 1, "empty file"),
-    ("blank_file", ["", "  "], 1, "empty file"),
+    ("empty_file", [], None, "empty file"),
     ("too_long", [CHAT, {"prompt": "p", "completion": "x" * 200}], 2, "longer than max_length"),
 ]
 
@@ -101,7 +117,7 @@ def test_bad_data_names_file_and_line(tmp_path, tok, case, lines, line, message)
     with pytest.raises(GeomsafeError, match=message) as err:
         load_data(path, tok, max_length=64)
     text = str(err.value)
-    assert f"{path}:{line}:" in text and "\n" not in text
+    assert text.startswith(f"{path}:{line}:" if line else f"{path}:") and "\n" not in text
 
 
 def test_truncate_cuts_and_skips_prompts_that_fill_max_length(tmp_path, tok):
@@ -125,7 +141,7 @@ def test_truncate_cuts_and_skips_prompts_that_fill_max_length(tmp_path, tok):
 
 def test_missing_file(tmp_path, tok):
     with pytest.raises(GeomsafeError, match="not found"):
-        read_jsonl(tmp_path / "nope.jsonl")
+        load_data(tmp_path / "nope.jsonl", tok)
 
 
 def test_pad_collator_pads_right():
@@ -177,3 +193,21 @@ def tiny_folder(tmp_path_factory):
     lm.model.save_pretrained(folder)
     lm.tokenizer.save_pretrained(folder)
     return folder
+
+
+def test_finetune_on_a_dataset_trains_as_on_its_file_and_records_the_file(tmp_path):
+    lm = tiny_model("llama")
+    path = write(tmp_path / "d.jsonl", [CHAT, MULTI, {"prompt": "2+2?", "completion": "4"}, CHAT])
+    ds = load_dataset(path)
+    config = TrainConfig(max_steps=2, batch_size=2, save_steps=10, logging_steps=1)
+    by_file = finetune(lm, path, tmp_path / "a", config=config, progress=False)
+    by_dataset = finetune(lm, ds, tmp_path / "b", config=config, progress=False)
+    assert [r["loss"] for r in by_dataset.geometry_log] == [r["loss"] for r in by_file.geometry_log]
+    for prov in (by_file.provenance, by_dataset.provenance):
+        assert prov["data"] == str(path.resolve()) and prov["data_hash"] == file_sha256(path)
+        assert prov["examples_hash"] == ds.records_sha256
+    sample = ds.sample(2, seed=1)  # what bench passes: a sample of the task's file
+    prov = finetune(lm, sample, tmp_path / "c", config=config, progress=False).provenance
+    assert prov["data"] == str(path.resolve()) and prov["data_hash"] == ds.sha256
+    assert prov["examples_hash"] == sample.records_sha256 != ds.records_sha256
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c", "d.jsonl"]

@@ -179,10 +179,7 @@ def _run(
         for task in tasks:
             ds = _sample(task, cfg)
             hashes[task.name] = ds.sha256
-            train_file = work / "data" / f"{task.name}.jsonl"
-            train_file.parent.mkdir(parents=True, exist_ok=True)
-            train_file.write_text("".join(r.raw.rstrip("\n") + "\n" for r in ds.records))
-            direction_set = Dataset(ds.path, ds.records[: cfg.n_direction], ds.sha256)
+            direction_set = ds.head(cfg.n_direction)
             pairs = task_pairs(lm, direction_set, cfg.own_max_new_tokens)
             geom = task_geometry(lm, pairs, atlas, ex.activations, band, seed=cfg.seed)
             for guard in cfg.guards:
@@ -190,7 +187,7 @@ def _run(
                 t1 = time.perf_counter()
                 run = finetune(
                     lm,
-                    train_file,
+                    ds,
                     work / "runs" / f"{task.name}-{guard}",
                     guard=None if guard == "none" else guard,
                     guard_concepts=atlas.harmful,

@@ -43,7 +43,7 @@ def print_summary(result: FinetuneResult) -> None:
     "-d",
     required=True,
     type=click.Path(dir_okay=False),
-    help="Training data: chat JSONL ({'messages': [...]}) or {'prompt','completion'}.",
+    help="Training data: chat or prompt/completion JSONL, or task:NAME for a built-in task set.",
 )
 @click.option(
     "--out",

@@ -33,6 +33,7 @@ from typing import Any
 
 from geomsafe import __version__
 from geomsafe.atlas import FeatureAtlas, atomic_write
+from geomsafe.datasets import file_sha256
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.config import NUMBER_KEYS, EvalConfig
 from geomsafe.evaluate.measure import evaluate_model
@@ -53,19 +54,11 @@ from geomsafe.evaluate.toxicity import CLASSIFIER, classifier_version
 from geomsafe.models import LoadedModel, load
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def adapter_sha256(folder: str | Path) -> str:
     """sha256 over the adapter's ``adapter_*`` files (config and weights)."""
     files = sorted(p for p in Path(folder).iterdir() if p.name.startswith("adapter_"))
     return hashlib.sha256(
-        "".join(_file_sha256(p) for p in files if p.is_file()).encode()
+        "".join(file_sha256(p) for p in files if p.is_file()).encode()
     ).hexdigest()
 
 

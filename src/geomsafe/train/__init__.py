@@ -11,7 +11,7 @@ GPUs unchanged. ``train_steps`` times guarded vs plain steps for benchmarks.
 from __future__ import annotations
 
 from geomsafe.train.config import TrainConfig
-from geomsafe.train.data import IGNORE_INDEX, TrainData, load_data, parse_record, read_jsonl
+from geomsafe.train.data import IGNORE_INDEX, TrainData, load_data
 from geomsafe.train.lora import make_peft_model, peft_layer_template
 from geomsafe.train.run import FinetuneResult, finetune
 from geomsafe.train.steps import heldout_loss, train_steps
@@ -37,8 +37,6 @@ __all__ = [
     "heldout_loss",
     "load_data",
     "make_peft_model",
-    "parse_record",
     "peft_layer_template",
-    "read_jsonl",
     "train_steps",
 ]

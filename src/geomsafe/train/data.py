@@ -1,60 +1,68 @@
-"""Load and validate fine-tuning data; tokenise it with the loss on assistant tokens only.
+"""Tokenise fine-tuning data with the loss on assistant tokens only.
 
-Two JSONL formats, one object per line (blank lines are skipped):
-
-- chat: ``{"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}, ...]}``.
-  The last assistant turn is the response; every turn before it goes into the prompt
-  (system, earlier user and assistant turns). Turns after the last assistant turn are an error.
-- prompt/completion: ``{"prompt": str | messages, "completion": str | [assistant message]}``.
-
-Each example is encoded with :func:`geomsafe.formatting.encode` (so the prompt/response
-boundary is the one every other geomsafe module uses) plus an EOS token after the response;
-``labels`` are the token ids on response tokens and ``-100`` on prompt tokens. Every problem
-is a one-line :class:`GeomsafeError` naming ``file:line``. Examples longer than ``max_length``
-are an error, or with ``truncate`` cut at the end; with ``truncate`` an example whose prompt
-alone fills ``max_length`` is left out (listed in ``TrainData.skipped``).
+Reading and validating data (JSONL files, ``task:NAME``, in-memory examples) is
+:mod:`geomsafe.datasets`; this module turns a :class:`~geomsafe.datasets.Dataset` into
+Trainer features. Each example is encoded with :func:`geomsafe.formatting.encode` (so the
+prompt/response boundary is the one every other geomsafe module uses) plus an EOS token after
+the response; ``labels`` are the token ids on response tokens and ``-100`` on prompt tokens.
+Every problem is a one-line :class:`GeomsafeError` naming ``file:line``. Examples longer than
+``max_length`` are an error, or with ``truncate`` cut at the end; with ``truncate`` an example
+whose prompt alone fills ``max_length`` is left out (listed in ``TrainData.skipped``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from geomsafe.datasets import Dataset, DataSpec, ExampleLike, Record, as_dataset
 from geomsafe.errors import GeomsafeError
 from geomsafe.formatting import Example, encode
 
 IGNORE_INDEX = -100
-ROLES = ("system", "user", "assistant", "tool", "developer")
 
 
 @dataclass
 class TrainData:
-    """Examples, where each came from (``file:line``) and their features for the Trainer.
+    """The tokenised records of a :class:`Dataset`, for the Trainer.
 
-    ``features[i]`` is ``{"input_ids": [...], "labels": [...]}``; ``prompt_lens[i]`` is the
-    number of prompt tokens (labels ``-100``) of example ``i``.
+    ``records[i]`` (kept records, in order) has features ``features[i]`` = ``{"input_ids":
+    [...], "labels": [...]}`` and ``prompt_lens[i]`` prompt tokens (labels ``-100``).
+    ``skipped``: ``file:line`` of records left out (prompt alone fills ``max_length``, only
+    with ``truncate``); ``n_truncated``: records whose end was cut.
     """
 
-    examples: list[Example]
-    where: list[str]
+    dataset: Dataset
+    records: list[Record] = field(default_factory=list)
     features: list[dict[str, list[int]]] = field(default_factory=list)
     prompt_lens: list[int] = field(default_factory=list)
-    data_hash: str = ""
-    source: str = ""
     n_truncated: int = 0
-    skipped: list[str] = field(default_factory=list)  # file:line of examples left out
+    skipped: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.features)
 
     def __getitem__(self, i: int) -> dict[str, list[int]]:
         return self.features[i]
+
+    @property
+    def examples(self) -> list[Example]:
+        return [r.example for r in self.records]
+
+    @property
+    def where(self) -> list[str]:
+        return [r.where for r in self.records]
+
+    @property
+    def source(self) -> str:
+        return self.dataset.path
+
+    @property
+    def data_hash(self) -> str:
+        """sha256 of the source file (see :attr:`Dataset.sha256`)."""
+        return self.dataset.sha256
 
     @property
     def n_tokens(self) -> int:
@@ -67,110 +75,6 @@ class TrainData:
 
 class PromptTooLong(GeomsafeError):
     """The prompt alone fills ``max_length``: truncation would leave no response token."""
-
-
-def _message(obj: Any, where: str, i: int) -> dict[str, str]:
-    if not isinstance(obj, dict):
-        raise GeomsafeError(f"{where}: message {i} is not an object")
-    role, content = obj.get("role"), obj.get("content")
-    if not isinstance(role, str) or role not in ROLES:
-        roles = ", ".join(ROLES)
-        raise GeomsafeError(f"{where}: message {i} has role {role!r}; use one of {roles}")
-    if not isinstance(content, str):
-        raise GeomsafeError(f"{where}: message {i} ({role}) has no string 'content'")
-    return {"role": role, "content": content}
-
-
-def _messages(obj: Any, where: str, key: str) -> list[dict[str, str]]:
-    if not isinstance(obj, list) or not obj:
-        raise GeomsafeError(f"{where}: '{key}' must be a non-empty list of messages")
-    return [_message(m, where, i) for i, m in enumerate(obj)]
-
-
-def parse_record(obj: Any, where: str) -> Example:
-    """One JSON object (chat or prompt/completion) -> an :class:`Example`."""
-    if not isinstance(obj, dict):
-        raise GeomsafeError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    if "messages" in obj:
-        msgs = _messages(obj["messages"], where, "messages")
-        last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
-        if last is None:
-            raise GeomsafeError(f"{where}: no assistant turn (nothing to train on)")
-        if last != len(msgs) - 1:
-            raise GeomsafeError(f"{where}: turns after the last assistant turn")
-        if last == 0:
-            raise GeomsafeError(f"{where}: the assistant turn has no prompt before it")
-        prompt: str | tuple[dict[str, str], ...] = tuple(msgs[:last])
-        response = msgs[last]["content"]
-    elif "prompt" in obj and "completion" in obj:
-        p, c = obj["prompt"], obj["completion"]
-        prompt = p if isinstance(p, str) else tuple(_messages(p, where, "prompt"))
-        if isinstance(c, list):
-            comp = _messages(c, where, "completion")
-            if len(comp) != 1 or comp[0]["role"] != "assistant":
-                raise GeomsafeError(f"{where}: 'completion' must be one assistant message")
-            response = comp[0]["content"]
-        elif isinstance(c, str):
-            response = c
-        else:
-            raise GeomsafeError(f"{where}: 'completion' must be a string or an assistant message")
-    else:
-        keys = ", ".join(sorted(obj)) or "none"
-        raise GeomsafeError(
-            f"{where}: expected 'messages' or 'prompt'+'completion' (keys found: {keys})"
-        )
-    if not response.strip():
-        raise GeomsafeError(f"{where}: empty assistant response")
-    if isinstance(prompt, str) and not prompt.strip():
-        raise GeomsafeError(f"{where}: empty prompt")
-    return Example(prompt, response)
-
-
-def read_jsonl(
-    path: str | Path, max_examples: int | None = None
-) -> tuple[list[Example], list[str]]:
-    """Parse a JSONL file into examples and their ``file:line`` locations.
-
-    With ``max_examples`` only the first N examples are read (and validated)."""
-    path = Path(path)
-    if not path.is_file():
-        raise GeomsafeError(f"data file not found: {path}")
-    examples: list[Example] = []
-    where: list[str] = []
-    with path.open(encoding="utf-8") as fh:
-        try:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                loc = f"{path}:{lineno}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise GeomsafeError(f"{loc}: not valid JSON ({exc.msg})") from exc
-                examples.append(parse_record(obj, loc))
-                where.append(loc)
-                if max_examples is not None and len(examples) >= max_examples:
-                    break
-        except UnicodeDecodeError as exc:
-            raise GeomsafeError(f"{path}: not UTF-8 text ({exc.reason})") from exc
-    if not examples:
-        raise GeomsafeError(f"{path}:1: empty file (no examples)")
-    return examples, where
-
-
-def file_hash(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def examples_hash(examples: Sequence[Example]) -> str:
-    h = hashlib.sha256()
-    for ex in examples:
-        h.update(json.dumps([ex.messages(), ex.response]).encode())
-    return h.hexdigest()
 
 
 def featurize(
@@ -217,41 +121,36 @@ def featurize(
 
 def build(
     tokenizer: PreTrainedTokenizerBase,
-    examples: Sequence[Example],
-    where: Sequence[str] | None = None,
+    dataset: Dataset,
     *,
     max_length: int = 512,
     truncate: bool = False,
     add_eos: bool = True,
-    data_hash: str | None = None,
-    source: str = "<memory>",
 ) -> TrainData:
-    """Tokenise in-memory examples into :class:`TrainData`."""
-    examples = list(examples)
-    if not examples:
-        raise GeomsafeError(f"{source}: no examples")
-    where = list(where) if where is not None else [f"{source}[{i}]" for i in range(len(examples))]
-    data = TrainData(examples, where, data_hash=data_hash or examples_hash(examples), source=source)
-    for ex, loc in zip(examples, where, strict=True):
-        if ex.response is None or not ex.response.strip():
-            raise GeomsafeError(f"{loc}: example without an assistant response")
+    """Tokenise every record of ``dataset`` into :class:`TrainData`."""
+    data = TrainData(dataset)
+    for rec in dataset.records:
         try:
-            feats, plen, cut = featurize(tokenizer, ex, loc, max_length, truncate, add_eos)
+            feats, plen, cut = featurize(
+                tokenizer, rec.example, rec.where, max_length, truncate, add_eos
+            )
         except PromptTooLong:
-            data.skipped.append(loc)  # only raised with truncate=True
+            data.skipped.append(rec.where)  # only raised with truncate=True
             continue
+        data.records.append(rec)
         data.features.append(feats)
         data.prompt_lens.append(plen)
         data.n_truncated += int(cut)
     if not data.features:
         raise GeomsafeError(
-            f"{source}: every prompt is longer than max_length={max_length}; raise --max-length"
+            f"{dataset.path}: every prompt is longer than max_length={max_length}; "
+            "raise --max-length"
         )
     return data
 
 
 def load_data(
-    data: str | Path | Sequence[Example | tuple[str, str]],
+    data: DataSpec | Dataset | Sequence[ExampleLike],
     tokenizer: PreTrainedTokenizerBase,
     *,
     max_length: int = 512,
@@ -259,20 +158,7 @@ def load_data(
     add_eos: bool = True,
     max_examples: int | None = None,
 ) -> TrainData:
-    """A JSONL file (path) or in-memory examples -> validated, tokenised :class:`TrainData`."""
-    if isinstance(data, (str, Path)):
-        examples, where = read_jsonl(data, max_examples)
-        return build(
-            tokenizer,
-            examples,
-            where,
-            max_length=max_length,
-            truncate=truncate,
-            add_eos=add_eos,
-            data_hash=file_hash(data),
-            source=str(Path(data).resolve()),
-        )
-    items = [x if isinstance(x, Example) else Example(x[0], x[1]) for x in data]
-    if max_examples is not None:
-        items = items[:max_examples]
-    return build(tokenizer, items, max_length=max_length, truncate=truncate, add_eos=add_eos)
+    """A JSONL path, ``task:NAME``, a Dataset or in-memory examples (read by
+    :func:`geomsafe.datasets.as_dataset`), first ``max_examples`` records, tokenised."""
+    dataset = as_dataset(data).head(max_examples)
+    return build(tokenizer, dataset, max_length=max_length, truncate=truncate, add_eos=add_eos)

@@ -29,13 +29,13 @@ from transformers import TrainerCallback
 import geomsafe
 from geomsafe.atlas import FeatureAtlas, atomic_write
 from geomsafe.capture import HOOK_SITE
+from geomsafe.datasets import Dataset, ExampleLike, as_dataset
 from geomsafe.errors import GeomsafeError
-from geomsafe.formatting import Example
 from geomsafe.models import LoadedModel, load
 from geomsafe.train import guards as guardlib
 from geomsafe.train import outdir
 from geomsafe.train.config import TrainConfig
-from geomsafe.train.data import TrainData, load_data, read_jsonl
+from geomsafe.train.data import TrainData, build
 from geomsafe.train.lora import make_peft_model, peft_layer_template
 from geomsafe.train.trainer import (
     GEOMETRY_LOG,
@@ -121,7 +121,7 @@ def _check_resume(ckpt: Path, meta: dict[str, Any]) -> None:
     if not saved_path.is_file():
         return
     saved = json.loads(saved_path.read_text())
-    for key in ("model_spec", "data_hash", "max_examples"):
+    for key in ("model_spec", "data_hash", "examples_hash", "max_examples"):
         if key in saved and saved[key] != meta.get(key):
             raise GeomsafeError(
                 f"--resume: {ckpt} was trained with {key}={saved[key]!r}, this "
@@ -155,7 +155,7 @@ def _saved_atlas(out: Path) -> Path | None:
 
 def finetune(
     model: str | LoadedModel = "default",
-    data: str | Path | Sequence[Example | tuple[str, str]] | None = None,
+    data: str | Path | Dataset | Sequence[ExampleLike] | None = None,
     out: str | Path | None = None,
     guard: str | Sequence[Any] | None = None,
     guard_concepts: str | Sequence[str] | None = None,
@@ -168,7 +168,11 @@ def finetune(
     overwrite: bool = False,
     atlas_max_pairs: int | None = 64,
 ) -> FinetuneResult:
-    """LoRA fine-tuning of ``model`` on ``data`` (a JSONL file or examples) into ``out``.
+    """LoRA fine-tuning of ``model`` on ``data`` into ``out``.
+
+    ``data``: a JSONL file, ``task:NAME``, a :class:`~geomsafe.datasets.Dataset` or in-memory
+    examples, read by :func:`geomsafe.datasets.as_dataset` (``config.max_examples``: its
+    first N records).
 
     ``guard``: guard kinds (``"orthogonal,steer,projection,covariance"`` or a list) and/or
     Guard objects. ``guard_concepts``: the harmful concepts to guard (built-in names or concept
@@ -190,16 +194,14 @@ def finetune(
     from transformers import set_seed
 
     set_seed(config.seed)
-    if isinstance(data, (str, Path)):  # structural checks before the (slow) model load
-        read_jsonl(data, config.max_examples)
+    dataset = as_dataset(data).head(config.max_examples)  # read before the (slow) model load
     lm = _model(model)
-    train_data = load_data(
-        data,
+    train_data = build(
         lm.tokenizer,
+        dataset,
         max_length=config.max_length,
         truncate=config.truncate,
         add_eos=config.add_eos,
-        max_examples=config.max_examples,
     )
     kinds, _ = guardlib.parse_guards(guard)
     reuse = _saved_atlas(out_path) if atlas is None and kinds and resume else None
@@ -247,6 +249,7 @@ class _Setup:
         return {
             "model_spec": self.lm.spec,
             "data_hash": self.data.data_hash,
+            "examples_hash": self.data.dataset.records_sha256,
             "max_examples": self.config.max_examples,
             "guards": self.kinds,
             "concepts": self.names,
@@ -366,8 +369,9 @@ def _provenance(
         }
     return {
         **setup.lm.provenance(),
-        "data": setup.data.source,
+        "data": _data_source(setup.data.source),
         "data_hash": setup.data.data_hash,
+        "examples_hash": setup.data.dataset.records_sha256,
         "max_examples": setup.config.max_examples,
         "guards": setup.kinds + [guard_name(g) for g in setup.objects],
         "guard_concepts": setup.names,
@@ -385,6 +389,11 @@ def _provenance(
         "wall_s": time.perf_counter() - t_start,
         **_versions(),
     }
+
+
+def _data_source(path: str) -> str:
+    """The data file as an absolute path (``<memory>`` for in-memory examples)."""
+    return str(Path(path).resolve()) if Path(path).is_file() else path
 
 
 def _versions() -> dict[str, str]:
