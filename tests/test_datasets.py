@@ -27,7 +27,12 @@ from geomsafe.train.data import load_data
 predict_module = importlib.import_module("geomsafe.predict")
 train_run = importlib.import_module("geomsafe.train.run")
 
-CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+
+def chat(*turns: tuple[str, str]) -> dict:
+    return {"messages": [{"role": r, "content": c} for r, c in turns]}
+
+
+CHAT = chat(("user", "hi"), ("assistant", "hello"))
 
 
 def jsonl(*rows) -> bytes:
@@ -37,15 +42,13 @@ def jsonl(*rows) -> bytes:
 def test_chat_and_prompt_completion(tmp_path):
     path = tmp_path / "d.jsonl"
     rows = [
-        {
-            "messages": [
-                {"role": "system", "content": "s"},
-                {"role": "user", "content": "u1"},
-                {"role": "assistant", "content": "a1"},
-                {"role": "user", "content": "u2"},
-                {"role": "assistant", "content": "a2"},
-            ]
-        },
+        chat(
+            ("system", "s"),
+            ("user", "u1"),
+            ("assistant", "a1"),
+            ("user", "u2"),
+            ("assistant", "a2"),
+        ),
         {"prompt": "p", "completion": "c", "id": 7},  # other keys are ignored
         {
             "prompt": [{"role": "developer", "content": "d"}, {"role": "user", "content": "q"}],
@@ -152,15 +155,13 @@ CASES = [
     (
         "multi_turn_tool_roles",
         jsonl(
-            {
-                "messages": [
-                    {"role": "developer", "content": "d"},
-                    {"role": "user", "content": "u"},
-                    {"role": "assistant", "content": "calling"},
-                    {"role": "tool", "content": "42"},
-                    {"role": "assistant", "content": "it is 42"},
-                ]
-            }
+            chat(
+                ("developer", "d"),
+                ("user", "u"),
+                ("assistant", "calling"),
+                ("tool", "42"),
+                ("assistant", "it is 42"),
+            )
         ),
         None,
     ),
