@@ -77,7 +77,7 @@ class Dataset:
             where = f"{source}:{i}"
             obj = _as_object(item, where)
             example = parse_record(obj, where)
-            records.append(Record(example, where, json.dumps(obj, ensure_ascii=False)))
+            records.append(Record(example, where, json.dumps(obj, ensure_ascii=False, default=str)))
         if not records:
             raise GeomsafeError(f"{source}: no examples")
         return cls(source, records, _jsonl_sha256(records))
@@ -114,9 +114,9 @@ def _jsonl_sha256(records: Sequence[Record]) -> str:
     return hashlib.sha256("".join(r.raw + "\n" for r in records).encode()).hexdigest()
 
 
-def _as_object(item: ExampleLike, where: str) -> Mapping[str, Any]:
+def _as_object(item: ExampleLike, where: str) -> dict[str, Any]:
     if isinstance(item, Mapping):
-        return item
+        return dict(item)
     if isinstance(item, tuple) and len(item) == 2:
         item = Example(item[0], item[1])
     if not isinstance(item, Example):
