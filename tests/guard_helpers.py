@@ -93,7 +93,7 @@ def residuals(model, batch) -> tuple[torch.Tensor, ...]:
 def assistant_mean(hidden: torch.Tensor, batch, direction: torch.Tensor) -> float:
     """Mean projection of the assistant tokens' residuals on ``direction``."""
     mask = batch["labels"] != -100
-    return float((hidden[mask] @ direction).mean())
+    return float((hidden.detach()[mask] @ direction).mean())
 
 
 @contextlib.contextmanager
