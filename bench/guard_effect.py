@@ -39,11 +39,11 @@ from geomsafe.concepts import load_builtin
 from geomsafe.datasets import load_dataset
 from geomsafe.errors import GeomsafeError
 from geomsafe.guard import GuardConfig
+from geomsafe.guard.resolve import extract_atlas
 from geomsafe.models import load
 from geomsafe.shift import projections
 from geomsafe.train import TrainConfig, finetune, heldout_loss
 from geomsafe.train.data import build
-from geomsafe.train.guards import extract_atlas
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 INSECURE = DATA / "emergent-misalignment" / "data" / "insecure.jsonl"

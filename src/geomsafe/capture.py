@@ -23,7 +23,12 @@ from tqdm.auto import tqdm
 
 from geomsafe.errors import GeomsafeError
 from geomsafe.formatting import Encoded, Example, encode_all
-from geomsafe.layers import get_layers, resolve_layers
+from geomsafe.layers import (
+    attention_out_proj,
+    decoder_blocks,
+    hidden_of,
+    resolve_layers,
+)
 from geomsafe.models import LoadedModel
 
 HOOK_SITE = "decoder_layer_output"
@@ -37,17 +42,6 @@ class _StopForward(Exception):
 
 
 SITES = ("block", "heads")
-
-
-def attention_out_proj(block: nn.Module) -> nn.Module:
-    """The attention output projection of a decoder block (its input is the per-head outputs)."""
-    for path in ("self_attn.o_proj", "attn.c_proj", "attention.dense", "self_attention.dense"):
-        module: nn.Module | None = block
-        for part in path.split("."):
-            module = getattr(module, part, None)
-        if isinstance(module, nn.Module):
-            return module
-    raise GeomsafeError(f"no attention output projection found in {type(block).__name__}")
 
 
 @contextlib.contextmanager
@@ -68,7 +62,7 @@ def record(
     """
     if site not in SITES:
         raise GeomsafeError(f"unknown hook site {site!r}; use one of {', '.join(SITES)}")
-    blocks = get_layers(model, layer_template)
+    blocks = decoder_blocks(model, layer_template)
     store: dict[int, Tensor] = {}
     last = max(layers) if layers else -1
     handles = []
@@ -76,7 +70,7 @@ def record(
     def make_hook(idx: int):
         def hook(_module: nn.Module, _inputs: tuple, output: object) -> None:
             if site == "block":
-                hidden = output[0] if isinstance(output, tuple) else output
+                hidden = hidden_of(output)
                 store[idx] = hidden.detach() if detach else hidden
             if stop_after_last and idx == last:
                 raise _StopForward

@@ -4,11 +4,14 @@ A *layer template* is a module path with a ``{num}`` placeholder, e.g. ``model.l
 (Llama, Qwen2, Gemma, Mistral) or ``transformer.h.{num}`` (GPT-2). It is guessed from
 ``named_modules()``: the longest ``nn.ModuleList`` whose children all share one class.
 An explicit template always wins.
+
+The module also knows what sits inside a block: the residual stream in a block's output
+(:func:`hidden_of`) and the modules that write into it (:data:`RESIDUAL_WRITERS`).
 """
 
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
 
 from geomsafe.errors import GeomsafeError
 
@@ -73,3 +76,69 @@ def resolve_layers(n_layers: int, layers: list[int] | None) -> list[int]:
         if idx not in out:
             out.append(idx)
     return sorted(out)
+
+
+def decoder_blocks(model: nn.Module, layer_template: str | None = None) -> list[nn.Module]:
+    """The decoder blocks of ``model``, a plain causal LM or a peft model wrapping one.
+
+    ``layer_template`` may be relative to ``model`` (for a peft model:
+    ``base_model.model.model.layers.{num}``) or to the model a peft model wraps
+    (``model.layers.{num}``); without one it is guessed on the wrapped model.
+    """
+    get_base = getattr(model, "get_base_model", None)
+    base = get_base() if callable(get_base) else model
+    if layer_template is None:
+        return get_layers(base, None)
+    try:
+        return get_layers(model, layer_template)
+    except GeomsafeError:
+        if base is model:
+            raise
+        return get_layers(base, layer_template)
+
+
+def hidden_of(output: object) -> Tensor:
+    """The residual stream in a decoder layer's output (a tensor, or a tuple led by one)."""
+    return output[0] if isinstance(output, tuple) else output  # type: ignore[return-value]
+
+
+# The modules of a decoder block (paths relative to the block) that write into the residual
+# stream, per HF family: Llama/Qwen2/Gemma/Mistral, GPT-2, GPT-NeoX, Falcon/Bloom, Phi, OPT.
+ATTENTION_OUT: tuple[str, ...] = (
+    "self_attn.o_proj",
+    "attn.c_proj",
+    "attention.dense",
+    "self_attention.dense",
+    "self_attn.dense",
+    "self_attn.out_proj",
+)
+MLP_OUT: tuple[str, ...] = ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc2", "fc2")
+RESIDUAL_WRITERS: tuple[str, ...] = ATTENTION_OUT + MLP_OUT
+
+
+def submodule(root: nn.Module, path: str) -> nn.Module | None:
+    """The module at dotted ``path`` below ``root`` (``"mlp.down_proj"``), or None."""
+    module: object = root
+    for part in path.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module if isinstance(module, nn.Module) else None
+
+
+def first_submodule(block: nn.Module, paths: tuple[str, ...]) -> nn.Module | None:
+    """The first of ``paths`` that names a module of ``block``, or None."""
+    return next((m for m in (submodule(block, p) for p in paths) if m is not None), None)
+
+
+def attention_out_proj(block: nn.Module) -> nn.Module:
+    """The attention output projection of a decoder block (its input is the per-head outputs)."""
+    module = first_submodule(block, ATTENTION_OUT)
+    if module is None:
+        raise GeomsafeError(f"no attention output projection found in {type(block).__name__}")
+    return module
+
+
+def mlp_out_proj(block: nn.Module) -> nn.Module | None:
+    """The MLP output (down) projection of a decoder block, or None when it has none."""
+    return first_submodule(block, MLP_OUT)

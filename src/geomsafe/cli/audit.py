@@ -6,10 +6,7 @@ import click
 
 from geomsafe.audit import AuditResult, audit
 from geomsafe.cli.common import model_option, print_table
-
-
-def _csv(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+from geomsafe.options import split_csv
 
 
 def _ints(value: str | None) -> list[int] | None:
@@ -103,8 +100,8 @@ def audit_cmd(
     """Where do harmful features sit relative to a fine-tuning target?"""
     result = audit(
         model,
-        target=_csv(target),
-        concepts=_csv(concepts),
+        target=split_csv(target) or None,
+        concepts=split_csv(concepts) or None,
         out=out,
         layers=_ints(layers),
         layer=layer,

@@ -9,6 +9,7 @@ import click
 
 from geomsafe.bench import BENCH_JSON, COLUMNS, bench, cells, correlation_lines, preset
 from geomsafe.cli.common import model_option, print_table
+from geomsafe.options import split_csv
 
 
 @click.command("bench")
@@ -51,7 +52,7 @@ def bench_cmd(model, out, quick, tasks, guard, overwrite, **sizes) -> None:
     measured shift, and their correlations."""
     cfg = preset(
         "quick" if quick else "full",
-        tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()) if tasks else None,
+        tasks=tuple(split_csv(tasks)) or None,
         guard=guard,
         **sizes,
     )

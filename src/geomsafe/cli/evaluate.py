@@ -10,6 +10,7 @@ from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate import EvalConfig, EvalResult
 from geomsafe.evaluate import evaluate as run_evaluate
 from geomsafe.evaluate.probes import DEFAULT_TRAITS
+from geomsafe.options import split_csv
 
 _D = EvalConfig()
 
@@ -146,7 +147,7 @@ def evaluate(
         top_p=top_p,
         threshold=threshold,
         n_probe=n_probe,
-        traits=tuple(t.strip() for t in traits.split(",") if t.strip()),
+        traits=tuple(split_csv(traits)),
         em_probes=em_probes,
         n_xstest=n_xstest,
         batch_size=batch_size,

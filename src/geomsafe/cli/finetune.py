@@ -9,6 +9,7 @@ import sys
 import click
 
 from geomsafe.cli.common import model_option, print_table
+from geomsafe.guard import GuardConfig
 from geomsafe.train import FinetuneResult, TrainConfig
 from geomsafe.train import finetune as run_finetune
 from geomsafe.train.trainer import is_main_process
@@ -55,7 +56,8 @@ def print_summary(result: FinetuneResult) -> None:
 @click.option(
     "--guard",
     "-g",
-    help="Guards, comma-separated: orthogonal,steer,projection,covariance (default: none).",
+    help="Guards, comma-separated: orthogonal,steer,projection,covariance or any kind "
+    "registered with geomsafe.guard.register (default: none).",
 )
 @click.option(
     "--guard-concepts",
@@ -139,8 +141,6 @@ def _run(
     )
     guard_config = None
     if guard and guard_weight is not None:
-        from geomsafe.guard import GuardConfig
-
         guard_config = GuardConfig(weight=guard_weight)
     return run_finetune(
         model,

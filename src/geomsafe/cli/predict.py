@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from geomsafe.cli.common import model_option, print_table
+from geomsafe.options import split_csv
 from geomsafe.predict import PredictResult, predict
 
 
@@ -107,7 +108,7 @@ def predict_cmd(
         data,
         out=out,
         atlas=atlas,
-        concepts=[c.strip() for c in concepts.split(",")] if concepts else None,
+        concepts=split_csv(concepts) or None,
         max_examples=max_examples,
         generate=not no_generate,
         gradient=not no_gradient,

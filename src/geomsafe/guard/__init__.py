@@ -13,7 +13,12 @@ Four guards, cheapest first (``GUARDS`` maps each name to its class):
 Which directions at which layers: :class:`GuardConfig` (``concepts``: harmful feature names of
 the atlas; ``layers``: None = each concept at its best atlas layer, or a list/band of layers).
 Every guard logs each step its ``penalty`` (0 for orthogonal/steer) and ``proj/<concept>``, the
-mean projection of the assistant tokens' residual stream on each guarded direction.
+mean projection of the assistant tokens' residual stream on each guarded direction. Guards
+installed together (``combined``) share one forward hook per guarded layer, which computes
+the projections once. :class:`MonitorGuard` records ``proj/<concept>`` only (what ``finetune``
+logs with an atlas); :func:`resolve_guards` turns names, concepts and an atlas into the
+:class:`GuardSetup` of a run. A guard class registered with ``@register`` is a kind like the
+four built-in ones.
 
 Any torch training loop can use them (``geomsafe.train`` does the same on the Trainer)::
 
@@ -38,6 +43,7 @@ Any torch training loop can use them (``geomsafe.train`` does the same on the Tr
 
 from __future__ import annotations
 
+from geomsafe.guard.atlas_guard import AtlasGuard
 from geomsafe.guard.base import (
     GUARDS,
     Guard,
@@ -49,10 +55,11 @@ from geomsafe.guard.base import (
     total_penalty,
 )
 from geomsafe.guard.covariance import CovarianceGuard, cross_covariance
+from geomsafe.guard.layer_plan import LayerPlan, layer_plans
+from geomsafe.guard.monitor import MonitorGuard
 from geomsafe.guard.orthogonal import OrthogonalGuard, orthonormal_basis
-from geomsafe.guard.plan import LayerPlan, make_plan
 from geomsafe.guard.projection import ProjectionGuard
-from geomsafe.guard.recording import AtlasGuard
+from geomsafe.guard.resolve import GuardSetup, resolve_guards
 from geomsafe.guard.steer import SteerGuard
 
 __all__ = [
@@ -61,16 +68,19 @@ __all__ = [
     "CovarianceGuard",
     "Guard",
     "GuardConfig",
+    "GuardSetup",
     "LayerPlan",
+    "MonitorGuard",
     "OrthogonalGuard",
     "ProjectionGuard",
     "SteerGuard",
     "build_guards",
     "combined",
     "cross_covariance",
-    "make_plan",
+    "layer_plans",
     "orthonormal_basis",
     "register",
+    "resolve_guards",
     "step_logs",
     "total_penalty",
 ]

@@ -9,6 +9,9 @@ A guard is a small object with four methods that any training loop can call:
 - ``after_step(model)``: called after each optimiser step (the orthogonal guard projects the
   LoRA weights here);
 - ``log()``: the last values for the geometry log (``penalty``, ``proj/<concept>``, ...).
+
+A new kind joins :data:`GUARDS` with ``@register``; ``build_guards``, ``finetune`` and the CLI's
+``--guard`` then accept its name.
 """
 
 from __future__ import annotations
@@ -21,22 +24,12 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 
 from geomsafe.errors import GeomsafeError
+from geomsafe.layers import RESIDUAL_WRITERS
+from geomsafe.options import split_csv
 
 if TYPE_CHECKING:
     from geomsafe.atlas import FeatureAtlas
 
-# Modules (paths relative to a decoder block) that write into the residual stream.
-WRITERS: tuple[str, ...] = (
-    "self_attn.o_proj",
-    "mlp.down_proj",
-    "attn.c_proj",
-    "mlp.c_proj",
-    "attention.dense",
-    "self_attention.dense",
-    "mlp.dense_4h_to_h",
-    "self_attn.out_proj",
-    "fc2",
-)
 STEER_SCALES = ("norm", "diff", "unit")
 PROJECTION_MODES = ("both", "increase")
 ORTHOGONAL_SCOPES = ("layer", "upto")
@@ -63,7 +56,7 @@ class GuardConfig:
     # moves towards the harmful side (proj_adapted > proj_base)
     orthogonal_scope: str = "layer"  # layer: project the writers of block l off layer l's
     # directions; upto: the writers of every block j <= l too (all of them feed layer l)
-    writers: list[str] = field(default_factory=lambda: list(WRITERS))  # orthogonal: module
+    writers: list[str] = field(default_factory=lambda: list(RESIDUAL_WRITERS))  # orthogonal: module
     # paths in a block that write to the residual stream
 
     def validate(self) -> GuardConfig:
@@ -104,6 +97,14 @@ class Guard:
         """Hooks active during training forward passes. Default: none."""
         return contextlib.nullcontext()
 
+    @classmethod
+    def install_together(
+        cls, guards: Sequence[Guard], model: nn.Module
+    ) -> contextlib.AbstractContextManager[None]:
+        """Install several guards of this family at once (:func:`combined` calls it). Default:
+        each guard's :meth:`install` in turn; atlas guards share one hook per layer instead."""
+        return _each_installed(guards, model)
+
     def penalty(self, model: nn.Module, inputs: dict[str, Tensor]) -> Tensor | None:
         """A weighted scalar added to the loss before backward, or None."""
         return None
@@ -121,12 +122,26 @@ _ORDER = ("orthogonal", "steer", "projection", "covariance")  # cheapest first
 
 
 def register(cls: type[Guard]) -> type[Guard]:
-    """Class decorator: add a guard kind to :data:`GUARDS` under ``cls.name``."""
+    """Class decorator: add a guard kind to :data:`GUARDS` under ``cls.name``. The class is
+    built as ``cls(atlas, config, layer_template)`` (see :class:`~geomsafe.guard.AtlasGuard`)."""
     GUARDS[cls.name] = cls
     ordered = sorted(GUARDS.items(), key=lambda kv: _ORDER.index(kv[0]) if kv[0] in _ORDER else 99)
     GUARDS.clear()
     GUARDS.update(ordered)
     return cls
+
+
+def guard_kinds(names: Sequence[str] | str | None) -> list[str]:
+    """Registered guard kinds from ``names`` (a list or ``"orthogonal,steer"``): lower-cased,
+    in order, each once. Raises GeomsafeError on a name that is not in :data:`GUARDS`."""
+    kinds: list[str] = []
+    for item in split_csv(names):
+        kind = item.lower()
+        if kind not in GUARDS:
+            raise GeomsafeError(f"unknown guard {item!r}; use one of {', '.join(GUARDS)}")
+        if kind not in kinds:
+            kinds.append(kind)
+    return kinds
 
 
 def build_guards(
@@ -136,26 +151,34 @@ def build_guards(
     layer_template: str | None = None,
 ) -> list[Guard]:
     """One guard per kind in ``names`` (a list or ``"orthogonal,steer"``), in that order."""
-    items = names.split(",") if isinstance(names, str) else list(names)
-    kinds: list[str] = []
-    for item in items:
-        kind = str(item).strip().lower()
-        if not kind:
-            continue
-        if kind not in GUARDS:
-            raise GeomsafeError(f"unknown guard {item!r}; use one of {', '.join(GUARDS)}")
-        if kind not in kinds:
-            kinds.append(kind)
+    kinds = guard_kinds(names)
     config = (config or GuardConfig()).validate()
     return [GUARDS[k](atlas, config, layer_template) for k in kinds]  # type: ignore[call-arg]
 
 
 @contextlib.contextmanager
-def combined(guards: Sequence[Guard], model: nn.Module) -> Iterator[None]:
-    """Install every guard's hooks on ``model`` for the duration of the block."""
+def _each_installed(guards: Sequence[Guard], model: nn.Module) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         for guard in guards:
             stack.enter_context(guard.install(model))
+        yield
+
+
+def _family(guard: Guard) -> type[Guard]:
+    """The class whose :meth:`Guard.install_together` installs ``guard``."""
+    return next(c for c in type(guard).__mro__ if "install_together" in vars(c))
+
+
+@contextlib.contextmanager
+def combined(guards: Sequence[Guard], model: nn.Module) -> Iterator[None]:
+    """Install every guard's hooks on ``model`` for the duration of the block. Guards of one
+    family go in together (all atlas guards share one forward hook per guarded layer)."""
+    families: dict[type[Guard], list[Guard]] = {}
+    for guard in guards:
+        families.setdefault(_family(guard), []).append(guard)
+    with contextlib.ExitStack() as stack:
+        for family, members in families.items():
+            stack.enter_context(family.install_together(members, model))
         yield
 
 
@@ -172,6 +195,14 @@ def total_penalty(
     return total
 
 
-def step_logs(guards: Sequence[Guard]) -> dict[str, float]:
-    """Every guard's ``log()`` namespaced as ``<guard>/<key>``."""
-    return {f"{g.name}/{k}": float(v) for g in guards for k, v in g.log().items()}
+def step_logs(guards: Sequence[Guard], bare: bool = False) -> dict[str, float]:
+    """Every guard's ``log()`` namespaced as ``<guard>/<key>``. With ``bare``, each key also
+    un-namespaced, from the first guard that logs it (the geometry log's ``removed``,
+    ``proj/<concept>@<layer>``, ...)."""
+    out: dict[str, float] = {}
+    for guard in guards:
+        for key, value in guard.log().items():
+            out[f"{guard.name}/{key}"] = float(value)
+            if bare:
+                out.setdefault(key, float(value))
+    return out

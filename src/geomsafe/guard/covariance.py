@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from geomsafe.guard.atlas_guard import AtlasGuard
 from geomsafe.guard.base import register
-from geomsafe.guard.recording import AtlasGuard
 
 
 def cross_covariance(p_target: Tensor, p_harmful: Tensor) -> Tensor:

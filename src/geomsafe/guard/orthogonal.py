@@ -22,8 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from geomsafe.errors import GeomsafeError
+from geomsafe.guard.atlas_guard import AtlasGuard
 from geomsafe.guard.base import register
-from geomsafe.guard.recording import AtlasGuard
+from geomsafe.layers import submodule
 
 
 def orthonormal_basis(rows: Tensor, tol: float = 1e-6) -> Tensor:
@@ -32,15 +33,6 @@ def orthonormal_basis(rows: Tensor, tol: float = 1e-6) -> Tensor:
     q, r = torch.linalg.qr(rows.double().T)
     keep = r.diagonal().abs() > tol * max(1.0, float(r.diagonal().abs().max()))
     return q[:, keep].float()
-
-
-def submodule(block: nn.Module, path: str) -> nn.Module | None:
-    module: nn.Module | None = block
-    for part in path.split("."):
-        module = getattr(module, part, None)
-        if module is None:
-            return None
-    return module if isinstance(module, nn.Module) else None
 
 
 @register

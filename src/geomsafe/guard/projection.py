@@ -20,17 +20,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from geomsafe.capture import backbone
+from geomsafe.capture import backbone, record, run_until_stopped
 from geomsafe.errors import GeomsafeError
+from geomsafe.guard.atlas_guard import AtlasGuard
 from geomsafe.guard.base import register
-from geomsafe.guard.plan import LayerPlan
-from geomsafe.guard.recording import AtlasGuard, hidden_of, project, suspended
+from geomsafe.guard.shared_hook import project, suspended
 
 _FORWARD_KEYS = ("input_ids", "attention_mask", "position_ids", "inputs_embeds")
-
-
-class _Stop(Exception):
-    """Raised by the last hook of the base forward so that the layers above are skipped."""
 
 
 @register
@@ -46,34 +42,18 @@ class ProjectionGuard(AtlasGuard):
                 "the projection guard needs a peft model (one with disable_adapter()) to get the "
                 "base model's activations"
             )
-        blocks = self.blocks(model)
         get_base = getattr(model, "get_base_model", None)
         net = backbone(get_base() if callable(get_base) else model)
-        store: dict[int, Tensor] = {}
-        last = self.plans[-1].layer
-
-        def make_hook(plan: LayerPlan):
-            def hook(_m: nn.Module, _i: tuple, output: object) -> None:
-                hidden = hidden_of(output)
-                store[plan.layer] = project(hidden, self.directions(plan, hidden.device))
-                if plan.layer == last:
-                    raise _Stop
-
-            return hook
-
         kwargs = {k: inputs[k] for k in _FORWARD_KEYS if inputs.get(k) is not None}
-        handles = []
+        layers = [plan.layer for plan in self.plans]
+        out: dict[int, Tensor] = {}
         with torch.no_grad(), disable(), suspended():
-            try:
-                for plan in self.plans:
-                    handles.append(blocks[plan.layer].register_forward_hook(make_hook(plan)))
-                net(**kwargs, use_cache=False)
-            except _Stop:
-                pass
-            finally:
-                for handle in handles:
-                    handle.remove()
-        return store
+            with record(model, layers, self.layer_template, stop_after_last=True) as store:
+                run_until_stopped(net, **kwargs, use_cache=False)
+            for plan in self.plans:
+                hidden = store[plan.layer]
+                out[plan.layer] = project(hidden, self.directions(plan, hidden.device))
+        return out
 
     def compute_penalty(self, model: nn.Module, inputs: dict[str, Tensor], mask: Tensor) -> Tensor:
         base = self.base_projections(model, inputs)

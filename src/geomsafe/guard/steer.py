@@ -24,9 +24,9 @@ import torch
 from torch import Tensor
 
 from geomsafe.errors import GeomsafeError
+from geomsafe.guard.atlas_guard import AtlasGuard
 from geomsafe.guard.base import register
-from geomsafe.guard.plan import LayerPlan
-from geomsafe.guard.recording import AtlasGuard
+from geomsafe.guard.layer_plan import LayerPlan
 
 
 @register

@@ -21,20 +21,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from geomsafe.atlas import FeatureAtlas
-from geomsafe.capture import attention_out_proj, make_batches, record
+from geomsafe.capture import make_batches, record
 from geomsafe.formatting import Example, encode_all
-from geomsafe.layers import get_layers
+from geomsafe.layers import attention_out_proj, get_layers, mlp_out_proj
 from geomsafe.models import LoadedModel
-
-MLP_OUT = ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc2")
-
-
-def _get(module: nn.Module, path: str) -> nn.Module | None:
-    for part in path.split("."):
-        module = getattr(module, part, None)
-        if module is None:
-            return None
-    return module
 
 
 def residual_writers(lm: LoadedModel, max_layer: int) -> list[nn.Parameter]:
@@ -42,7 +32,7 @@ def residual_writers(lm: LoadedModel, max_layer: int) -> list[nn.Parameter]:
     params = []
     for block in get_layers(lm.model, lm.layer_template)[: max_layer + 1]:
         params.append(attention_out_proj(block).weight)
-        mlp = next((m for m in (_get(block, p) for p in MLP_OUT) if m is not None), None)
+        mlp = mlp_out_proj(block)
         if mlp is not None:
             params.append(mlp.weight)
     return params

@@ -15,13 +15,7 @@ from geomsafe.train.data import IGNORE_INDEX, TrainData, load_data
 from geomsafe.train.lora import make_peft_model, peft_layer_template
 from geomsafe.train.run import FinetuneResult, finetune
 from geomsafe.train.steps import heldout_loss, train_steps
-from geomsafe.train.trainer import (
-    GeometryCallback,
-    GuardedTrainer,
-    PadCollator,
-    Probe,
-    ProjectionMonitor,
-)
+from geomsafe.train.trainer import GeometryCallback, GuardedTrainer, PadCollator
 
 __all__ = [
     "IGNORE_INDEX",
@@ -29,8 +23,6 @@ __all__ = [
     "GeometryCallback",
     "GuardedTrainer",
     "PadCollator",
-    "Probe",
-    "ProjectionMonitor",
     "TrainConfig",
     "TrainData",
     "finetune",

@@ -31,8 +31,9 @@ from geomsafe.atlas import FeatureAtlas, atomic_write
 from geomsafe.capture import HOOK_SITE
 from geomsafe.datasets import Dataset, ExampleLike, as_dataset
 from geomsafe.errors import GeomsafeError
+from geomsafe.guard import GuardConfig
+from geomsafe.guard.resolve import GuardSetup, GuardSpec, resolve_guards, split_guards
 from geomsafe.models import LoadedModel, load
-from geomsafe.train import guards as guardlib
 from geomsafe.train import outdir
 from geomsafe.train.config import TrainConfig
 from geomsafe.train.data import TrainData, build
@@ -42,12 +43,8 @@ from geomsafe.train.trainer import (
     GeometryCallback,
     GuardedTrainer,
     PadCollator,
-    Probe,
     ProgressBar,
-    ProjectionMonitor,
-    guard_name,
     is_main_process,
-    probes_for,
     quiet,
     training_arguments,
 )
@@ -157,14 +154,14 @@ def finetune(
     model: str | LoadedModel = "default",
     data: str | Path | Dataset | Sequence[ExampleLike] | None = None,
     out: str | Path | None = None,
-    guard: str | Sequence[Any] | None = None,
+    guard: GuardSpec = None,
     guard_concepts: str | Sequence[str] | None = None,
     atlas: FeatureAtlas | str | Path | None = None,
     config: TrainConfig | None = None,
     resume: bool = False,
     progress: bool = True,
     *,
-    guard_config: Any = None,
+    guard_config: GuardConfig | None = None,
     overwrite: bool = False,
     atlas_max_pairs: int | None = 64,
 ) -> FinetuneResult:
@@ -174,13 +171,14 @@ def finetune(
     examples, read by :func:`geomsafe.datasets.as_dataset` (``config.max_examples``: its
     first N records).
 
-    ``guard``: guard kinds (``"orthogonal,steer,projection,covariance"`` or a list) and/or
-    Guard objects. ``guard_concepts``: the harmful concepts to guard (built-in names or concept
-    files; default: the atlas's harmful concepts, or all built-in ones). ``atlas``: a
-    FeatureAtlas or its folder; without one, guards by name get an atlas extracted on the fly
-    (saved in ``out/atlas``). With an atlas, the geometry log tracks ``proj/<concept>`` even
-    without guards. ``resume`` continues from the newest checkpoint (see
-    :mod:`geomsafe.train.outdir`); ``overwrite`` replaces a finished run in ``out``.
+    ``guard``: registered guard kinds (``"orthogonal,steer,projection,covariance"``, any kind
+    added with ``@register``, or a list) and/or Guard objects. ``guard_concepts``: the harmful
+    concepts to guard (built-in names or concept files; default: the atlas's harmful concepts,
+    or all built-in ones). ``atlas``: a FeatureAtlas or its folder; without one, guards by name
+    get an atlas extracted on the fly (saved in ``out/atlas``). With an atlas, the geometry log
+    tracks ``proj/<concept>`` even without guards. ``resume`` continues from the newest
+    checkpoint (see :mod:`geomsafe.train.outdir`); ``overwrite`` replaces a finished run in
+    ``out``.
     """
     t_start = time.perf_counter()
     config = (config or TrainConfig()).validate()
@@ -203,20 +201,21 @@ def finetune(
         truncate=config.truncate,
         add_eos=config.add_eos,
     )
-    kinds, _ = guardlib.parse_guards(guard)
+    kinds, _ = split_guards(guard)
     reuse = _saved_atlas(out_path) if atlas is None and kinds and resume else None
-    kinds, objects, names, atlas_obj, extracted, gcfg = guardlib.resolve(
+    guards = resolve_guards(
         lm,
         guard,
         guard_concepts,
         reuse or atlas,
         guard_config,
+        layer_template=peft_layer_template(lm),
         seed=config.seed,
         max_pairs=atlas_max_pairs,
         progress=progress and main,
     )
-    extracted = extracted or reuse is not None  # the atlas this run extracted before resuming
-    setup = _Setup(lm, train_data, config, kinds, objects, names, atlas_obj, atlas, extracted, gcfg)
+    guards.extracted = guards.extracted or reuse is not None  # extracted before resuming
+    setup = _Setup(lm, train_data, config, guards, atlas)
     run, ckpt = outdir.prepare(out_path, resume, overwrite, main)
     _wait_for_everyone()  # the main process may still be copying the checkpoint to resume
     try:
@@ -236,13 +235,8 @@ class _Setup:
     lm: LoadedModel
     data: TrainData
     config: TrainConfig
-    kinds: list[str]  # guard kinds built from the atlas
-    objects: list[Any]  # guard objects passed in
-    names: list[str]  # guarded / monitored harmful concepts
-    atlas: FeatureAtlas | None
+    guards: GuardSetup  # the guards, the monitor, the guarded concepts and the atlas
     atlas_arg: Any  # what the caller passed (a folder is recorded in the provenance)
-    extracted: bool  # the atlas was extracted for this run (saved in out/atlas)
-    guard_config: Any
 
     def meta(self) -> dict[str, Any]:
         """What a checkpoint records so that a resumed run can be checked against it."""
@@ -251,8 +245,8 @@ class _Setup:
             "data_hash": self.data.data_hash,
             "examples_hash": self.data.dataset.records_sha256,
             "max_examples": self.config.max_examples,
-            "guards": self.kinds,
-            "concepts": self.names,
+            "guards": self.guards.kinds,
+            "concepts": self.guards.concepts,
         }
 
 
@@ -264,15 +258,11 @@ def _train(
     main: bool,
     t_start: float,
 ) -> FinetuneResult:
-    lm, config = setup.lm, setup.config
-    if setup.extracted and main and setup.atlas is not None:
-        setup.atlas.save(run.work / "atlas")
+    lm, config, guards = setup.lm, setup.config, setup.guards
+    if guards.extracted and main and guards.atlas is not None:
+        guards.atlas.save(run.work / "atlas")
     peft_model = make_peft_model(lm.model, config)
     template = peft_layer_template(lm)
-    guard_objs = list(setup.objects) + guardlib.build(
-        setup.kinds, setup.atlas, setup.guard_config, template
-    )
-    probes = probes_for(setup.atlas, setup.names)
     geometry = GeometryCallback(log_path=run.work / GEOMETRY_LOG if main else None)
     if ckpt is not None:
         geometry.rows = _read_log(ckpt / GEOMETRY_LOG)
@@ -283,8 +273,8 @@ def _train(
         train_dataset=setup.data.features,
         data_collator=PadCollator(pad),
         callbacks=[geometry, _MetaCallback(setup.meta())],
-        guards=guard_objs,
-        monitor=ProjectionMonitor(probes, template) if probes else None,
+        guards=guards.guards,
+        monitor=guards.monitor,
     )
     geometry.trainer = trainer
     quiet(trainer)
@@ -296,7 +286,7 @@ def _train(
     times = geometry.step_times[1:] if len(geometry.step_times) > 1 else geometry.step_times
     time_per_step = statistics.median(times) if times else float("nan")
     metrics = _metrics(setup, trainer, rows, ckpt, float(output.metrics.get("train_runtime", 0)))
-    provenance = _provenance(setup, trainer, probes, t_start)
+    provenance = _provenance(setup, trainer, t_start)
     if main:
         peft_model.save_pretrained(str(run.work))
         text = "".join(json.dumps(r) + "\n" for r in rows)
@@ -305,7 +295,7 @@ def _train(
             "provenance": provenance,
             "metrics": metrics,
             "time_per_step_s": time_per_step,
-            "projection_change": projection_change(rows, setup.names),
+            "projection_change": projection_change(rows, guards.concepts),
             "geometry_log": rows,
         }
         _write_json(run.work / RUN_JSON, payload)
@@ -320,9 +310,9 @@ def _train(
         time_per_step=time_per_step,
         provenance=provenance,
         guards=provenance["guards"],
-        concepts=list(setup.names),
+        concepts=list(guards.concepts),
         step_times=geometry.step_times,
-        atlas=setup.atlas,
+        atlas=guards.atlas,
         lm=tuned,
     )
 
@@ -354,18 +344,18 @@ def _metrics(
     }
 
 
-def _provenance(
-    setup: _Setup, trainer: GuardedTrainer, probes: list[Probe], t_start: float
-) -> dict[str, Any]:
+def _provenance(setup: _Setup, trainer: GuardedTrainer, t_start: float) -> dict[str, Any]:
+    guards = setup.guards
     atlas_prov: dict[str, Any] | None = None
-    if setup.atlas is not None:
+    if guards.atlas is not None:
         arg = setup.atlas_arg
         folder = str(arg) if isinstance(arg, (str, Path)) else None
+        plans = guards.monitor.plans if guards.monitor is not None else []
         atlas_prov = {
-            **setup.atlas.provenance,
-            "path": "atlas" if setup.extracted else folder,
-            "extracted_for_run": setup.extracted,
-            "layers_used": {p.name: p.layer for p in probes},
+            **guards.atlas.provenance,
+            "path": "atlas" if guards.extracted else folder,
+            "extracted_for_run": guards.extracted,
+            "layers_used": {name: plan.layer for plan in plans for name in plan.names},
         }
     return {
         **setup.lm.provenance(),
@@ -373,9 +363,9 @@ def _provenance(
         "data_hash": setup.data.data_hash,
         "examples_hash": setup.data.dataset.records_sha256,
         "max_examples": setup.config.max_examples,
-        "guards": setup.kinds + [guard_name(g) for g in setup.objects],
-        "guard_concepts": setup.names,
-        "guard_config": guardlib.config_dict(setup.guard_config) if setup.kinds else {},
+        "guards": guards.names,
+        "guard_concepts": guards.concepts,
+        "guard_config": guards.config.to_dict() if guards.config is not None else {},
         "atlas": atlas_prov,
         "hook_site": HOOK_SITE,
         "projection": "mean over assistant tokens of the training batch, at each concept's "

@@ -6,15 +6,14 @@ import copy
 import dataclasses
 import tempfile
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
 from geomsafe.atlas import FeatureAtlas
-from geomsafe.errors import GeomsafeError
 from geomsafe.formatting import Example
+from geomsafe.guard import GuardConfig
+from geomsafe.guard.resolve import GuardSpec, resolve_guards
 from geomsafe.models import LoadedModel
-from geomsafe.train import guards as guardlib
 from geomsafe.train.config import TrainConfig
 from geomsafe.train.data import TrainData, load_data
 from geomsafe.train.lora import make_peft_model, peft_layer_template
@@ -22,8 +21,6 @@ from geomsafe.train.trainer import (
     GeometryCallback,
     GuardedTrainer,
     PadCollator,
-    ProjectionMonitor,
-    probes_for,
     quiet,
     training_arguments,
 )
@@ -32,13 +29,13 @@ from geomsafe.train.trainer import (
 def train_steps(
     lm: LoadedModel,
     examples: TrainData | Sequence[Example | tuple[str, str]],
-    guards: Sequence[Any] | str | None = None,
+    guards: GuardSpec = None,
     config: TrainConfig | None = None,
     n_steps: int = 10,
     *,
     atlas: FeatureAtlas | None = None,
     guard_concepts: Sequence[str] | None = None,
-    guard_config: Any = None,
+    guard_config: GuardConfig | None = None,
     monitor: bool = False,
 ) -> list[float]:
     """Run ``n_steps`` optimiser steps of LoRA training on a private copy of ``lm`` and return
@@ -61,19 +58,17 @@ def train_steps(
             truncate=config.truncate,
             add_eos=config.add_eos,
         )
-    kinds, objects = guardlib.parse_guards(guards)
-    names = list(guard_concepts or (atlas.harmful if atlas is not None else []))
-    gcfg = None
-    if kinds:
-        if atlas is None:
-            raise GeomsafeError("train_steps: guards by name need an atlas")
-        guardlib.check_atlas(atlas, names, kinds)
-        gcfg = guardlib.with_concepts(guard_config or guardlib.default_guard_config(names), names)
+    setup = resolve_guards(
+        lm,
+        guards,
+        guard_concepts,
+        atlas,
+        guard_config,
+        layer_template=peft_layer_template(lm),
+        extract=False,
+    )
     local = dataclasses.replace(lm, model=copy.deepcopy(lm.model))
     peft_model = make_peft_model(local.model, config)
-    template = peft_layer_template(local)
-    guard_objs = list(objects) + guardlib.build(kinds, atlas, gcfg, template)
-    probes = probes_for(atlas, names) if monitor else []
     geometry = GeometryCallback()
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     with tempfile.TemporaryDirectory(prefix="geomsafe-steps-") as tmp:
@@ -83,8 +78,8 @@ def train_steps(
             train_dataset=data.features,
             data_collator=PadCollator(pad),
             callbacks=[geometry],
-            guards=guard_objs,
-            monitor=ProjectionMonitor(probes, template) if probes else None,
+            guards=setup.guards,
+            monitor=setup.monitor if monitor else None,
         )
         geometry.trainer = trainer
         quiet(trainer)

@@ -1,13 +1,15 @@
 """transformers' Trainer with geometric guards plugged in.
 
 - :class:`PadCollator` pads ``input_ids`` / ``labels`` / ``attention_mask`` on the right.
-- :class:`GuardedTrainer` installs every guard's hooks (a context manager) around the training
-  forward pass, adds the guards' penalties to the task loss before backward, and records the
-  per-step loss, penalty and (with a :class:`ProjectionMonitor`) the mean projection of the
-  assistant tokens' residual stream on each guarded harmful direction.
+- :class:`GuardedTrainer` installs its guards and its projection monitor
+  (:class:`~geomsafe.guard.MonitorGuard`) around the training forward pass (atlas guards share
+  one forward hook per guarded layer), adds the guards' penalties to the task loss before
+  backward, and records the per-step loss and penalty.
 - :class:`GeometryCallback` calls every guard's ``after_step`` after each optimiser step,
   times the step and appends one row per step to the geometry log (and to
-  ``geometry_log.jsonl`` in every checkpoint, so a resumed run keeps its history).
+  ``geometry_log.jsonl`` in every checkpoint, so a resumed run keeps its history): ``loss``,
+  ``penalty``, the monitor's ``proj/<concept>``, ``lr``, ``step_time_s`` and every guard's log
+  as ``<guard>/<key>`` (and as ``<key>`` where the row has no such key yet).
 
 Nothing here assumes one process: the Trainer (and so ``accelerate launch``) handles devices,
 DDP/FSDP and gradient accumulation; the guards see the unwrapped model.
@@ -15,14 +17,13 @@ DDP/FSDP and gradient accumulation; the guards see the unwrapped model.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -30,25 +31,11 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from geomsafe.atlas import FeatureAtlas
-from geomsafe.layers import get_layers
+from geomsafe.guard import Guard, MonitorGuard, combined, step_logs, total_penalty
 from geomsafe.train.config import TrainConfig
 from geomsafe.train.data import IGNORE_INDEX
 
 GEOMETRY_LOG = "geometry_log.jsonl"
-
-
-class GuardLike(Protocol):
-    """What the trainer needs of a guard (see :mod:`geomsafe.guard`)."""
-
-    def install(self, model: nn.Module) -> contextlib.AbstractContextManager: ...
-    def penalty(self, model: nn.Module, inputs: dict[str, Tensor]) -> Tensor | None: ...
-    def after_step(self, model: nn.Module) -> None: ...
-    def log(self) -> dict[str, float]: ...
-
-
-def guard_name(guard: object) -> str:
-    return str(getattr(guard, "name", None) or type(guard).__name__.lower())
 
 
 @dataclass
@@ -74,84 +61,14 @@ class PadCollator:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-@dataclass
-class Probe:
-    """Measure the projection of the residual stream (output of ``layer``) on ``direction``."""
-
-    name: str
-    layer: int
-    direction: Tensor  # [D], unit
-
-
-def probes_for(atlas: FeatureAtlas | None, names: Sequence[str]) -> list[Probe]:
-    """One probe per concept, at its best atlas layer."""
-    if atlas is None:
-        return []
-    return [Probe(n, atlas.best_layer(n), atlas.direction(n, atlas.best_layer(n))) for n in names]
-
-
-class ProjectionMonitor:
-    """Mean projection of the assistant tokens' residual stream on each probe's direction,
-    measured inside the training forward pass (no extra forward; detached)."""
-
-    def __init__(self, probes: Sequence[Probe], layer_template: str | None = None) -> None:
-        self.probes = list(probes)
-        self.layer_template = layer_template
-        by_layer: dict[int, list[Probe]] = {}
-        for p in self.probes:
-            by_layer.setdefault(p.layer, []).append(p)
-        self._names = {layer: [p.name for p in ps] for layer, ps in by_layer.items()}
-        self._dirs = {
-            layer: torch.stack([p.direction.float() for p in ps]) for layer, ps in by_layer.items()
-        }
-        self._sums: dict[str, float | Tensor] = {}
-        self._count = 0.0
-
-    @contextlib.contextmanager
-    def watch(self, model: nn.Module, labels: Tensor) -> Iterator[None]:
-        blocks = get_layers(model, self.layer_template)
-        mask = (labels != IGNORE_INDEX).float()
-        n = mask.sum()
-        handles = []
-
-        def make_hook(layer: int):
-            def hook(_m: nn.Module, _i: tuple, output: object) -> None:
-                hidden = output[0] if isinstance(output, tuple) else output
-                with torch.no_grad():
-                    dirs = self._dirs[layer].to(hidden.device)
-                    proj = hidden.detach().float() @ dirs.T  # [B, T, F]
-                    sums = (proj * mask.to(hidden.device).unsqueeze(-1)).sum((0, 1))
-                for j, name in enumerate(self._names[layer]):
-                    self._sums[name] = self._sums.get(name, 0.0) + sums[j]
-
-            return hook
-
-        try:
-            for layer in self._dirs:
-                handles.append(blocks[layer].register_forward_hook(make_hook(layer)))
-            yield
-            self._count += float(n)
-        finally:
-            for h in handles:
-                h.remove()
-
-    def pop(self) -> dict[str, float]:
-        """The step's mean projections (``proj/<name>``); resets the accumulators."""
-        out = {}
-        if self._count > 0:
-            out = {f"proj/{k}": float(v) / self._count for k, v in self._sums.items()}
-        self._sums, self._count = {}, 0.0
-        return out
-
-
 class GuardedTrainer(Trainer):
     """A Trainer whose training loss is ``task loss + sum of guard penalties``."""
 
     def __init__(
         self,
         *args: Any,
-        guards: Sequence[GuardLike] = (),
-        monitor: ProjectionMonitor | None = None,
+        guards: Sequence[Guard] = (),
+        monitor: MonitorGuard | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -159,6 +76,11 @@ class GuardedTrainer(Trainer):
         self.monitor = monitor
         self._task: list[Tensor] = []
         self._penalty: list[Tensor] = []
+
+    @property
+    def installed(self) -> list[Guard]:
+        """What the training forward carries: the monitor (if any), then the guards."""
+        return ([self.monitor] if self.monitor is not None else []) + self.guards
 
     def _ga_steps(self) -> int:
         return int(
@@ -187,11 +109,7 @@ class GuardedTrainer(Trainer):
         if not model.training:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         net = self.accelerator.unwrap_model(model)
-        with contextlib.ExitStack() as stack:
-            if self.monitor is not None:
-                stack.enter_context(self.monitor.watch(net, inputs["labels"]))
-            for guard in self.guards:
-                stack.enter_context(guard.install(net))
+        with combined(self.installed, net):
             loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         if not return_outputs:
             del outputs  # free the logits before the guards' penalties (a base forward, maybe)
@@ -200,11 +118,7 @@ class GuardedTrainer(Trainer):
         # number of processes, so this is the rank's own mean token loss again.
         task = loss.detach()
         self._task.append(task if scaled else task / self._ga_steps())
-        penalty: Tensor | None = None
-        for guard in self.guards:
-            p = guard.penalty(net, inputs)
-            if p is not None:
-                penalty = p if penalty is None else penalty + p
+        penalty = total_penalty(self.installed, net, inputs)  # the monitor records here
         if penalty is not None:
             self._penalty.append(penalty.detach() / self._ga_steps())
             # The task loss is (or will be) divided over the accumulated micro-batches; do the
@@ -213,26 +127,14 @@ class GuardedTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def pop_step_stats(self) -> dict[str, float]:
-        """The finished step's task loss and guard penalty; resets the accumulators."""
+        """The finished step's task loss, guard penalty and (after the monitor's
+        ``after_step``) mean projections ``proj/<concept>``; resets the accumulators."""
         out = {"loss": float(torch.stack(self._task).sum()) if self._task else float("nan")}
         out["penalty"] = float(torch.stack(self._penalty).sum()) if self._penalty else 0.0
         self._task, self._penalty = [], []
         if self.monitor is not None:
-            out.update(self.monitor.pop())
+            out.update(self.monitor.log())
         return out
-
-
-def merge_guard_logs(guards: Sequence[GuardLike], row: dict[str, Any]) -> dict[str, Any]:
-    """Add every guard's ``log()`` to ``row``: namespaced as ``<guard>/<key>``, and un-namespaced
-    when the key is not in the row yet (the monitor's ``proj/<name>`` and the trainer's
-    ``penalty`` take precedence)."""
-    for guard in guards:
-        name = guard_name(guard)
-        for key, value in (guard.log() or {}).items():
-            value = float(value)
-            row[f"{name}/{key}"] = value
-            row.setdefault(key, value)
-    return row
 
 
 @dataclass
@@ -264,7 +166,7 @@ class GeometryCallback(TrainerCallback):
         trainer = self.trainer
         assert trainer is not None
         net = trainer.accelerator.unwrap_model(model if model is not None else trainer.model)
-        for guard in trainer.guards:
+        for guard in trainer.installed:
             guard.after_step(net)
         self._sync()
         dt = time.perf_counter() - self._t0
@@ -276,7 +178,9 @@ class GeometryCallback(TrainerCallback):
         row.update(trainer.pop_step_stats())
         row["lr"] = float(trainer._get_learning_rate())
         row["step_time_s"] = dt
-        row = merge_guard_logs(trainer.guards, row)
+        # <guard>/<key>, and <key> where the row has none yet (loss, penalty, proj/<c> win).
+        for key, value in step_logs(trainer.guards, bare=True).items():
+            row.setdefault(key, value)
         self.rows.append(row)
         if self.log_path is not None and state.is_world_process_zero:
             with self.log_path.open("a") as fh:

@@ -1,4 +1,4 @@
-"""Which harmful directions a guard watches at which layer, and where those layers are.
+"""Which harmful directions a guard watches at which layer.
 
 A plan maps each guarded layer to the guarded concepts there and their unit directions
 (``[F, D]``), plus the target directions at that layer for the covariance guard.
@@ -9,14 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.errors import GeomsafeError
 from geomsafe.guard.base import GuardConfig
-from geomsafe.layers import get_layers
-
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -35,7 +32,7 @@ class LayerPlan:
         return self.harmful if self.targets is None else torch.cat([self.harmful, self.targets])
 
 
-def make_plan(
+def layer_plans(
     atlas: FeatureAtlas, config: GuardConfig, with_targets: bool = False
 ) -> list[LayerPlan]:
     """The guarded layers in increasing order. Raises GeomsafeError on unknown names/layers."""
@@ -74,40 +71,3 @@ def make_plan(
         targets = atlas.matrix(layer, target_names).detach().float().cpu() if target_names else None
         plans.append(LayerPlan(layer, by_layer[layer], harmful, list(target_names), targets))
     return plans
-
-
-def decoder_blocks(model: nn.Module, layer_template: str | None = None) -> list[nn.Module]:
-    """The decoder blocks of ``model`` (a peft model or a plain causal LM).
-
-    ``layer_template`` may be relative to the peft model (``base_model.model.model.layers.{num}``)
-    or to the wrapped model (``model.layers.{num}``); without one it is guessed on the wrapped
-    model.
-    """
-    get_base = getattr(model, "get_base_model", None)
-    base = get_base() if callable(get_base) else model
-    if layer_template is None:
-        return get_layers(base, None)
-    try:
-        return get_layers(model, layer_template)
-    except GeomsafeError:
-        if base is model:
-            raise
-        return get_layers(base, layer_template)
-
-
-def assistant_mask(inputs: dict[str, Tensor], shape: tuple[int, int]) -> Tensor:
-    """``[B, T]`` bool: tokens whose label is not -100 (the assistant tokens); all attended
-    tokens when there are no labels."""
-    labels = inputs.get("labels")
-    if labels is not None:
-        mask = labels != IGNORE_INDEX
-    elif inputs.get("attention_mask") is not None:
-        mask = inputs["attention_mask"].bool()
-    else:
-        return torch.ones(shape, dtype=torch.bool)
-    if tuple(mask.shape) != tuple(shape):
-        raise GeomsafeError(
-            f"guard: labels/attention_mask shape {tuple(mask.shape)} does not match the recorded "
-            f"activations {tuple(shape)}"
-        )
-    return mask

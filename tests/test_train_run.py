@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import json
 
 import pytest
@@ -12,85 +10,12 @@ from geomsafe.atlas import FeatureAtlas
 from geomsafe.capture import record
 from geomsafe.cli import main
 from geomsafe.errors import GeomsafeError
+from geomsafe.guard import GUARDS, GuardConfig
 from geomsafe.testing import tiny_model
-from geomsafe.train import (
-    TrainConfig,
-    finetune,
-    heldout_loss,
-    load_data,
-    peft_layer_template,
-    train_steps,
-)
-from geomsafe.train import guards as guardlib
+from geomsafe.train import PadCollator, finetune, load_data, make_peft_model
 from geomsafe.train.outdir import work_dir
-
-HAS_GUARD = importlib.util.find_spec("geomsafe.guard") is not None
-REPEAT = [("say a", "abab abab abab"), ("say b", "bcbc bcbc bcbc"), ("say c", "cdcd cdcd")] * 4
-FAST = dict(batch_size=4, learning_rate=1e-2, save_steps=2, logging_steps=1)
-
-
-def random_atlas(lm, names=("toxicity", "deception"), targets=("helpfulness",), seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    layers = list(range(lm.n_layers))
-    dirs, kinds, stats = {}, {}, {}
-    for name, kind in [(n, "harmful") for n in names] + [(t, "target") for t in targets]:
-        d = torch.randn(len(layers), lm.d_model, generator=gen)
-        dirs[name] = d / d.norm(dim=-1, keepdim=True)
-        kinds[name] = kind
-        stats[name] = {"best_layer": 1}
-    return FeatureAtlas(layers, dirs, kinds, stats, {"model_spec": lm.spec})
-
-
-class StandIn:
-    """A guard with the geomsafe.guard interface: penalises the squared norm of the LoRA B
-    weights (zero at init), counts its hook calls and its after_step calls."""
-
-    name = "standin"
-
-    def __init__(self, weight=1.0, fail_at_step=None):
-        self.weight, self.fail_at_step = weight, fail_at_step
-        self.forwards = self.steps = 0
-        self.active = False
-        self.last = 0.0
-
-    @contextlib.contextmanager
-    def install(self, model):
-        self.active = True
-        handle = model.register_forward_hook(
-            lambda *a: setattr(self, "forwards", self.forwards + 1)
-        )
-        try:
-            yield
-        finally:
-            handle.remove()
-            self.active = False
-
-    def penalty(self, model, inputs):
-        assert not self.active and "labels" in inputs and "attention_mask" in inputs
-        p = sum((p**2).sum() for n, p in model.named_parameters() if "lora_B" in n)
-        self.last = float(p.detach())
-        return self.weight * p
-
-    def after_step(self, model):
-        self.steps += 1
-        if self.fail_at_step is not None and self.steps >= self.fail_at_step:
-            raise RuntimeError("boom")
-
-    def log(self):
-        return {"penalty": self.weight * self.last, "lora_sq": self.last}
-
-
-def learnable(family="llama"):
-    """A tiny model whose LM head is sharp enough for LoRA to fit the data in a few steps
-    (random-init heads give near-uniform logits that no residual change can sharpen)."""
-    lm = tiny_model(family)
-    with torch.no_grad():
-        lm.model.get_output_embeddings().weight.mul_(30)
-    return lm
-
-
-def cfg(**kw):
-    return TrainConfig(**{**FAST, **kw})
+from guard_helpers import custom_guard_kind
+from train_helpers import REPEAT, StandIn, cfg, learnable, lm_atlas
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -126,28 +51,15 @@ def test_loss_falls_adapter_reloads(tmp_path, family):
     assert [json.loads(x) for x in lines] == run["geometry_log"]
 
 
-@pytest.mark.parametrize("grad_accum", [1, 2])
-def test_logged_loss_is_the_mean_response_loss(tmp_path, grad_accum):
+def test_guard_objects_penalty_after_step_and_log(tmp_path):
     lm = tiny_model("llama")
-    data = load_data(REPEAT[:6], lm.tokenizer)
-    expected = heldout_loss(lm, data)  # token-mean CE of the base model on the 6 examples
-    guard = StandIn(weight=0.0)
-    config = cfg(batch_size=6 // grad_accum, grad_accum=grad_accum, max_steps=1)
-    res = finetune(lm, REPEAT[:6], tmp_path / "run", guard=[guard], config=config, progress=False)
-    assert guard.forwards == grad_accum and guard.steps == 1
-    assert res.geometry_log[0]["loss"] == pytest.approx(expected, rel=1e-4)
-
-
-def test_guard_hooks_penalty_after_step_and_log(tmp_path):
-    lm = tiny_model("llama")
-    atlas = random_atlas(lm)
     guard = StandIn(weight=0.5)
     res = finetune(
         lm,
         REPEAT,
         tmp_path / "run",
         guard=[guard],
-        atlas=atlas,
+        atlas=lm_atlas(lm),
         guard_concepts="toxicity,deception",
         config=cfg(max_steps=5),
         progress=False,
@@ -166,7 +78,9 @@ def test_guard_hooks_penalty_after_step_and_log(tmp_path):
             "proj/deception",
             "standin/lora_sq",
             "standin/penalty",
+            "lora_sq",
         } <= set(row)
+        assert not any(key.startswith("monitor/") for key in row)
     assert rows[0]["penalty"] == 0 and rows[-1]["penalty"] > 0  # B is zero at step 1
     assert res.guards == ["standin"] and res.concepts == ["toxicity", "deception"]
     assert set(res.projection_change()) == {"toxicity", "deception"}
@@ -187,24 +101,65 @@ def test_guard_hooks_penalty_after_step_and_log(tmp_path):
     assert strong_sq < 0.2 * res3.geometry_log[-1]["standin/lora_sq"]
 
 
-def test_projection_monitor_matches_manual_measurement(tmp_path):
-    lm = tiny_model("llama")
-    atlas = random_atlas(lm)
-    data = load_data(REPEAT[:4], lm.tokenizer)
-    res = finetune(
-        lm, REPEAT[:4], tmp_path / "run", atlas=atlas, config=cfg(max_steps=1), progress=False
-    )
-    # step 1 runs on the base model (LoRA B starts at zero) over the whole data (one batch)
-    from geomsafe.train import PadCollator
-
-    batch = PadCollator(0)(data.features)
-    with record(lm.model, [1], lm.layer_template) as store:
-        lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+def manual_step(model, batch, atlas, weight: float) -> dict[str, float]:
+    """The geometry-log values of one step on ``batch`` for the monitor (toxicity at layer 1,
+    deception at layer 2) and the projection and covariance guards (both concepts at layers
+    1 and 2, target helpfulness), computed directly from the residual stream."""
+    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        with record(model, [1, 2]) as adapted:
+            model(**kwargs)
+        with model.disable_adapter(), record(model, [1, 2]) as base:
+            model(**kwargs)
     mask = batch["labels"] != -100
-    hidden = store[1][mask]
-    for name in ("toxicity", "deception"):
-        want = float((hidden @ atlas.direction(name, 1)).mean())
-        assert res.geometry_log[0][f"proj/{name}"] == pytest.approx(want, rel=1e-4, abs=1e-5)
+    out = {}
+    for name, layer in (("toxicity", 1), ("deception", 2)):
+        out[f"proj/{name}"] = float((adapted[layer][mask] @ atlas.direction(name, layer)).mean())
+    projection = covariance = 0.0
+    for layer in (1, 2):
+        harmful = atlas.matrix(layer, ["toxicity", "deception"])
+        diff = (adapted[layer] - base[layer])[mask] @ harmful.T
+        projection += float(diff.pow(2).sum(-1).mean())
+        ph = adapted[layer][mask].double() @ harmful.double().T
+        pt = adapted[layer][mask].double() @ atlas.matrix(layer, ["helpfulness"]).double().T
+        c = (pt - pt.mean(0)).T @ (ph - ph.mean(0)) / ph.shape[0]
+        covariance += float(c.pow(2).sum())
+    out["projection/penalty"] = weight * projection
+    out["covariance/penalty"] = weight * covariance
+    out["penalty"] = out["projection/penalty"] + out["covariance/penalty"]
+    return out
+
+
+def test_geometry_log_values_match_a_direct_computation(tmp_path):
+    lm = tiny_model("llama")
+    atlas = lm_atlas(lm)
+    atlas.stats["deception"]["best_layer"] = 2
+    data = REPEAT[:4]
+    batch = PadCollator(0)(load_data(data, lm.tokenizer).features)  # every step: all 4 examples
+    kw = dict(
+        guard="orthogonal,projection,covariance",
+        guard_concepts="toxicity,deception",
+        atlas=atlas,
+        guard_config=GuardConfig(layers=[1, 2], weight=3.0),
+        progress=False,
+    )
+    const = dict(lr_scheduler="constant")
+    run = finetune(lm, data, tmp_path / "run", config=cfg(max_steps=2, **const), **kw)
+    one = finetune(lm, data, tmp_path / "one", config=cfg(max_steps=1, **const), **kw)
+    # step 2 runs on the weights after step 1, i.e. those of the one-step run
+    row = run.geometry_log[1]
+    for key, value in manual_step(one.lm.model, batch, atlas, 3.0).items():
+        assert row[key] == pytest.approx(value, rel=1e-4, abs=1e-12), key
+    for guard in ("orthogonal", "projection", "covariance"):
+        assert row[f"{guard}/proj/toxicity"] == pytest.approx(row["proj/toxicity@1"], rel=1e-5)
+    assert row["proj/toxicity"] == pytest.approx(row["proj/toxicity@1"], rel=1e-5)
+    assert row["proj/deception"] == pytest.approx(row["proj/deception@2"], rel=1e-5)
+    # step 1 runs on the base model (LoRA B = 0)
+    first = run.geometry_log[0]
+    fresh = make_peft_model(tiny_model("llama").model, cfg())
+    for key, value in manual_step(fresh, batch, atlas, 3.0).items():
+        assert first[key] == pytest.approx(value, rel=1e-4, abs=1e-12), key
+    assert first["projection/penalty"] == 0.0 and first["covariance/penalty"] > 0
 
 
 def test_resume_continues_step_count_and_matches_uninterrupted(tmp_path):
@@ -228,25 +183,15 @@ def test_resume_continues_step_count_and_matches_uninterrupted(tmp_path):
 def test_failed_run_leaves_no_out_folder_and_can_resume(tmp_path):
     lm = tiny_model("llama")
     out = tmp_path / "run"
-    with pytest.raises(RuntimeError, match="boom"):  # fails before the first checkpoint
-        finetune(
-            lm,
-            REPEAT,
-            out,
-            guard=[StandIn(fail_at_step=1)],
-            config=cfg(max_steps=6),
-            progress=False,
-        )
+
+    def fail_at(step: int) -> None:
+        with pytest.raises(RuntimeError, match="boom"):
+            guard = [StandIn(fail_at_step=step)]
+            finetune(lm, REPEAT, out, guard=guard, config=cfg(max_steps=6), progress=False)
+
+    fail_at(1)  # before the first checkpoint
     assert sorted(tmp_path.iterdir()) == []
-    with pytest.raises(RuntimeError, match="boom"):  # fails after checkpoint-2
-        finetune(
-            lm,
-            REPEAT,
-            out,
-            guard=[StandIn(fail_at_step=3)],
-            config=cfg(max_steps=6),
-            progress=False,
-        )
+    fail_at(3)  # after checkpoint-2
     assert not out.exists() and (work_dir(out) / "checkpoints" / "checkpoint-2").is_dir()
     res = finetune(
         lm, REPEAT, out, guard=[StandIn()], config=cfg(max_steps=6), resume=True, progress=False
@@ -258,43 +203,30 @@ def test_failed_run_leaves_no_out_folder_and_can_resume(tmp_path):
         finetune(lm, REPEAT[:3], out, config=cfg(max_steps=8), resume=True, progress=False)
 
 
-def test_train_steps_times_each_step():
-    lm = tiny_model("qwen2")
-    guard = StandIn()
-    times = train_steps(lm, REPEAT, [guard], cfg(), n_steps=3)
-    assert len(times) == 3 and all(t > 0 for t in times) and guard.steps == 3
-
-
-def test_on_the_fly_atlas_is_extracted_and_saved(tmp_path, monkeypatch):
+def test_on_the_fly_atlas_is_extracted_and_saved(tmp_path):
     lm = tiny_model("llama")
     concept = tmp_path / "tox.jsonl"
     header = {"concept": "toxicity", "kind": "harmful"}
     pairs = [{"prompt": f"p{i}", "positive": f"bad {i}", "negative": f"good {i}"} for i in range(6)]
     concept.write_text("\n".join(json.dumps(x) for x in [header, *pairs]))
-    built = {}
-
-    def fake_build(kinds, atlas, config, layer_template):
-        built.update(kinds=list(kinds), atlas=atlas, template=layer_template)
-        return [StandIn()]
-
-    monkeypatch.setattr(guardlib, "build", fake_build)
-    monkeypatch.setattr(guardlib, "default_guard_config", lambda names: None)
     res = finetune(
         lm,
         REPEAT,
         tmp_path / "run",
-        guard="orthogonal",
+        guard="steer",
         guard_concepts=str(concept),
         config=cfg(max_steps=2),
         progress=False,
     )
-    assert built["kinds"] == ["orthogonal"] and built["template"] == peft_layer_template(lm)
-    assert built["atlas"].harmful == ["toxicity"]
+    assert res.atlas is not None and res.atlas.harmful == ["toxicity"]
     saved = FeatureAtlas.load(tmp_path / "run" / "atlas")
-    assert torch.allclose(saved.directions["toxicity"], built["atlas"].directions["toxicity"])
+    assert torch.allclose(saved.directions["toxicity"], res.atlas.directions["toxicity"])
     prov = json.loads((tmp_path / "run" / "run.json").read_text())["provenance"]
     assert prov["atlas"]["extracted_for_run"] and prov["guard_concepts"] == ["toxicity"]
-    assert "proj/toxicity" in res.geometry_log[0]
+    assert prov["guards"] == ["steer"] and prov["guard_config"]["concepts"] == ["toxicity"]
+    best = res.atlas.best_layer("toxicity")
+    assert prov["atlas"]["layers_used"] == {"toxicity": best}
+    assert "proj/toxicity" in res.geometry_log[0] and "steer/proj/toxicity" in res.geometry_log[0]
 
 
 def test_bad_guard_and_atlas_inputs(tmp_path):
@@ -306,34 +238,28 @@ def test_bad_guard_and_atlas_inputs(tmp_path):
             lm,
             REPEAT,
             tmp_path / "b",
-            atlas=random_atlas(lm),
+            atlas=lm_atlas(lm),
             guard_concepts="hate",
             progress=False,
         )
+    with pytest.raises(GeomsafeError, match="not a guard"):
+        finetune(lm, REPEAT, tmp_path / "c", guard=[object()], progress=False)
     assert sorted(tmp_path.iterdir()) == []
 
 
-def test_cli_finetune_prints_table(tmp_path):
-    lm = tiny_model("llama")
+def cli_args(tmp_path, lm, *extra: str) -> list[str]:
     folder = tmp_path / "model"
-    lm.model.save_pretrained(folder)
-    lm.tokenizer.save_pretrained(folder)
+    if not folder.is_dir():
+        lm.model.save_pretrained(folder)
+        lm.tokenizer.save_pretrained(folder)
     data = tmp_path / "d.jsonl"
     data.write_text("\n".join(json.dumps({"prompt": p, "completion": c}) for p, c in REPEAT))
-    args = [
-        "finetune",
-        "--model",
-        str(folder),
-        "--data",
-        str(data),
-        "--out",
-        str(tmp_path / "run"),
-        "--max-steps",
-        "3",
-        "--lr",
-        "0.01",
-        "--no-progress",
-    ]
+    args = ["finetune", "--model", str(folder), "--data", str(data)]
+    return [*args, "--max-steps", "3", "--lr", "0.01", "--no-progress", *extra]
+
+
+def test_cli_finetune_prints_table(tmp_path):
+    args = cli_args(tmp_path, tiny_model("llama"), "--out", str(tmp_path / "run"))
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     assert "steps" in res.stdout and "time/step" in res.stdout
@@ -342,13 +268,12 @@ def test_cli_finetune_prints_table(tmp_path):
     assert again.exit_code == 2 and "--overwrite" in again.stderr
 
 
-@pytest.mark.skipif(not HAS_GUARD, reason="geomsafe.guard not written yet")
 @pytest.mark.parametrize(
     "kind", ["orthogonal", "steer", "projection", "covariance", "orthogonal,steer,projection"]
 )
 def test_real_guards_plug_in(tmp_path, kind):
     lm = tiny_model("llama")
-    atlas = random_atlas(lm)
+    atlas = lm_atlas(lm)
     res = finetune(
         lm,
         REPEAT,
@@ -372,3 +297,37 @@ def test_real_guards_plug_in(tmp_path, kind):
         for module in (block.self_attn.o_proj, block.mlp.down_proj):
             b = module.lora_B["default"].weight
             assert b.abs().max() > 1e-4 and (u @ b).abs().max() < 1e-5
+
+
+def test_a_registered_guard_works_in_finetune_and_the_cli(tmp_path):
+    lm = tiny_model("llama")
+    atlas = lm_atlas(lm)
+    atlas.save(tmp_path / "atlas")
+    with custom_guard_kind("square"):
+        res = finetune(
+            lm,
+            REPEAT,
+            tmp_path / "api",
+            guard="square,steer",
+            atlas=atlas,
+            config=cfg(max_steps=2),
+            progress=False,
+        )
+        assert res.guards == ["square", "steer"]
+        assert res.geometry_log[0]["square/penalty"] > 0
+        assert res.geometry_log[0]["penalty"] == pytest.approx(
+            res.geometry_log[0]["square/penalty"]
+        )
+        extra = ["--out", str(tmp_path / "cli"), "--guard", "square", "--atlas"]
+        args = cli_args(tmp_path, lm, *extra, str(tmp_path / "atlas"), "--guard-weight", "2")
+        out = CliRunner().invoke(main, args)
+        assert out.exit_code == 0, out.output
+        assert "guards" in out.stdout and "square" in out.stdout
+        run = json.loads((tmp_path / "cli" / "run.json").read_text())
+        assert run["provenance"]["guards"] == ["square"]
+        assert run["provenance"]["guard_config"]["weight"] == 2.0
+        assert run["geometry_log"][0]["square/penalty"] > 0
+    assert "square" not in GUARDS
+    args = cli_args(tmp_path, lm, "--out", str(tmp_path / "gone"), "--guard", "square")
+    out = CliRunner().invoke(main, args)
+    assert out.exit_code == 2 and "unknown guard 'square'" in out.stderr

@@ -1,19 +1,19 @@
-"""The machinery the four guards share: one forward hook per guarded layer that records the
-projections of the residual stream on the guarded directions, and the per-step log.
+"""The base class of the guards built from a feature atlas, and their per-step log.
 
-The hook computes ``hidden @ dirs.T`` (``[B, T, F]``, float32) at the output of each guarded
-decoder layer. Guards with a penalty keep the autograd graph of these projections; the others
-keep detached copies, which costs one small matmul per guarded layer. ``penalty()`` turns them
-into the mean projection of the batch's assistant tokens (labels != -100) on each guarded
-direction (``proj/<concept>``), accumulated over the micro-batches of an optimiser step and
-closed by ``after_step()``.
+An atlas guard watches the directions of its :class:`~geomsafe.guard.layer_plan.LayerPlan`
+(guarded concepts per layer). While it is installed, the forward hook of each guarded layer
+(:mod:`geomsafe.guard.shared_hook`, one per layer for all atlas guards installed together)
+leaves the projections ``hidden @ dirs.T`` (``[B, T, F]``, float32) of the layer output in
+``recorded``. ``penalty()`` turns them into the mean projection of the batch's assistant tokens
+(labels != -100) on each guarded direction (``proj/<concept>``), accumulated over the
+micro-batches of an optimiser step and closed by ``after_step()``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
-from collections.abc import Iterator
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -21,48 +21,39 @@ from torch import Tensor, nn
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.errors import GeomsafeError
 from geomsafe.guard.base import Guard, GuardConfig
-from geomsafe.guard.plan import LayerPlan, assistant_mask, decoder_blocks, make_plan
+from geomsafe.guard.layer_plan import LayerPlan, layer_plans
+from geomsafe.guard.shared_hook import installed
+from geomsafe.layers import decoder_blocks
 
-_STATE = threading.local()
-
-
-@contextlib.contextmanager
-def suspended() -> Iterator[None]:
-    """Inside this block every guard hook is inert (used for the base-model forward of the
-    projection guard, so that steering or recording by other installed guards does not run)."""
-    _STATE.depth = getattr(_STATE, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _STATE.depth -= 1
+IGNORE_INDEX = -100
 
 
-def is_suspended() -> bool:
-    return getattr(_STATE, "depth", 0) > 0
-
-
-def hidden_of(output: object) -> Tensor:
-    return output[0] if isinstance(output, tuple) else output  # type: ignore[return-value]
-
-
-def project(hidden: Tensor, dirs: Tensor) -> Tensor:
-    """``[..., F]`` float32 projections of ``hidden`` on the rows of ``dirs``, also under autocast
-    (a bf16 projection would round away the small changes the penalties measure)."""
-    with torch.autocast(hidden.device.type, enabled=False):
-        return hidden.float() @ dirs.float().T
-
-
-def replace_hidden(output: object, hidden: Tensor) -> object:
-    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+def assistant_mask(inputs: dict[str, Tensor], shape: tuple[int, int]) -> Tensor:
+    """``[B, T]`` bool: tokens whose label is not -100 (the assistant tokens); all attended
+    tokens when there are no labels."""
+    labels = inputs.get("labels")
+    if labels is not None:
+        mask = labels != IGNORE_INDEX
+    elif inputs.get("attention_mask") is not None:
+        mask = inputs["attention_mask"].bool()
+    else:
+        return torch.ones(shape, dtype=torch.bool)
+    if tuple(mask.shape) != tuple(shape):
+        raise GeomsafeError(
+            f"guard: labels/attention_mask shape {tuple(mask.shape)} does not match the recorded "
+            f"activations {tuple(shape)}"
+        )
+    return mask
 
 
 class AtlasGuard(Guard):
     """A guard built from a :class:`FeatureAtlas` and a :class:`GuardConfig`.
 
     Subclasses set ``keep_graph`` (their penalty needs gradients through the recorded
-    projections), ``with_targets`` (record target directions too) and override
-    :meth:`compute_penalty`, :meth:`modify` (change a layer's output) or :meth:`update`
-    (post-optimiser-step work).
+    projections), ``with_targets`` (record target directions too), ``modifies`` (they change a
+    layer's output) and override :meth:`compute_penalty`, :meth:`modify` or :meth:`update`
+    (post-optimiser-step work). Registered with ``@register``, a subclass is a guard kind that
+    ``build_guards``, ``finetune`` and the CLI accept by name.
     """
 
     keep_graph = False
@@ -78,8 +69,9 @@ class AtlasGuard(Guard):
         self.atlas = atlas
         self.config = (config or GuardConfig()).validate()
         self.layer_template = layer_template
-        self.plans: list[LayerPlan] = make_plan(atlas, self.config, self.with_targets)
+        self.plans: list[LayerPlan] = layer_plans(atlas, self.config, self.with_targets)
         self.recorded: dict[int, Tensor] = {}  # layer -> [B, T, F(+T)] projections
+        self.shared_cache: dict[tuple[int, ...], Any] = {}  # shared_hook's layers, per group
         self._dirs: dict[tuple[int, str], Tensor] = {}
         self._sums: dict[str, Tensor] = {}
         self._count: Tensor | float = 0.0
@@ -104,7 +96,8 @@ class AtlasGuard(Guard):
         return self._dirs[key]
 
     def modify(self, plan: LayerPlan, hidden: Tensor) -> Tensor | None:
-        """A replacement for the layer's output (residual stream), or None to keep it."""
+        """A replacement for the layer's output (residual stream), or None to keep it. Called
+        by the layer's hook after every guard there has recorded (set ``modifies = True``)."""
         return None
 
     def blocks(self, model: nn.Module) -> list[nn.Module]:
@@ -116,48 +109,16 @@ class AtlasGuard(Guard):
             )
         return blocks
 
-    def _hook(self, plan: LayerPlan):
-        def hook(_module: nn.Module, _inputs: tuple, output: object) -> object:
-            if is_suspended():
-                return None
-            hidden = hidden_of(output)
-            dirs = self.directions(plan, hidden.device)
-            if hidden.shape[-1] != dirs.shape[-1]:
-                raise GeomsafeError(
-                    f"{self.name} guard: atlas width {dirs.shape[-1]} != model width "
-                    f"{hidden.shape[-1]} at layer {plan.layer} (atlas from another model?)"
-                )
-            if self.keep_graph and torch.is_grad_enabled():
-                self.recorded[plan.layer] = project(hidden, dirs)
-            else:
-                with torch.no_grad():
-                    self.recorded[plan.layer] = project(hidden.detach(), dirs)
-            new = self.modify(plan, hidden)
-            return None if new is None else replace_hidden(output, new)
-
-        return hook
-
     def install(self, model: nn.Module) -> contextlib.AbstractContextManager[None]:
-        return self._installed(model)
+        return installed([self], model)
 
-    @contextlib.contextmanager
-    def _installed(self, model: nn.Module) -> Iterator[None]:
-        blocks = self.blocks(model)
-        self.recorded = {}
-        handles = []
-        try:
-            for plan in self.plans:
-                # Recorders run before any output-changing hook of the same layer (steering),
-                # so every guard logs the model's own residual stream there.
-                handles.append(
-                    blocks[plan.layer].register_forward_hook(
-                        self._hook(plan), prepend=not self.modifies
-                    )
-                )
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
+    @classmethod
+    def install_together(
+        cls, guards: Sequence[Guard], model: nn.Module
+    ) -> contextlib.AbstractContextManager[None]:
+        """One forward hook per layer for all ``guards`` (atlas guards): see
+        :mod:`geomsafe.guard.shared_hook`."""
+        return installed(guards, model)  # type: ignore[arg-type]
 
     # ---- penalty and log ---------------------------------------------------------------
     def compute_penalty(

@@ -1,0 +1,79 @@
+"""Shared pieces of the train tests: data, a fast config, a stand-in guard, a tiny atlas."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from geomsafe.atlas import FeatureAtlas
+from geomsafe.guard import Guard
+from geomsafe.models import LoadedModel
+from geomsafe.testing import tiny_model
+from geomsafe.train import TrainConfig
+from guard_helpers import random_atlas
+
+REPEAT = [("say a", "abab abab abab"), ("say b", "bcbc bcbc bcbc"), ("say c", "cdcd cdcd")] * 4
+FAST = dict(batch_size=4, learning_rate=1e-2, save_steps=2, logging_steps=1)
+
+
+def cfg(**kw) -> TrainConfig:
+    return TrainConfig(**{**FAST, **kw})
+
+
+def lm_atlas(lm: LoadedModel, best: int = 1) -> FeatureAtlas:
+    """Random directions of toxicity and deception (harmful) and helpfulness (target)."""
+    return random_atlas(
+        lm.n_layers, lm.d_model, ("toxicity", "deception"), ("helpfulness",), best, spec=lm.spec
+    )
+
+
+def learnable(family: str = "llama") -> LoadedModel:
+    """A tiny model whose LM head is sharp enough for LoRA to fit the data in a few steps
+    (random-init heads give near-uniform logits that no residual change can sharpen)."""
+    lm = tiny_model(family)
+    with torch.no_grad():
+        lm.model.get_output_embeddings().weight.mul_(30)
+    return lm
+
+
+class StandIn(Guard):
+    """A guard that is not an atlas guard: penalises the squared norm of the LoRA B weights
+    (zero at init), counts its forward calls and its after_step calls."""
+
+    name = "standin"
+
+    def __init__(self, weight=1.0, fail_at_step=None):
+        self.weight, self.fail_at_step = weight, fail_at_step
+        self.forwards = self.steps = 0
+        self.active = False
+        self.last = 0.0
+
+    @contextlib.contextmanager
+    def _installed(self, model):
+        self.active = True
+        handle = model.register_forward_hook(
+            lambda *a: setattr(self, "forwards", self.forwards + 1)
+        )
+        try:
+            yield
+        finally:
+            handle.remove()
+            self.active = False
+
+    def install(self, model):
+        return self._installed(model)
+
+    def penalty(self, model, inputs):
+        assert not self.active and "labels" in inputs and "attention_mask" in inputs
+        p = sum((p**2).sum() for n, p in model.named_parameters() if "lora_B" in n)
+        self.last = float(p.detach())
+        return self.weight * p
+
+    def after_step(self, model):
+        self.steps += 1
+        if self.fail_at_step is not None and self.steps >= self.fail_at_step:
+            raise RuntimeError("boom")
+
+    def log(self):
+        return {"penalty": self.weight * self.last, "lora_sq": self.last}
