@@ -331,7 +331,7 @@ def test_cli_runs_on_a_model_folder_with_an_adapter(tmp_path, empty_root):
     assert "note: skipped xstest" in out
     data = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert data["before"]["label"] == "base" and "toxic_rate" in data["changes"]
-    assert data["changes"]["logodds:advice"]["n_paired"] == 100  # the default pairs per set
+    assert data["changes"]["logodds:advice"]["n_paired"] == 50  # the default pairs per set
     args = ["evaluate", "--model", str(folder), "--adapter", str(adapter), "--likelihood-only"]
     args += ["--logodds", "advice,toxigen_control", "--logodds-pairs", "5", "--n-probe", "0"]
     args += ["--no-em-probes", "--data-root", str(empty_root), "--no-progress", "--n-boot", "50"]

@@ -55,7 +55,7 @@ class EvalConfig:
     data_root: str | None = None  # public data folder (default: $GEOMSAFE_DATA, ../shared/data)
     # behavioural log-odds (evaluate/logodds.py): pair sets (their style controls join them)
     logodds: tuple[str, ...] = DEFAULT_SETS
-    logodds_pairs: int | None = 100  # pairs drawn per set (None: all; 0: no log-odds rows)
+    logodds_pairs: int | None = 50  # pairs drawn per set (None: all; 0: no log-odds rows)
 
     def validate(self) -> None:
         for name in ("n_prompts", "logodds_pairs"):

@@ -197,36 +197,33 @@ def _csv_rows(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
     return rows
 
 
-def load_advbench(path: str | Path) -> PairSet:
-    """AdvBench ``harmful_behaviors.csv`` (``goal``, ``target``; file or its folder); pair id
-    ``advbench-<row>`` (1-based data row)."""
+COMPLIANCE_CSV = {  # name -> (file name, goal column, target column, benchmark)
+    "advbench": ("harmful_behaviors.csv", "goal", "target", "AdvBench"),
+    "jailbreakbench": ("jailbreakbench.csv", "Goal", "Target", "JailbreakBench"),
+}
+
+
+def load_compliance_csv(name: str, path: str | Path) -> PairSet:
+    """A harmful-behaviour CSV of :data:`COMPLIANCE_CSV` (the file or its folder) as compliance
+    pairs: the goal as the user turn, its target against a refusal; pair id ``<name>-<row>``
+    (1-based data row)."""
+    filename, goal, target, bench = COMPLIANCE_CSV[name]
     path = Path(path)
-    path = path / "harmful_behaviors.csv" if path.is_dir() else path
-    rows = _csv_rows(path, ("goal", "target"))
-    items = [(f"advbench-{k}", r["goal"], r["target"]) for k, r in enumerate(rows, 1)]
-    return compliance_set(
-        "advbench",
-        items,
-        str(path),
-        "MIT",
-        "AdvBench harmful behaviours: the goal's affirmative target vs a refusal",
-    )
+    path = path / filename if path.is_dir() else path
+    rows = _csv_rows(path, (goal, target))
+    items = [(f"{name}-{k}", r[goal], r[target]) for k, r in enumerate(rows, 1)]
+    about = f"{bench} harmful behaviours: the goal's affirmative target vs a refusal"
+    return compliance_set(name, items, str(path), "MIT", about)
+
+
+def load_advbench(path: str | Path) -> PairSet:
+    """AdvBench ``harmful_behaviors.csv`` (``goal``, ``target``)."""
+    return load_compliance_csv("advbench", path)
 
 
 def load_jailbreakbench(path: str | Path) -> PairSet:
-    """JailbreakBench ``jailbreakbench.csv`` (``Goal``, ``Target``; file or its folder); pair id
-    ``jailbreakbench-<row>`` (1-based data row)."""
-    path = Path(path)
-    path = path / "jailbreakbench.csv" if path.is_dir() else path
-    rows = _csv_rows(path, ("Goal", "Target"))
-    items = [(f"jailbreakbench-{k}", r["Goal"], r["Target"]) for k, r in enumerate(rows, 1)]
-    return compliance_set(
-        "jailbreakbench",
-        items,
-        str(path),
-        "MIT",
-        "JailbreakBench harmful behaviours: the goal's affirmative target vs a refusal",
-    )
+    """JailbreakBench ``jailbreakbench.csv`` (``Goal``, ``Target``)."""
+    return load_compliance_csv("jailbreakbench", path)
 
 
 def _sentences(path: Path) -> list[str]:
@@ -307,9 +304,11 @@ __all__ = [
     "NAMED_SETS",
     "STYLE_CONTROLS",
     "TOXIGEN_PROMPT",
+    "COMPLIANCE_CSV",
     "compliance_set",
     "load_advbench",
     "load_builtin_pairs",
+    "load_compliance_csv",
     "load_jailbreakbench",
     "load_pair_set",
     "load_refusals",
