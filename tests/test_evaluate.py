@@ -18,6 +18,7 @@ from geomsafe.formatting import Example
 from geomsafe.testing import tiny_model
 
 SMALL = dict(n_prompts=6, samples_per_prompt=2, max_new_tokens=6, n_probe=3, n_xstest=3, n_boot=200)
+SMALL |= dict(logodds_pairs=4)
 TRAITS = ("psychopathy", "desire-for-acquiring-power")
 PROMPTS = [
     "Please tell me a very long story about a brave little toaster and its friends.",
@@ -147,6 +148,11 @@ def test_evaluate_writes_results_and_repeats_exactly(tmp_path, shared_data):
     assert {"trait:psychopathy", "trait:desire-for-acquiring-power"} <= names
     assert {"trait:em_pivotal_tokens", "trait:em_single_letter"} <= names
     assert {"toxic_rate[neutral]", "toxic_rate[provocative]", "toxic_rate[persona]"} <= names
+    sets = ("advice", "advbench", "jailbreakbench", "toxigen", "benign_compliance")
+    assert {f"logodds:{s}" for s in (*sets, "toxigen_control")} <= names  # controls joined
+    assert r1.model.metrics["logodds:advice"].ci.n == 4
+    assert r1.model.metrics["logodds:advice"].concept == "dangerous_advice"
+    assert r1.model.metrics["trait:psychopathy"].concept.startswith("general misalignment")
     assert r1.before is None and not r1.changes and not r1.warnings
     assert r1.model.metrics["toxic_rate"].ci.n == 6
     assert 1 <= r1.model.metrics["response_tokens"].ci.value <= 6  # max_new_tokens
@@ -159,6 +165,7 @@ def test_evaluate_writes_results_and_repeats_exactly(tmp_path, shared_data):
     prov = data["provenance"]
     for key in ("geomsafe_version", "model_spec", "seed", "data_sha256", "toxicity_classifier"):
         assert prov[key] is not None
+    assert len(prov["data_hashes"]["logodds:advbench"]) == 64
     lines = (tmp_path / "a" / "generations.jsonl").read_text().splitlines()
     assert len(lines) == 6 + 3 and json.loads(lines[0])["run"] == "model"
     headers, rows = r1.table()
@@ -176,9 +183,12 @@ def test_evaluate_writes_results_and_repeats_exactly(tmp_path, shared_data):
 
 def test_parts_without_public_data_are_skipped_and_said(empty_root):
     r = evaluate(tiny_model("llama"), data_root=empty_root, progress=False, **SMALL)
-    assert set(r.model.skipped) == {"xstest", "persona", "em_probes"}
-    assert len(r.warnings) == 3 and all(w.startswith("skipped") for w in r.warnings)
+    external = {"logodds:advbench", "logodds:jailbreakbench", "logodds:toxigen"}
+    assert set(r.model.skipped) == {"xstest", "persona", "em_probes"} | external
+    assert len(r.warnings) == 6 and all(w.startswith("skipped") for w in r.warnings)
     assert "xstest_refusal" not in r.model.metrics and "toxic_rate" in r.model.metrics
+    assert "logodds:advice" in r.model.metrics  # built-in sets need no public data
+    assert "logodds:benign_compliance" not in r.model.metrics  # its harm sets were skipped
 
 
 def test_adapter_before_is_the_base_model_after_differs(tmp_path, empty_root):
@@ -262,9 +272,21 @@ def test_in_memory_peft_model_is_compared_with_its_base(empty_root):
 def test_config_validation():
     with pytest.raises(GeomsafeError, match="unknown evaluate option"):
         evaluate(tiny_model("llama"), n_promps=3)
-    for bad in (dict(n_prompts=0), dict(top_p=0.0), dict(n_boot=0), dict(threshold=2.0)):
+    bad_options = (dict(n_prompts=-1), dict(logodds_pairs=-1), dict(top_p=0.0), dict(n_boot=0))
+    for bad in (*bad_options, dict(threshold=2.0)):
         with pytest.raises(GeomsafeError):
             EvalConfig().with_options(**bad).validate()
+
+
+def test_likelihood_rows_alone_need_no_sampling(tmp_path, empty_root):
+    lm = tiny_model("llama")
+    kw = dict(SMALL, n_prompts=0, n_xstest=0, n_probe=0, em_probes=False, data_root=empty_root)
+    res = evaluate(lm, atlas=random_atlas(lm), out=tmp_path, progress=False, **kw)
+    assert set(res.model.metrics) == {"logodds:advice"} and not res.model.generations
+    assert "generate" not in res.model.seconds and "logodds:advice" in res.model.seconds
+    assert "skipped projection: needs sampled responses (n_prompts=0)" in res.warnings
+    assert (tmp_path / "generations.jsonl").read_text() == ""
+    assert json.loads((tmp_path / "eval.json").read_text())["config"]["n_prompts"] == 0
 
 
 # ------------------------------------------------------------------ CLI
@@ -274,6 +296,9 @@ def test_config_validation():
     "args",
     [
         ["--n-prompts", "-1"],
+        ["--n-prompts", "many"],
+        ["--logodds", "nosuchset"],
+        ["--logodds-pairs", "-2"],
         ["--samples-per-prompt", "0"],
         ["--adapter", "/no/such/adapter"],
         ["--baseline", "/no/such/eval.json"],
@@ -306,3 +331,12 @@ def test_cli_runs_on_a_model_folder_with_an_adapter(tmp_path, empty_root):
     assert "note: skipped xstest" in out
     data = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert data["before"]["label"] == "base" and "toxic_rate" in data["changes"]
+    assert data["changes"]["logodds:advice"]["n_paired"] == 50  # the default pairs per set
+    args = ["evaluate", "--model", str(folder), "--adapter", str(adapter), "--likelihood-only"]
+    args += ["--logodds", "advice,toxigen_control", "--logodds-pairs", "5", "--n-probe", "0"]
+    args += ["--no-em-probes", "--data-root", str(empty_root), "--no-progress", "--n-boot", "50"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "log-odds advice [dangerous_advice]" in result.stdout
+    assert "log-odds toxigen_control (style control)" in result.stdout
+    assert "toxic-output rate" not in result.stdout and "note: " not in result.stdout

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from geomsafe.errors import GeomsafeError
-from geomsafe.evaluate.stats import bootstrap_ci, change_ci
+from geomsafe.evaluate.stats import bootstrap_ci, change_ci, difference_ci
 
 
 def test_constant_values_give_a_point_interval():
@@ -65,6 +65,23 @@ def test_paired_change_cancels_unit_noise():
     b = bootstrap_ci(before, n_boot=500, seed=1)
     assert b.high - b.low > 1.0
     assert bootstrap_ci(before, paired=after, n_boot=500) == paired  # the same thing
+
+
+def test_difference_of_independent_samples_matches_the_normal_approximation():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(1.0, 1.0, size=300), rng.normal(0.5, 2.0, size=120)  # different sizes
+    ci = difference_ci(a, b, n_boot=4000, seed=0)
+    se = np.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
+    assert ci.value == pytest.approx(a.mean() - b.mean()) and ci.n == 420
+    assert ci.low == pytest.approx(ci.value - 1.96 * se, abs=0.04)
+    assert ci.high == pytest.approx(ci.value + 1.96 * se, abs=0.04)
+    assert difference_ci(a, b, n_boot=300, seed=4) == difference_ci(a, b, n_boot=300, seed=4)
+    same = difference_ci([2.0] * 5, [0.5] * 9, n_boot=50)
+    assert (same.value, same.low, same.high) == (1.5, 1.5, 1.5)
+    with pytest.raises(GeomsafeError):
+        difference_ci([], [1.0])
+    with pytest.raises(GeomsafeError):
+        difference_ci([1.0], [1.0], n_boot=0)
 
 
 def test_bad_inputs():

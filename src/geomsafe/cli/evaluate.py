@@ -1,4 +1,5 @@
-"""`geomsafe evaluate`: toxic-output rate, over-refusal and trait probes, before vs after."""
+"""`geomsafe evaluate`: toxic-output rate, over-refusal, trait probes and behavioural log-odds,
+before vs after."""
 
 from __future__ import annotations
 
@@ -9,10 +10,32 @@ from geomsafe.cli.common import model_option, print_table
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate import EvalConfig, EvalResult
 from geomsafe.evaluate import evaluate as run_evaluate
+from geomsafe.evaluate.pairsets import NAMED_SETS
 from geomsafe.evaluate.probes import DEFAULT_TRAITS
 from geomsafe.options import split_csv
 
 _D = EvalConfig()
+
+
+class _Count(click.ParamType):
+    """A count >= 0 or ``all`` (None)."""
+
+    name = "N|all"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "all":
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            raise GeomsafeError(
+                f"--{param.name.replace('_', '-')} takes a number or 'all'"
+            ) from None
+
+
+COUNT = _Count()
 
 
 def print_eval(result: EvalResult) -> None:
@@ -47,10 +70,10 @@ def print_eval(result: EvalResult) -> None:
 )
 @click.option(
     "--n-prompts",
-    type=int,
+    type=COUNT,
     default=_D.n_prompts,
     show_default=True,
-    help="Prompts drawn from the set (0: all).",
+    help="Prompts drawn from the set ('all': every one; 0: no sampled generation).",
 )
 @click.option("--samples-per-prompt", type=int, default=_D.samples_per_prompt, show_default=True)
 @click.option("--max-new-tokens", type=int, default=_D.max_new_tokens, show_default=True)
@@ -89,6 +112,26 @@ def print_eval(result: EvalResult) -> None:
     show_default=True,
     help="XSTest safe prompts for over-refusal (0: skip).",
 )
+@click.option(
+    "--logodds",
+    default=",".join(_D.logodds),
+    show_default=True,
+    help=f"Response-pair sets for the log-odds rows ({', '.join(NAMED_SETS)}, "
+    "concept:<name>, a .jsonl file; comma-separated; 'none'); style controls join their sets.",
+)
+@click.option(
+    "--logodds-pairs",
+    type=COUNT,
+    default=_D.logodds_pairs,
+    show_default=True,
+    help="Pairs drawn per log-odds set ('all': every one; 0: no log-odds rows).",
+)
+@click.option(
+    "--likelihood-only",
+    is_flag=True,
+    help="Only the rows read off likelihoods (log-odds, persona and EM probes): no sampled "
+    "generation, no XSTest (same as --n-prompts 0 --n-xstest 0).",
+)
 @click.option("--batch-size", type=int, default=_D.batch_size, show_default=True)
 @click.option("--n-boot", type=int, default=_D.n_boot, show_default=True)
 @click.option("--seed", type=int, default=_D.seed, show_default=True)
@@ -120,6 +163,9 @@ def evaluate(
     traits,
     em_probes,
     n_xstest,
+    logodds,
+    logodds_pairs,
+    likelihood_only,
     batch_size,
     n_boot,
     seed,
@@ -127,7 +173,8 @@ def evaluate(
     threads,
     no_progress,
 ) -> None:
-    """Toxic-output rate, over-refusal and trait probes, before vs after fine-tuning."""
+    """Toxic-output rate, over-refusal, trait probes and behavioural log-odds, before vs after
+    fine-tuning."""
     if threads is not None:
         if threads < 1:
             raise GeomsafeError(f"--threads must be at least 1, not {threads}")
@@ -140,7 +187,7 @@ def evaluate(
         out=out,
         progress=not no_progress,
         prompts=prompts,
-        n_prompts=None if n_prompts == 0 else n_prompts,
+        n_prompts=0 if likelihood_only else n_prompts,
         samples_per_prompt=samples_per_prompt,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -149,7 +196,9 @@ def evaluate(
         n_probe=n_probe,
         traits=tuple(split_csv(traits)),
         em_probes=em_probes,
-        n_xstest=n_xstest,
+        n_xstest=0 if likelihood_only else n_xstest,
+        logodds=() if logodds.strip().lower() == "none" else logodds,
+        logodds_pairs=logodds_pairs,
         batch_size=batch_size,
         n_boot=n_boot,
         seed=seed,

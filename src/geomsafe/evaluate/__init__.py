@@ -36,6 +36,7 @@ from geomsafe.atlas import FeatureAtlas, atomic_write
 from geomsafe.datasets import file_sha256
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.config import NUMBER_KEYS, EvalConfig
+from geomsafe.evaluate.logodds import controlled_changes
 from geomsafe.evaluate.measure import evaluate_model
 from geomsafe.evaluate.plan import EvalPlan, make_plan
 from geomsafe.evaluate.refusal import REFUSAL_PHRASES, REFUSAL_PREFIXES
@@ -100,7 +101,7 @@ def _check_baseline(cfg: dict[str, Any], base_cfg: dict[str, Any]) -> list[str]:
 
 
 def _changes(
-    before: ModelEval, after: ModelEval, cfg: EvalConfig
+    before: ModelEval, after: ModelEval, cfg: EvalConfig, plan: EvalPlan
 ) -> tuple[dict[str, Change], list[str]]:
     changes, notes = {}, []
     for name, m in after.metrics.items():
@@ -113,7 +114,10 @@ def _changes(
         changes[name] = c
         if c.n_paired < max(m.ci.n, before.metrics[name].ci.n):
             notes.append(f"{name}: change over the {c.n_paired} units both runs share")
-    return changes, notes
+    controlled, more = controlled_changes(
+        before, after, plan.logodds, n_boot=cfg.n_boot, seed=cfg.seed
+    )
+    return changes | controlled, notes + more
 
 
 def _provenance(
@@ -219,12 +223,12 @@ def evaluate(
     else:
         after = run(lm, "model")
 
-    notes = [f"skipped {k}: {v}" for k, v in plan.skipped.items()]
+    notes = [f"skipped {k}: {v}" for k, v in after.skipped.items()]
     if baseline is not None:
         notes += _check_baseline(cfg.to_dict(), base_cfg)
     changes: dict[str, Change] = {}
     if before is not None:
-        changes, more = _changes(before, after, cfg)
+        changes, more = _changes(before, after, cfg, plan)
         notes += more
     result = EvalResult(
         after,

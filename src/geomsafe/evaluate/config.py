@@ -8,6 +8,7 @@ from typing import Any
 
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.generate import SamplingConfig
+from geomsafe.evaluate.pairsets import DEFAULT_SETS
 from geomsafe.evaluate.probes import DEFAULT_TRAITS
 
 # config fields that change the numbers; a baseline that differs in them is flagged
@@ -26,6 +27,8 @@ NUMBER_KEYS = (
     "xstest_max_new_tokens",
     "batch_size",  # sampled responses depend on which rows share a batch
     "seed",
+    "logodds",
+    "logodds_pairs",
 )
 
 
@@ -35,7 +38,7 @@ class EvalConfig:
     on 2 CPU cores with the default model)."""
 
     prompts: str = "builtin"  # prompt set(s) to sample from: builtin, rtp, em, a file; comma-sep
-    n_prompts: int | None = 60  # prompts drawn from the set (stratified by category); None = all
+    n_prompts: int | None = 60  # prompts drawn (stratified by category); None = all; 0 = none
     samples_per_prompt: int = 2  # sampled responses per prompt
     max_new_tokens: int = 48  # tokens per sampled response
     temperature: float = 1.0  # sampling temperature
@@ -50,10 +53,16 @@ class EvalConfig:
     n_boot: int = 1000  # bootstrap resamples for every CI
     seed: int = 0  # prompt sampling, generation and bootstrap seed
     data_root: str | None = None  # public data folder (default: $GEOMSAFE_DATA, ../shared/data)
+    # behavioural log-odds (evaluate/logodds.py): pair sets (their style controls join them)
+    logodds: tuple[str, ...] = DEFAULT_SETS
+    logodds_pairs: int | None = 50  # pairs drawn per set (None: all; 0: no log-odds rows)
 
     def validate(self) -> None:
-        if self.n_prompts is not None and self.n_prompts < 1:
-            raise GeomsafeError(f"n_prompts must be at least 1, not {self.n_prompts}")
+        for name in ("n_prompts", "logodds_pairs"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise GeomsafeError(
+                    f"{name} must be >= 0 (or None: all), not {getattr(self, name)}"
+                )
         for name in ("n_probe", "n_xstest"):
             if getattr(self, name) < 0:
                 raise GeomsafeError(f"{name} must be >= 0, not {getattr(self, name)}")
@@ -86,8 +95,11 @@ class EvalConfig:
         unknown = sorted(set(options) - names)
         if unknown:
             raise GeomsafeError(f"unknown evaluate option(s): {', '.join(unknown)}")
-        if options.get("traits") is not None:
-            options["traits"] = tuple(options["traits"])
+        for name in ("traits", "logodds"):
+            if isinstance(options.get(name), str):
+                options[name] = tuple(s.strip() for s in options[name].split(",") if s.strip())
+            elif options.get(name) is not None:
+                options[name] = tuple(options[name])
         if options.get("data_root") is not None:
             options["data_root"] = str(options["data_root"])
         return dataclasses.replace(self, **options)
@@ -95,6 +107,7 @@ class EvalConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["traits"] = list(self.traits)
+        d["logodds"] = list(self.logodds)
         return d
 
 

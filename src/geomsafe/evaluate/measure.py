@@ -12,6 +12,13 @@ Metric names (``ModelEval.metrics`` keys and eval.json):
   refusals (over-refusal).
 - ``trait:<trait>``: mean trait-matching probability of the persona or EM probes.
 - ``projection:<feature>``: mean projection of the sampled responses on a harmful direction.
+- ``logodds:<set>``: mean per-pair log-odds (nats/token) of a response-pair set
+  (:mod:`.logodds`); the controlled changes ``logodds:<set>-controlled`` are formed from two
+  runs' metrics (:func:`geomsafe.evaluate.logodds.controlled_changes`).
+
+Sampled generation (and with it the toxicity, refusal, length and projection rows) is skipped
+when the plan has no prompts (``n_prompts=0``): the likelihood rows alone then need no sampling.
+Every metric carries the concept it speaks for (:mod:`.concept_map`) where one is known.
 """
 
 from __future__ import annotations
@@ -21,8 +28,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from geomsafe.atlas import FeatureAtlas
+from geomsafe.evaluate.concept_map import speaks_for
 from geomsafe.evaluate.config import EvalConfig
 from geomsafe.evaluate.generate import Generations, generate
+from geomsafe.evaluate.logodds import pair_logodds
 from geomsafe.evaluate.plan import EvalPlan
 from geomsafe.evaluate.probes import choice_scores, persona_scores
 from geomsafe.evaluate.refusal import is_refusal
@@ -45,9 +54,18 @@ class _Collector:
         kind: str,
         units: dict[str, list[float]],
         detail: bool = False,
+        concept: str | None = None,
     ) -> None:
+        concept = concept or speaks_for(name)
         m = Metric.build(
-            name, label, kind, units, n_boot=self.n_boot, seed=self.seed, detail=detail
+            name,
+            label,
+            kind,
+            units,
+            n_boot=self.n_boot,
+            seed=self.seed,
+            detail=detail,
+            concept=concept,
         )
         if m is not None:
             self.metrics[name] = m
@@ -157,6 +175,20 @@ def _projection(
         out.add(f"projection:{name}", label, "projection", dict(zip(ids, rows, strict=True)))
 
 
+def _logodds(
+    out: _Collector, lm: LoadedModel, plan: EvalPlan, cfg: EvalConfig, progress: bool
+) -> dict[str, float]:
+    """One ``logodds:<set>`` row per pair set; returns the seconds each took."""
+    seconds = {}
+    for ps in plan.logodds:
+        t0 = time.perf_counter()
+        values = pair_logodds(lm, ps, batch_size=cfg.batch_size, progress=progress)
+        units = {p.id: [v] for p, v in zip(ps.pairs, values, strict=True)}
+        out.add(ps.metric, ps.label, "logodds", units, concept=ps.concept)
+        seconds[ps.metric] = time.perf_counter() - t0
+    return seconds
+
+
 def evaluate_model(
     lm: LoadedModel,
     plan: EvalPlan,
@@ -171,23 +203,29 @@ def evaluate_model(
     seconds: dict[str, float] = {}
     records: list[dict[str, Any]] = []
 
-    examples = [p.example() for p in plan.prompts]
-    gens = generate(lm, examples, cfg.sampling(), progress=progress, desc=f"generate {label}")
-    seconds["generate"] = gens.seconds
-    t0 = time.perf_counter()
-    records += _toxicity(out, plan, gens, cfg, label)
-    seconds["toxicity"] = time.perf_counter() - t0
+    skipped = dict(plan.skipped)
+    gens = None
+    if plan.prompts:
+        examples = [p.example() for p in plan.prompts]
+        gens = generate(lm, examples, cfg.sampling(), progress=progress, desc=f"generate {label}")
+        seconds["generate"] = gens.seconds
+        t0 = time.perf_counter()
+        records += _toxicity(out, plan, gens, cfg, label)
+        seconds["toxicity"] = time.perf_counter() - t0
     if plan.xstest:
         xs_records, seconds["xstest"] = _xstest(out, lm, plan, cfg, label, progress)
         records += xs_records
     t0 = time.perf_counter()
     _probes(out, lm, plan, cfg, progress)
     seconds["probes"] = time.perf_counter() - t0
-    if atlas is not None:
+    seconds |= _logodds(out, lm, plan, cfg, progress)
+    if atlas is not None and gens is not None:
         t0 = time.perf_counter()
         _projection(out, lm, plan, gens, atlas, cfg, progress)
         seconds["projection"] = time.perf_counter() - t0
-    return ModelEval(label, out.metrics, {}, seconds, records, dict(plan.skipped))
+    elif atlas is not None:
+        skipped["projection"] = "needs sampled responses (n_prompts=0)"
+    return ModelEval(label, out.metrics, {}, seconds, records, skipped)
 
 
 __all__ = ["evaluate_model"]

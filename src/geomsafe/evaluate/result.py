@@ -30,10 +30,11 @@ class Metric:
 
     name: str  # e.g. "toxic_rate", "trait:psychopathy", "projection:toxicity"
     label: str  # what the printed table calls it
-    kind: str  # "rate" | "probability" | "score" | "projection"
+    kind: str  # "rate" | "probability" | "score" | "projection" | "logodds"
     units: dict[str, list[float]]
     ci: CI
     detail: bool = False  # a breakdown (per category) kept in eval.json, not printed
+    concept: str | None = None  # the concept the row speaks for (evaluate/concept_map.py)
 
     @classmethod
     def build(
@@ -46,13 +47,14 @@ class Metric:
         n_boot: int,
         seed: int,
         detail: bool = False,
+        concept: str | None = None,
     ) -> Metric | None:
         """A metric over the units that have values (None when no unit has any)."""
         kept = {k: [float(x) for x in v] for k, v in units.items() if len(v)}
         if not kept:
             return None
         ci = bootstrap_ci(list(kept.values()), n_boot=n_boot, seed=seed)
-        return cls(name, label, kind, kept, ci, detail)
+        return cls(name, label, kind, kept, ci, detail, concept)
 
     @property
     def scale(self) -> float:
@@ -69,6 +71,7 @@ class Metric:
             "n_values": sum(len(v) for v in self.units.values()),
             "n_boot": self.ci.n_boot,
             "detail": self.detail,
+            "concept": self.concept,
             "units": self.units,
         }
 
@@ -82,7 +85,8 @@ class Metric:
             int(d["n_boot"]),
         )
         units = {str(k): [float(x) for x in v] for k, v in d["units"].items()}
-        return cls(name, d["label"], d["kind"], units, ci, bool(d.get("detail", False)))
+        detail, concept = bool(d.get("detail", False)), d.get("concept")
+        return cls(name, d["label"], d["kind"], units, ci, detail, concept)
 
 
 @dataclass
@@ -210,6 +214,10 @@ class EvalResult:
                     str(c.n_paired) if c else str(m.ci.n),
                 ]
             )
+        for name, c in self.changes.items():  # changes of no single metric (controlled rows)
+            if name not in self.model.metrics:
+                fmt = _fmt_ci(c.before, c.scale), _fmt_ci(c.after, c.scale), _fmt_change(c)
+                rows.append([c.label, *fmt, str(c.n_paired)])
         if self.before is None:
             return ["metric", "value [95% CI]", "n"], rows
         return ["metric", "before [95% CI]", "after [95% CI]", "change [95% CI]", "n"], rows
