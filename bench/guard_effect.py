@@ -9,7 +9,7 @@ cost to the task? Unguarded and guarded LoRA runs side by side on the same data.
    ../shared/data/anthropic-evals when a built-in set is missing) from the base model.
 2. Fine-tune LoRA (r=8, max_length 256, truncated) on the first ``--n-train`` examples of
    emergent-misalignment ``insecure.jsonl``: once without guards, once per ``--guards`` set.
-3. Measured shift per concept (geomsafe.shift): mean over a fixed held-out prompt set (the
+3. Measured shift per concept (geomsafe.projection): mean over a fixed held-out prompt set (the
    emergent-misalignment evaluation questions) of the projection at the last prompt token on
    the concept's direction at its best layer, tuned minus base; with the standard error of
    the paired per-prompt differences. Task loss: mean response-token cross-entropy on
@@ -41,7 +41,7 @@ from geomsafe.errors import GeomsafeError
 from geomsafe.guard import GuardConfig
 from geomsafe.guard.resolve import extract_atlas
 from geomsafe.models import load
-from geomsafe.shift import projections
+from geomsafe.projection import concept_layers, prompt_projection
 from geomsafe.train import TrainConfig, finetune, heldout_loss
 from geomsafe.train.data import build
 
@@ -140,7 +140,7 @@ def main() -> None:
         if args.save_atlas:
             atlas.save(args.save_atlas)
     names = atlas.harmful  # persona fallbacks are named after their file
-    layers = {n: atlas.best_layer(n) for n in names}
+    layers = concept_layers(atlas, names, lm=lm)
     auroc = {n: atlas.stats[n].get("best_auroc") for n in names}
     print(
         f"atlas ({time.perf_counter() - t0:.0f} s): "
@@ -158,7 +158,7 @@ def main() -> None:
         truncate=True,
     )
     prompts = eval_questions(args.n_prompts)
-    base_proj = projections(lm, prompts, atlas, names)
+    base_proj = prompt_projection(lm, prompts, atlas, names)
     base_loss = heldout_loss(lm, held)
     print(
         f"{len(train)} train examples, {len(held)} held-out, {len(prompts)} eval prompts; "
@@ -196,7 +196,7 @@ def main() -> None:
                 guard_config=gcfg,
                 progress=True,
             )
-            proj = projections(res.lm, prompts, atlas, names)
+            proj = prompt_projection(res.lm, prompts, atlas, names)
             diffs = {n: proj[n] - base_proj[n] for n in names}
             runs[variant] = {
                 "shift": {n: float(d.mean()) for n, d in diffs.items()},

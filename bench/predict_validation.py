@@ -7,7 +7,7 @@ and the built-in benign task sets factual_qa, instruction_following, code, summa
 1. predict the shift per harmful concept (projection difference with the model's own greedy
    responses; prompt-anchored; first-order gradient and its alignment), on a fixed sample;
 2. fine-tune LoRA briefly with one fixed recipe (same steps, lr, r, batch, seed for all);
-3. measure the shift with geomsafe.shift: the projection at the last prompt token of a fixed
+3. measure the shift with geomsafe.projection: the projection at the last prompt token of a fixed
    probe prompt set (the built-in evaluation prompts), tuned minus base, per concept.
 Reports the Spearman correlation between predicted and measured shift across data sets, per
 concept and pooled over (data set, concept), and the share of data-set pairs ranked right.
@@ -31,7 +31,7 @@ from geomsafe.bench.tasks import resolve_task
 from geomsafe.datasets import load_dataset
 from geomsafe.models import load
 from geomsafe.predict import harmful_atlas, predict, probe_prompts
-from geomsafe.shift import measured_shift
+from geomsafe.projection import mean_projection, measured_shift
 from geomsafe.train import TrainConfig, finetune
 
 DATASETS = (
@@ -74,6 +74,7 @@ def main() -> None:
         atlas = harmful_atlas(lm)
     names = atlas.harmful
     probes = probe_prompts(48)
+    base_probe = mean_projection(lm, probes, atlas, names)  # every run's "before"
     recipe = TrainConfig(
         max_steps=args.steps,
         batch_size=4,
@@ -102,7 +103,7 @@ def main() -> None:
             t_pred = time.perf_counter() - t1
             run = finetune(lm, ds, work / f"run-{name}", atlas=atlas, config=recipe, progress=False)
             tuned = run.lm
-            shift = measured_shift(tuned, probes, atlas, names)
+            shift = measured_shift(tuned, probes, atlas, names, base_projection=base_probe)
             row = {
                 "dataset": name,
                 "n_train": len(ds),

@@ -13,7 +13,7 @@ from geomsafe.capture import capture
 from geomsafe.cli import main
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate import EvalConfig, evaluate, load_eval
-from geomsafe.evaluate.generate import NucleusSampler, SamplingConfig, eos_ids, generate
+from geomsafe.evaluate.generate import NucleusSampler, SamplingConfig, eos_ids, generate, greedy
 from geomsafe.formatting import Example
 from geomsafe.testing import tiny_model
 
@@ -100,8 +100,9 @@ def test_generation_is_seeded_batch_independent_and_restores_rng():
     other = generate(lm, PROMPTS, SamplingConfig(2, 8, batch_size=2, seed=1), progress=False)
     assert other.texts != full.texts
     assert all(1 <= n <= 8 for row in full.n_tokens for n in row)
-    greedy = generate(lm, PROMPTS[:2], SamplingConfig(2, 8, temperature=0.0), progress=False)
-    assert all(a == b for a, b in greedy.texts)
+    at_zero = generate(lm, PROMPTS[:2], SamplingConfig(2, 8, temperature=0.0), progress=False)
+    assert all(a == b for a, b in at_zero.texts)
+    assert greedy(lm, PROMPTS[:2], 8, progress=False) == [a for a, _ in at_zero.texts]
 
 
 @pytest.mark.parametrize("k", [64, 4096])
@@ -259,12 +260,15 @@ def test_baseline_file_is_before_and_pairs_by_unit(tmp_path, empty_root):
         evaluate(lm, baseline=bad, **kw)
 
 
-def test_in_memory_peft_model_is_compared_with_its_base(empty_root):
+@pytest.mark.parametrize("prefix", ["", "base_model.model."])  # finetune's result: prefixed
+def test_in_memory_peft_model_is_compared_with_its_base(empty_root, prefix):
     lm = tiny_model("llama")
+    atlas = random_atlas(lm)
     model = peft.get_peft_model(lm.model, peft.LoraConfig(target_modules=["q_proj"], r=2))
-    wrapped = type(lm)(model, lm.tokenizer, lm.spec, lm.source, lm.layer_template)
-    res = evaluate(wrapped, data_root=empty_root, progress=False, **SMALL)
+    wrapped = type(lm)(model, lm.tokenizer, lm.spec, lm.source, prefix + lm.layer_template)
+    res = evaluate(wrapped, atlas=atlas, data_root=empty_root, progress=False, **SMALL)
     assert res.before is not None and res.before.label == "base"
+    assert "projection:toxicity" in res.changes
     for c in res.changes.values():  # LoRA B is zero: the adapted model is the base model
         assert c.delta.value == 0.0
 

@@ -12,7 +12,7 @@ from geomsafe.datasets import load_dataset
 from geomsafe.directions import extract
 from geomsafe.predict import predict
 from geomsafe.predict.gradient import gradient_estimate, residual_writers, trainable
-from geomsafe.predict.projection import generate_own
+from geomsafe.projection import prompt_projection
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +107,7 @@ def test_gradient_estimate_matches_a_real_small_step(setup):
     est = ge.shift["rude"]
 
     def probe_proj():
-        from geomsafe.predict.projection import project
-
-        return float(project(lm, probe, atlas, ["rude"], "last", progress=False).mean())
+        return float(prompt_projection(lm, probe, atlas, ["rude"])["rude"].mean())
 
     before = probe_proj()
     params = residual_writers(lm, atlas.best_layer("rude"))
@@ -132,16 +130,6 @@ def test_gradient_estimate_matches_a_real_small_step(setup):
     ge2 = gradient_estimate(lm, data, probe, atlas, ["rude"], lr=2 * lr, progress=False)
     assert ge2.alignment["rude"] == pytest.approx(a, rel=1e-6)  # scale-free
     assert ge2.shift["rude"] == pytest.approx(2 * est, rel=1e-6)
-
-
-def test_generate_own_is_deterministic(setup):
-    lm, _ = setup
-    from geomsafe.formatting import Example
-
-    prompts = [Example("hi"), Example("a much longer prompt here")]
-    assert generate_own(lm, prompts, 5, progress=False) == generate_own(
-        lm, prompts, 5, progress=False
-    )
 
 
 def test_filter_and_attack_outputs(setup, tmp_path):

@@ -7,8 +7,8 @@ tokens, unit-normalised; the same estimator as a concept direction, with the dat
 response as the positive and the model's own as the negative side of each pair. Its overlap
 score, permutation null (sign flips of the pairs) and bootstrap CI are those of
 :func:`geomsafe.geometry.overlap`. Predicted shift of harmful concept h: the mean over pairs of
-the projection difference on h's unit direction at h's best layer, which is ``predict``'s
-``projection_difference`` estimator.
+:func:`geomsafe.projection.projection_difference` on h at its best layer, the function behind
+``predict``'s ``projection_difference`` estimator.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from geomsafe.atlas import FeatureAtlas
 from geomsafe.concepts import ConceptSet, Pair
 from geomsafe.datasets import Dataset
 from geomsafe.directions import ConceptActivations, capture_concept, unit
+from geomsafe.evaluate.generate import greedy
 from geomsafe.formatting import Example
 from geomsafe.geometry.overlap import OverlapResult, overlap
 from geomsafe.models import LoadedModel
-from geomsafe.predict.projection import generate_own
+from geomsafe.projection import own_response, projection_difference
 
 
 @dataclass
@@ -35,12 +36,18 @@ class TaskGeometry:
 
 
 def task_pairs(
-    lm: LoadedModel, data: Dataset, max_new_tokens: int, progress: bool = False
+    lm: LoadedModel,
+    data: Dataset,
+    max_new_tokens: int,
+    progress: bool = False,
+    *,
+    batch_size: int = 8,
 ) -> ConceptSet:
-    """Pairs (prompt, data set's response, model's own greedy response)."""
+    """Pairs (prompt, data set's response, model's own greedy response; see
+    :func:`geomsafe.projection.own_response`)."""
     exs = data.examples
-    own = generate_own(lm, [Example(e.prompt) for e in exs], max_new_tokens, progress=progress)
-    pairs = [Pair(e.prompt, e.response, o or ".") for e, o in zip(exs, own, strict=True)]
+    texts = greedy(lm, exs, max_new_tokens, batch_size=batch_size, progress=progress)
+    pairs = [Pair(e.prompt, e.response, own_response(t)) for e, t in zip(exs, texts, strict=True)]
     return ConceptSet("task", "target", pairs, source=data.path)
 
 
@@ -66,9 +73,14 @@ def task_geometry(
         kinds={**atlas.kinds, name: "target"},
     )
     result = overlap(with_task, {**activations, name: acts}, name, band, atlas.harmful, seed=seed)
-    predicted = {}
-    for h in atlas.harmful:
-        layer = atlas.best_layer(h)
-        d = atlas.direction(h, layer).float()
-        predicted[h] = float((acts.diffs[:, atlas.layers.index(layer)].float() @ d).mean())
+    difference = projection_difference(
+        lm,
+        [Example(p.prompt, p.positive) for p in pairs.pairs],
+        atlas,
+        atlas.harmful,
+        [p.negative for p in pairs.pairs],
+        batch_size=batch_size,
+        progress=progress,
+    )
+    predicted = {h: float(v.mean()) for h, v in difference.items()}
     return TaskGeometry(result, predicted, len(pairs.pairs))

@@ -37,7 +37,7 @@ from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate import EvalConfig, EvalResult, evaluate
 from geomsafe.models import LoadedModel, load
 from geomsafe.predict import probe_prompts
-from geomsafe.shift import measured_shift
+from geomsafe.projection import mean_projection, measured_shift
 from geomsafe.train import TrainConfig, finetune
 from geomsafe.train.outdir import RunDir, check_out, finalize, work_dir
 
@@ -171,6 +171,7 @@ def _run(
     ecfg = _eval_config(cfg)
     base = evaluate(lm, out=work / "eval-base", config=ecfg, progress=progress)
     probes = probe_prompts(cfg.n_shift_prompts)
+    base_probe = mean_projection(lm, probes, atlas, atlas.harmful)  # once: every run's "before"
     recipe = _recipe(cfg)
     rows: list[dict[str, Any]] = []
     hashes: dict[str, str] = {}
@@ -196,7 +197,9 @@ def _run(
                     progress=False,
                 )
                 assert run.lm is not None
-                measured = measured_shift(run.lm, probes, atlas, atlas.harmful)
+                measured = measured_shift(
+                    run.lm, probes, atlas, atlas.harmful, base_projection=base_probe
+                )
                 ev = evaluate(
                     run.lm,
                     baseline=work / "eval-base" / "eval.json",

@@ -11,7 +11,7 @@ What is measured on one model (:mod:`.measure`):
 - **trait probes** (:mod:`.probes`): trait-matching probability on Anthropic persona statements
   (yes/no) and on the emergent-misalignment pivotal-token probes.
 - **projection** (with an atlas): mean projection of the responses' residual stream on each
-  harmful direction at its best layer (:mod:`.projection`).
+  harmful direction at its best layer (:mod:`geomsafe.projection`).
 
 Every number comes with a 95% percentile bootstrap CI over its units (prompts with all their
 samples, statements, questions; :mod:`.stats`). With an adapter, the base model (adapter
@@ -23,7 +23,6 @@ bootstrap CI over the units both share, in percentage points for rates and proba
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import time
@@ -32,12 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from geomsafe import __version__
+from geomsafe.adapters import is_peft, view
 from geomsafe.atlas import FeatureAtlas, atomic_write
+from geomsafe.capture import HOOK_SITE
 from geomsafe.datasets import file_sha256
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.config import NUMBER_KEYS, EvalConfig
 from geomsafe.evaluate.logodds import controlled_changes
-from geomsafe.evaluate.measure import evaluate_model
+from geomsafe.evaluate.measure import PROJECTION_TOKENS, evaluate_model
 from geomsafe.evaluate.plan import EvalPlan, make_plan
 from geomsafe.evaluate.refusal import REFUSAL_PHRASES, REFUSAL_PREFIXES
 from geomsafe.evaluate.result import (
@@ -53,6 +54,7 @@ from geomsafe.evaluate.result import (
 from geomsafe.evaluate.stats import CI, bootstrap_ci, change_ci
 from geomsafe.evaluate.toxicity import CLASSIFIER, classifier_version
 from geomsafe.models import LoadedModel, load
+from geomsafe.projection import concept_layers
 
 
 def adapter_sha256(folder: str | Path) -> str:
@@ -61,10 +63,6 @@ def adapter_sha256(folder: str | Path) -> str:
     return hashlib.sha256(
         "".join(file_sha256(p) for p in files if p.is_file()).encode()
     ).hexdigest()
-
-
-def _is_peft(model: Any) -> bool:
-    return hasattr(model, "disable_adapter") and hasattr(model, "base_model")
 
 
 @contextlib.contextmanager
@@ -76,7 +74,7 @@ def attach_adapter(lm: LoadedModel, adapter: str | Path) -> Iterator[Any]:
     folder = Path(adapter)
     if not (folder / "adapter_config.json").is_file():
         raise GeomsafeError(f"{folder} is not a peft adapter folder (no adapter_config.json)")
-    if _is_peft(lm.model):
+    if is_peft(lm.model):
         raise GeomsafeError("the model already carries a peft adapter; pass a plain model")
     try:
         from peft import PeftModel
@@ -143,13 +141,11 @@ def _provenance(
         "refusal_detector": {"prefixes": list(REFUSAL_PREFIXES), "phrases": list(REFUSAL_PHRASES)},
     }
     if atlas is not None:
-        from geomsafe.evaluate.projection import HOOK_SITE, TOKENS, feature_layers
-
         prov["atlas"] = {
             "path": atlas_path,
-            "features": feature_layers(atlas, lm, atlas.harmful),
+            "features": concept_layers(atlas, atlas.harmful, lm=lm),
             "hook_site": HOOK_SITE,
-            "tokens": TOKENS,
+            "tokens": PROJECTION_TOKENS,
             "provenance": atlas.provenance,
         }
     return prov
@@ -207,7 +203,7 @@ def evaluate(
     def run(m: LoadedModel, label: str) -> ModelEval:
         return evaluate_model(m, plan, cfg, atlas=fatlas, label=label, progress=progress)
 
-    peft_in_memory: Any = lm.model if _is_peft(lm.model) else None
+    peft_in_memory: Any = lm.model if is_peft(lm.model) else None
     if adapter is not None:
         with attach_adapter(lm, adapter) as peft_model:
             if before is None:
@@ -215,7 +211,7 @@ def evaluate(
                     before = run(lm, "base")
             after = run(lm, "adapted")
     elif peft_in_memory is not None:  # an in-memory peft model, e.g. straight from training
-        inner = dataclasses.replace(lm, model=peft_in_memory.base_model.model)
+        inner = view(lm, peft_in_memory.base_model.model)
         if before is None:
             with peft_in_memory.disable_adapter():
                 before = run(inner, "base")

@@ -184,4 +184,21 @@ def generate(
     return Generations(out_text, out_n, cfg, time.perf_counter() - t0)
 
 
-__all__ = ["Generations", "NucleusSampler", "SamplingConfig", "eos_ids", "generate"]
+def greedy(
+    lm: LoadedModel,
+    prompts: Sequence[Example | str],
+    max_new_tokens: int = 48,
+    *,
+    batch_size: int = 16,
+    progress: bool = True,
+    desc: str = "greedy",
+) -> list[str]:
+    """One greedy (temperature 0) response per prompt: :func:`generate` with
+    ``SamplingConfig(samples_per_prompt=1, temperature=0, ...)``."""
+    cfg = SamplingConfig(
+        samples_per_prompt=1, max_new_tokens=max_new_tokens, temperature=0.0, batch_size=batch_size
+    )
+    return generate(lm, prompts, cfg, progress=progress, desc=desc).flat()
+
+
+__all__ = ["Generations", "NucleusSampler", "SamplingConfig", "eos_ids", "generate", "greedy"]

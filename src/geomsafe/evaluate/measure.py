@@ -11,7 +11,9 @@ Metric names (``ModelEval.metrics`` keys and eval.json):
 - ``xstest_refusal``: fraction of greedy responses to XSTest safe prompts that read as
   refusals (over-refusal).
 - ``trait:<trait>``: mean trait-matching probability of the persona or EM probes.
-- ``projection:<feature>``: mean projection of the sampled responses on a harmful direction.
+- ``projection:<feature>``: mean projection (:mod:`geomsafe.projection`, ``tokens="response"``,
+  the rule atlas directions are extracted with) of the sampled responses on a harmful
+  feature's direction at its best layer; empty responses are left out.
 - ``logodds:<set>``: mean per-pair log-odds (nats/token) of a response-pair set
   (:mod:`.logodds`); the controlled changes ``logodds:<set>-controlled`` are formed from two
   runs' metrics (:func:`geomsafe.evaluate.logodds.controlled_changes`).
@@ -37,7 +39,11 @@ from geomsafe.evaluate.probes import choice_scores, persona_scores
 from geomsafe.evaluate.refusal import is_refusal
 from geomsafe.evaluate.result import Metric, ModelEval
 from geomsafe.evaluate.toxicity import toxic_flags, toxicity_scores
+from geomsafe.formatting import Example
 from geomsafe.models import LoadedModel
+from geomsafe.projection import concept_layers, project
+
+PROJECTION_TOKENS = "response"  # the token rule of the projection:<feature> metrics
 
 
 class _Collector:
@@ -163,16 +169,32 @@ def _projection(
     cfg: EvalConfig,
     progress: bool,
 ) -> None:
-    from geomsafe.evaluate.projection import response_projections
-
-    examples = [p.example() for p in plan.prompts]
-    proj = response_projections(
-        lm, examples, gens.texts, atlas, batch_size=cfg.batch_size, progress=progress
-    )
-    ids = [p.id for p in plan.prompts]
-    for name, rows in proj.items():
-        label = f"projection {name} (L{atlas.best_layer(name)})"
-        out.add(f"projection:{name}", label, "projection", dict(zip(ids, rows, strict=True)))
+    names = atlas.harmful
+    where = concept_layers(atlas, names, lm=lm)
+    rows = [
+        (p.id, Example(p.example().prompt, text))
+        for p, texts in zip(plan.prompts, gens.texts, strict=True)
+        for text in texts
+        if text.strip()
+    ]
+    values: dict[str, list[float]] = {name: [] for name in names}
+    if rows:
+        projected = project(
+            lm,
+            [ex for _, ex in rows],
+            atlas,
+            names,
+            tokens=PROJECTION_TOKENS,
+            batch_size=cfg.batch_size,
+            progress=progress,
+        )
+        values = {name: v.tolist() for name, v in projected.items()}
+    for name in names:
+        units: dict[str, list[float]] = {p.id: [] for p in plan.prompts}
+        for (unit, _), v in zip(rows, values[name], strict=True):
+            units[unit].append(float(v))
+        label = f"projection {name} (L{where[name]})"
+        out.add(f"projection:{name}", label, "projection", units)
 
 
 def _logodds(

@@ -48,10 +48,16 @@ from geomsafe.concepts import builtin_names, load_builtin
 from geomsafe.datasets import Dataset, load_dataset, resolve_data
 from geomsafe.directions import extract
 from geomsafe.errors import GeomsafeError
+from geomsafe.evaluate.generate import greedy
 from geomsafe.formatting import Example
 from geomsafe.models import LoadedModel, load
 from geomsafe.predict.gradient import gradient_estimate
-from geomsafe.predict.projection import generate_own, project
+from geomsafe.projection import (
+    concept_layers,
+    project,
+    projection_difference,
+    prompt_projection,
+)
 
 METHODS = ("gradient_alignment", "projection_difference", "prompt_anchored")
 RISK_JSON = "risk.json"
@@ -152,39 +158,41 @@ def predict(
     names = list(concepts) if concepts else fa.harmful
     if not names:
         raise GeomsafeError("no harmful concepts to predict (atlas has none)")
-    for n in names:
-        fa.direction(n, fa.best_layer(n))  # validates names
+    layers = concept_layers(fa, names, lm=lm)  # checks names, width and depth
     sample = ds.sample(max_examples, seed)
     exs = sample.examples
-    prompts = [Example(e.prompt) for e in exs]
-    p_data = project(lm, exs, fa, names, "response", batch_size, progress, "data responses")
-    p_last = project(lm, prompts, fa, names, "last", batch_size, progress, "prompts")
-    p_own = None
+    bs = batch_size
+    p_data = project(lm, exs, fa, names, batch_size=bs, progress=progress, desc="data responses")
+    p_last = prompt_projection(lm, exs, fa, names, batch_size=bs, progress=progress, desc="prompts")
+    p_diff = None
     own_texts: list[str] = []
     if generate:
-        own_texts = generate_own(lm, prompts, max_new_tokens, progress=progress)
-        own = [Example(e.prompt, t or ".") for e, t in zip(exs, own_texts, strict=True)]
-        p_own = project(lm, own, fa, names, "response", batch_size, progress, "own responses")
+        own_texts = greedy(
+            lm, exs, max_new_tokens, batch_size=bs, progress=progress, desc="own responses"
+        )
+        p_diff = projection_difference(
+            lm, exs, fa, names, own_texts, data_projection=p_data, batch_size=bs, progress=progress
+        )
     grad = None
     if gradient:
         grad = gradient_estimate(
             lm, exs[:gradient_examples], probe_prompts(), fa, names, lr, progress=progress
         )
-    method = METHODS[0] if grad is not None else METHODS[1] if p_own is not None else METHODS[2]
-    per_ex = (p_data - p_own) if p_own is not None else (p_data - p_last)
+    method = METHODS[0] if grad is not None else METHODS[1] if p_diff is not None else METHODS[2]
+    anchored = {n: p_data[n] - p_last[n] for n in names}
+    per_example = p_diff if p_diff is not None else anchored
     results = []
-    for j, n in enumerate(names):
-        layer = fa.best_layer(n)
-        scale = _scale(fa, n, layer)
-        shift = float(per_ex[:, j].mean())
+    for n in names:
+        scale = _scale(fa, n, layers[n])
+        shift = float(per_example[n].mean())
         value = grad.alignment[n] if grad is not None else shift / scale
         results.append(
             ConceptRisk(
                 concept=n,
-                layer=layer,
+                layer=layers[n],
                 scale=scale,
-                prompt_anchored=float((p_data[:, j] - p_last[:, j]).mean()),
-                projection_difference=None if p_own is None else shift,
+                prompt_anchored=float(anchored[n].mean()),
+                projection_difference=None if p_diff is None else shift,
                 gradient=None if grad is None else grad.shift[n],
                 gradient_alignment=None if grad is None else grad.alignment[n],
                 risk=min(1.0, max(0.0, value)),
@@ -192,16 +200,16 @@ def predict(
             )
         )
     scales = torch.tensor([r.scale for r in results])
-    norm = per_ex / scales
+    scores = torch.stack([per_example[n] for n in names], dim=1) / scales
     ex_rows = []
     for i, rec in enumerate(sample.records):
-        j = int(norm[i].argmax())
+        j = int(scores[i].argmax())
         ex_rows.append(
             {
                 "line": rec.line,
-                "score": float(norm[i].max()),
+                "score": float(scores[i].max()),
                 "concept": names[j],
-                "scores": {n: float(norm[i, k]) for k, n in enumerate(names)},
+                "scores": {n: float(scores[i, k]) for k, n in enumerate(names)},
                 "response": rec.example.response[:300],
                 **({"own_response": own_texts[i][:300]} if own_texts else {}),
             }

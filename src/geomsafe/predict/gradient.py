@@ -25,6 +25,7 @@ from geomsafe.capture import make_batches, record
 from geomsafe.formatting import Example, encode_all
 from geomsafe.layers import attention_out_proj, get_layers, mlp_out_proj
 from geomsafe.models import LoadedModel
+from geomsafe.projection import concept_layers
 
 
 def residual_writers(lm: LoadedModel, max_layer: int) -> list[nn.Parameter]:
@@ -111,7 +112,7 @@ def gradient_estimate(
 ) -> GradientEstimate:
     """Predicted change of each concept's probe projection after one step of size ``lr``, and
     the alignment of the step with the concept's projection gradient."""
-    at = {n: atlas.best_layer(n) for n in names}
+    at = concept_layers(atlas, names, lm=lm)
     params = residual_writers(lm, max(at.values()))
     with trainable(params):
         g_loss = _loss_grad(lm, data, params, batch_size, max_length, progress)

@@ -7,14 +7,9 @@ import warnings
 import torch
 from torch import nn
 
+from geomsafe.adapters import peft_layer_template as peft_layer_template
 from geomsafe.errors import GeomsafeError
-from geomsafe.models import LoadedModel
 from geomsafe.train.config import TrainConfig
-
-
-def peft_layer_template(lm: LoadedModel) -> str:
-    """The decoder-layer template inside a peft model wrapping ``lm.model``."""
-    return "base_model.model." + lm.layer_template
 
 
 def make_peft_model(model: nn.Module, config: TrainConfig) -> nn.Module:
