@@ -43,9 +43,12 @@ def mean_sq_cos(directions: Tensor) -> float:
 
 
 def effective_rank(acts: Tensor) -> float:
-    """exp(entropy) of the eigenvalue distribution of the covariance of ``acts`` ``[N, D]``."""
-    centred = acts - acts.mean(0)
-    s = torch.linalg.svdvals(centred.double()) ** 2
+    """exp(entropy) of the eigenvalue distribution of the covariance of ``acts`` ``[N, D]``.
+
+    The eigenvalues are those of the ``[D, D]`` scatter matrix ``X_cᵀ X_c`` (in float64), the
+    squared singular values of the centred activations ``X_c`` without an SVD of ``X_c``."""
+    centred = (acts - acts.mean(0)).double()
+    s = torch.linalg.eigvalsh(centred.T @ centred).clamp_min(0)
     p = s / s.sum()
     p = p[p > 0]
     return float(torch.exp(-(p * p.log()).sum()))
