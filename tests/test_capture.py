@@ -156,7 +156,7 @@ PAIRED = [
     Example((*SYSTEM, {"role": "user", "content": q}), r)
     for q, rs in (
         ("What is the capital of France?", ("Paris.", "It is Lyon, a city in the south.")),
-        ("hi", ("hello there, how can I help you today?", "go away")),
+        ("hi", ("hello there, how can I help you today?", "go away", "hey")),  # three replies
         ("Name a colour.", ("Blue.", "Seven.")),
     )
     for r in rs

@@ -46,18 +46,22 @@ def test_plan_without_shared_prompts():
     assert plan.tokens(enc) == sum(e.length for e in enc)
 
 
-def test_steps_cover_every_example_once_with_parents():
+def test_steps_cover_every_example_once_with_leads_and_parents():
     enc = _pairs(7) + [Encoded((*SYSTEM, 99), 5)]  # a prompt without a response
     plan = plan_prefixes(enc)
-    steps = list(shared_steps(plan, enc, batch_size=4))
+    steps = list(shared_steps(plan, enc, batch_size=3))
     members = [i for s in steps for i in s.members]
     assert sorted(members) == list(range(len(enc)))
-    assert all(len(s.members) <= 4 for s in steps)
+    assert [len(s.prompts) for s in steps] == [3, 3, 2]
     longest = [max(enc[i].length for i in s.members) for s in steps]
     assert longest == sorted(longest, reverse=True)
     for s in steps:
-        assert set(s.responses) == {i for i in s.members if enc[i].length > enc[i].prompt_len}
+        for g, lead in zip(s.prompts, s.leads, strict=True):
+            group = [i for i in s.members if plan.group[i] == g]
+            assert plan.group[lead] == g and enc[lead].length == max(enc[i].length for i in group)
+        with_reply = {i for i in s.members if enc[i].length > enc[i].prompt_len}
+        assert set(s.responses) == with_reply - set(s.leads)
         for i, row in zip(s.responses, s.parents, strict=True):
             assert plan.group[i] == s.prompts[row]
-    big = list(shared_steps(plan, enc, batch_size=1))  # a pair is never split
-    assert [len(s.prompts) for s in big] == [1] * 8
+    one = list(shared_steps(plan, enc, batch_size=1))  # a pair is never split
+    assert [len(s.members) for s in one] == [2] * 7 + [1]

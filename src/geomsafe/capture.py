@@ -407,8 +407,8 @@ def capture(
 @dataclass
 class _Shared:
     """A capture whose examples share leading tokens (:class:`geomsafe.prefix.PrefixPlan`):
-    the root runs once, each step runs its prompts' own tokens on copies of the root's cache,
-    then its responses on their prompt's cache row."""
+    the root runs once, each step runs its groups' leads on copies of the root's cache, then
+    the other members' responses on their lead's cache row, the lead's reply masked out."""
 
     model: nn.Module
     forward: _Forward
@@ -432,29 +432,34 @@ class _Shared:
     def run_step(
         self, step: SharedStep, root: Any, pooler: _Pooler, store: dict, head_store: dict
     ) -> None:
-        """The step's prompt pass on copies of the ``root`` cache, then its response pass."""
+        """The step's lead pass on copies of the ``root`` cache, then its response pass."""
         r, enc, spans = self.plan.root, self.encoded, self.spans
-        own = [self.plan.prompts[g][r:] for g in step.prompts]
-        batch = pad_rows(own, step.prompts, self.pad_id, self.padding_side)
+        leads = [enc[i].input_ids[r:] for i in step.leads]
+        batch = pad_rows(leads, step.leads, self.pad_id, self.padding_side)
         cache = new_cache(self.model) if root is None else copy.deepcopy(root)
         if root is not None:
-            cache.reorder_cache(torch.zeros(len(own), dtype=torch.long))
-        past = torch.ones(len(own), r, dtype=torch.long)
+            cache.reorder_cache(torch.zeros(len(leads), dtype=torch.long))
+        past = torch.ones(len(leads), r, dtype=torch.long)
         self.forward(batch, r, past, cache)
         row = {g: k for k, g in enumerate(step.prompts)}
         picks = []
-        for i in step.members:
+        for i in step.members:  # the lead's tokens, and the prompt tokens of the others
             k = row[self.plan.group[i]]
-            a, b = max(spans[i][0], r), min(spans[i][1], enc[i].prompt_len)
-            picks.append((i, k, batch.offsets[k] + a - r, batch.offsets[k] + b - r))
+            end = spans[i][1] if i == step.leads[k] else min(spans[i][1], enc[i].prompt_len)
+            a, b = max(spans[i][0], r) - r, end - r
+            picks.append((i, k, batch.offsets[k] + a, batch.offsets[k] + b))
         pooler.add(store, head_store, picks)
         if not step.responses:
             return
+        seen = batch.attention_mask.clone()  # the others see their prompt, not the lead's reply
+        for k, (i, off) in enumerate(zip(step.leads, batch.offsets, strict=True)):
+            seen[k, off + enc[i].prompt_len - r : off + enc[i].length - r] = 0
+        parents = step.parents
+        if parents != list(range(len(leads))):
+            cache.reorder_cache(torch.tensor(parents))
+        past = torch.cat([past, seen], 1)[parents]
         starts = [enc[i].prompt_len for i in step.responses]
         tails = [enc[i].input_ids[p:] for i, p in zip(step.responses, starts, strict=True)]
-        parents = torch.tensor(step.parents)
-        cache.reorder_cache(parents)
-        past = torch.cat([past, batch.attention_mask], 1)[parents]
         tail = pad_rows(tails, step.responses, self.pad_id, self.padding_side)
         self.forward(tail, torch.tensor(starts)[:, None], past, cache)
         picks = []

@@ -9,9 +9,12 @@ planned:
 - *prompt groups*: examples with the same prompt token ids (a contrastive pair's positive and
   negative responses follow one prompt).
 
-A shared capture then runs the root once, each prompt group's remaining prompt tokens once per
-group (on a copy of the root's key/value cache), and each example's response tokens on its
-group's cache. :class:`SharedStep` lists the groups and examples of one such step.
+A shared capture then runs the root once; then, per step of prompt groups, a *lead pass*:
+each group's longest example (its *lead*) in full after the root (on a copy of the root's
+key/value cache); then a *response pass*: the other members' responses, each continuing its
+lead's cache with the lead's response hidden by the attention mask. Running the lead whole
+rather than the prompt alone keeps both passes' rows of similar length, so little of either
+is padding. :class:`SharedStep` lists the groups and examples of one step.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ class PrefixPlan:
     group: list[int]
 
     def tokens(self, encoded: Sequence[Encoded]) -> int:
-        """Tokens a shared capture computes: the root once, every prompt's own tokens once,
-        every response."""
+        """Tokens a shared capture computes (padding aside): the root once, every prompt's own
+        tokens once, every response."""
         own = sum(len(p) - self.root for p in self.prompts)
         return self.root + own + sum(e.length - e.prompt_len for e in encoded)
 
@@ -64,11 +67,13 @@ def plan_prefixes(encoded: Sequence[Encoded]) -> PrefixPlan:
 
 @dataclass
 class SharedStep:
-    """One step of a shared capture: a prompt pass over ``prompts`` (group ids, one row each),
-    then a response pass over ``responses`` (examples with a response, one row each, on the
-    cache row ``parents[k]`` of the prompt pass). ``members`` are all examples of the groups."""
+    """One step of a shared capture: a lead pass over ``leads`` (one example per group in
+    ``prompts``, one row each), then a response pass over ``responses`` (the other members with
+    a response, one row each, on the cache row ``parents[k]`` of the lead pass). ``members``
+    are all examples of the groups."""
 
     prompts: list[int]
+    leads: list[int]
     members: list[int]
     responses: list[int]
     parents: list[int]
@@ -77,31 +82,26 @@ class SharedStep:
 def shared_steps(
     plan: PrefixPlan, encoded: Sequence[Encoded], batch_size: int
 ) -> Iterator[SharedStep]:
-    """Steps over prompt groups, longest example first (as :func:`capture.make_batches` sorts),
-    each with at most ``batch_size`` examples unless one group alone has more."""
+    """Steps of ``batch_size`` prompt groups, longest lead first (as
+    :func:`geomsafe.capture.make_batches` sorts): the lead pass has ``batch_size`` rows, the
+    response pass one per other member with a response (``batch_size`` for contrastive
+    pairs)."""
     members: list[list[int]] = [[] for _ in plan.prompts]
     for i, g in enumerate(plan.group):
         members[g].append(i)
     longest = [max(encoded[i].length for i in m) for m in members]
     order = sorted(range(len(members)), key=lambda g: -longest[g])
-    step: list[int] = []
-    count = 0
-    for g in order:
-        if step and count + len(members[g]) > batch_size:
-            yield _step(step, members, encoded)
-            step, count = [], 0
-        step.append(g)
-        count += len(members[g])
-    if step:
-        yield _step(step, members, encoded)
+    for start in range(0, len(order), batch_size):
+        yield _step(order[start : start + batch_size], members, encoded)
 
 
 def _step(groups: list[int], members: list[list[int]], encoded: Sequence[Encoded]) -> SharedStep:
     all_members = [i for g in groups for i in members[g]]
+    leads = [max(members[g], key=lambda i: encoded[i].length) for g in groups]
     responses, parents = [], []
-    for row, g in enumerate(groups):
+    for row, (g, lead) in enumerate(zip(groups, leads, strict=True)):
         for i in members[g]:
-            if encoded[i].length > encoded[i].prompt_len:
+            if i != lead and encoded[i].length > encoded[i].prompt_len:
                 responses.append(i)
                 parents.append(row)
-    return SharedStep(groups, all_members, responses, parents)
+    return SharedStep(groups, leads, all_members, responses, parents)
