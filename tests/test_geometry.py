@@ -190,3 +190,20 @@ def test_overlap_per_layer_equals_one_layer_overlap():
         assert row["null_q95"] == pytest.approx(one.null_q95, rel=1e-6)
     plain = overlap_per_layer(atlas, "t", ["h1", "h2"])
     assert [r["score"] for r in plain] == [r["score"] for r in rows] and "p_value" not in plain[0]
+
+
+def test_density_baseline_equals_draw_by_draw():
+    """The batched random-direction baseline equals drawing and scoring one set at a time."""
+    from geomsafe.geometry.density import mean_sq_cos
+
+    g = torch.Generator().manual_seed(5)
+    acts = torch.randn(200, D, generator=g) * torch.rand(D, generator=g) * 4 + 1
+    dirs = torch.randn(5, D, generator=g)
+    got = superposition_density(dirs, acts, layer=3, n_draws=20, seed=9)
+    gen = torch.Generator().manual_seed(9)
+    centred = acts - acts.mean(0)
+    draws = [mean_sq_cos((centred.T @ torch.randn(200, 5, generator=gen)).T) for _ in range(20)]
+    base = torch.tensor(draws)
+    assert got.baseline == pytest.approx(float(base.mean()), rel=1e-6)
+    assert got.baseline_sd == pytest.approx(float(base.std()), rel=1e-5)
+    assert got.density == pytest.approx(mean_sq_cos(dirs), rel=1e-7)
