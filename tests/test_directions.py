@@ -90,6 +90,8 @@ def test_concepts_captured_together_equal_one_by_one(tiny_llama):
     from geomsafe.directions import capture_concept, capture_concepts
 
     other = [Pair(f"other {i}?", "sure " * (1 + i), "never " * (2 - i % 2)) for i in range(4)]
+    chat = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "why?"})
+    other.append(Pair(chat, "because", "no idea"))  # a chat prompt (message dicts)
     sets = [_concept("a", n=6), ConceptSet("b", "target", [_concept().pairs[0], *other])]
     together = capture_concepts(tiny_llama, sets, [0, 2], progress=False, heads=True)
     for cs in sets:

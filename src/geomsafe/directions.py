@@ -12,7 +12,7 @@ for many concepts) broken by the larger held-out effect size.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -122,6 +122,13 @@ def capture_concept(
     ]
 
 
+def _hashable(prompt: str | Sequence[Mapping[str, str]]) -> Hashable:
+    """A prompt as a dictionary key (a chat prompt is a sequence of message dicts)."""
+    if isinstance(prompt, str):
+        return prompt
+    return tuple(tuple(sorted(m.items())) for m in prompt)
+
+
 def capture_concepts(
     lm: LoadedModel,
     concepts: Sequence[ConceptSet],
@@ -134,17 +141,23 @@ def capture_concepts(
     """Every concept's activations from one capture of their distinct examples: batches are
     length-sorted across concepts, shared prompts run once, and an example that several
     concepts hold (a label-shuffled control re-uses its source's) is captured once."""
-    index: dict[Example, int] = {}
+    index: dict[tuple[Hashable, str], int] = {}
+    examples: list[Example] = []
     sides = []
     for concept in concepts:
-        pos = [Example(p.prompt, p.positive) for p in concept.pairs]
-        neg = [Example(p.prompt, p.negative) for p in concept.pairs]
-        rows = [[index.setdefault(e, len(index)) for e in side] for side in (pos, neg)]
+        rows: list[list[int]] = [[], []]
+        for p in concept.pairs:
+            for side, text in zip(rows, (p.positive, p.negative), strict=True):
+                key = (_hashable(p.prompt), text)
+                if key not in index:
+                    index[key] = len(examples)
+                    examples.append(Example(p.prompt, text))
+                side.append(index[key])
         sides.append(rows)
     desc = f"capture {len(concepts)} concept{'s' if len(concepts) != 1 else ''}"
     acts = capture(
         lm,
-        list(index),
+        examples,
         layers=layers,
         tokens=tokens,
         batch_size=batch_size,
