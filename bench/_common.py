@@ -48,6 +48,18 @@ def sample_examples(n: int) -> list[tuple[str, str]]:
     return out
 
 
+@torch.no_grad()
+def bare_forward(net: torch.nn.Module, batches) -> None:
+    """A bare backbone forward (no hooks, no LM head, no cache) over padded ``batches``."""
+    for b in batches:
+        net(
+            input_ids=b.input_ids,
+            attention_mask=b.attention_mask,
+            position_ids=b.position_ids,
+            use_cache=False,
+        )
+
+
 def machine() -> dict[str, object]:
     return {
         "python": sys.version.split()[0],

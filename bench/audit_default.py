@@ -1,11 +1,18 @@
-"""The geometric audit on a real model, with the issue's checks printed.
+"""The geometric audit on a real model, with the issue's checks and its time by phase printed.
 
     python bench/audit_default.py [--model default] [--max-pairs 64] [--out runs/audit-default]
+        [--no-bare]
 
 Checks: held-out AUROC >= 0.9 at the best layer for every built-in concept; the
 label-shuffled control's overlap has p > 0.05 (over the layer band, and at its best layer);
 toxicity vs hate_bias overlaps above its null (the overlap restricted to hate_bias, with the
 permutation null of toxicity's labels, at toxicity's best layer and over the band).
+
+Time: model load, then the audit's phases (``report["phases"]``) with their shares, and the
+time of a bare backbone forward (no hooks, no LM head, length-sorted batches of the audit's
+batch size) over the same examples' full token sequences, the yardstick for the extract phase;
+the audit runs shared prompts once (``capture(share_prefix=True)``), so it computes fewer
+tokens than that forward, and both token counts are printed.
 """
 
 from __future__ import annotations
@@ -13,10 +20,33 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import RESULTS, machine, write_json
+from _common import RESULTS, bare_forward, machine, write_json
 from geomsafe.audit import audit
+from geomsafe.capture import backbone, make_batches
 from geomsafe.cli.audit import print_audit
+from geomsafe.concepts import builtin_names, load_concept
+from geomsafe.formatting import Example, encode_all
 from geomsafe.geometry.overlap import overlap
+from geomsafe.models import LoadedModel, load
+from geomsafe.prefix import plan_prefixes
+
+BATCH_SIZE = 16  # audit()'s default
+
+
+def bare_forward_time(lm: LoadedModel, max_pairs: int) -> tuple[float, int, int]:
+    """Seconds of a bare forward over the audit's distinct examples; their tokens; the tokens a
+    shared-prefix capture computes."""
+    sets = [load_concept(n).subset(max_pairs, 0) for n in builtin_names()]
+    examples = dict.fromkeys(
+        Example(p.prompt, r) for c in sets for p in c.pairs for r in (p.positive, p.negative)
+    )
+    encoded = encode_all(lm.tokenizer, list(examples), 512)
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    batches = list(make_batches(encoded, BATCH_SIZE, pad, "right"))
+    t0 = time.perf_counter()
+    bare_forward(backbone(lm.model), batches)
+    seconds = time.perf_counter() - t0
+    return seconds, sum(e.length for e in encoded), plan_prefixes(encoded).tokens(encoded)
 
 
 def main() -> None:
@@ -24,9 +54,12 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--max-pairs", type=int, default=64)
     ap.add_argument("--out", default="runs/audit-default")
+    ap.add_argument("--no-bare", action="store_true", help="skip the bare-forward yardstick")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    result = audit(args.model, out=args.out, max_pairs=args.max_pairs)
+    lm = load(args.model)
+    load_s = time.perf_counter() - t0
+    result = audit(lm, out=args.out, max_pairs=args.max_pairs, batch_size=BATCH_SIZE)
     seconds = time.perf_counter() - t0
     print_audit(result)
     rep, atlas = result.report, result.atlas
@@ -65,11 +98,26 @@ def main() -> None:
     for k, ok in checks.items():
         print(f"  [{'x' if ok else ' '}] {k}")
     print(f"\naudit wall time: {seconds:.1f} s (includes model load)")
+    phases = {"model load": load_s, **{k: v for k, v in rep["phases"].items() if k != "load"}}
+    phases["report + write"] = seconds - sum(phases.values())
+    for k, v in phases.items():
+        print(f"  {k:16s} {v:7.1f} s  {v / seconds:6.1%}")
+    bare = None
+    if not args.no_bare:
+        bare_s, n_full, n_shared = bare_forward_time(lm, args.max_pairs)
+        bare = {"seconds": bare_s, "tokens": n_full, "tokens_computed": n_shared}
+        print(
+            f"bare backbone forward of the same examples: {bare_s:.1f} s ({n_full} tokens); "
+            f"extract / bare = {phases['extract'] / bare_s:.3f}; "
+            f"the shared capture computes {n_shared} tokens ({n_shared / n_full:.1%})"
+        )
     write_json(
         RESULTS / "audit_default.json",
         {
             "model": args.model,
             "seconds": seconds,
+            "phases": phases,
+            "bare_forward": bare,
             "aurocs": aurocs,
             "checks": checks,
             "control": control,

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from _common import RESULTS, machine, sample_examples, write_json
+from _common import RESULTS, bare_forward, machine, sample_examples, write_json
 from geomsafe.capture import backbone, capture, make_batches
 from geomsafe.formatting import Example, encode_all
 from geomsafe.models import load
@@ -35,15 +35,8 @@ def main() -> None:
     n_tokens = sum(e.length for e in encoded)
     net = backbone(lm.model)
 
-    @torch.no_grad()
     def bare() -> None:
-        for b in batches:
-            net(
-                input_ids=b.input_ids,
-                attention_mask=b.attention_mask,
-                position_ids=b.position_ids,
-                use_cache=False,
-            )
+        bare_forward(net, batches)
 
     def hooked() -> None:
         capture(lm, examples, tokens="all", batch_size=args.batch_size, progress=False)

@@ -149,3 +149,52 @@ def test_over_long_examples_keep_prompt_end_and_response_start():
     long_r = encode(tok, Example("q?", "r" * 300), max_length=100)
     assert long_r.length == 100 and long_r.length - long_r.prompt_len >= 50
     assert encode(tok, Example("p" * 300), max_length=50).length == 50
+
+
+SYSTEM = ({"role": "system", "content": "You answer briefly."},)
+PAIRED = [
+    Example((*SYSTEM, {"role": "user", "content": q}), r)
+    for q, rs in (
+        ("What is the capital of France?", ("Paris.", "It is Lyon, a city in the south.")),
+        ("hi", ("hello there, how can I help you today?", "go away", "hey")),  # three replies
+        ("Name a colour.", ("Blue.", "Seven.")),
+    )
+    for r in rs
+] + [Example((*SYSTEM, {"role": "user", "content": "Count to three."}))]  # no response
+
+
+def _count_tokens(lm):
+    """A pre-hook on the embedding that counts the token positions the backbone computes."""
+    seen = []
+    emb = lm.model.get_input_embeddings()
+    return seen, emb.register_forward_pre_hook(lambda m, a: seen.append(a[0].numel()))
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+@pytest.mark.parametrize("rule", ["response", "prompt", "last", "all"])
+def test_shared_prefix_equals_separate_runs(any_tiny, padding_side, rule):
+    examples = PAIRED if rule != "response" else PAIRED[:-1]
+    kwargs = dict(tokens=rule, batch_size=3, padding_side=padding_side, progress=False)
+    kwargs |= dict(per_token=True, heads=True)
+    seen, handle = _count_tokens(any_tiny)
+    try:
+        shared = capture(any_tiny, examples, share_prefix=True, **kwargs)
+        n_shared = sum(seen)
+        seen.clear()
+        plain = capture(any_tiny, examples, **kwargs)
+        n_plain = sum(seen)
+    finally:
+        handle.remove()
+    assert n_shared < 0.8 * n_plain  # the system prompt ran once, each pair's prompt once
+    torch.testing.assert_close(shared.pooled, plain.pooled, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(shared.heads, plain.heads, atol=1e-5, rtol=1e-4)
+    assert shared.n_tokens == plain.n_tokens
+    for a, b in zip(shared.tokens, plain.tokens, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_shared_prefix_at_a_layer_subset(tiny_llama):
+    kwargs = dict(layers=[1], batch_size=2, progress=False)
+    shared = capture(tiny_llama, PAIRED[:-1], share_prefix=True, **kwargs)
+    plain = capture(tiny_llama, PAIRED[:-1], **kwargs)
+    torch.testing.assert_close(shared.pooled, plain.pooled, atol=1e-5, rtol=1e-4)

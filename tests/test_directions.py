@@ -72,18 +72,34 @@ def test_shuffled_control_reuses_its_source_activations(tiny_llama, monkeypatch)
     control = cs.shuffled_labels(seed=1, name="ctl")
     fresh = extract(tiny_llama, [control], progress=False, heads=True).activations["ctl"]
     calls = []
-    real = directions.capture_concept
+    real = directions.capture
     monkeypatch.setattr(
-        directions, "capture_concept", lambda lm, c, *a: calls.append(c.name) or real(lm, c, *a)
+        directions, "capture", lambda lm, exs, **kw: calls.append(len(exs)) or real(lm, exs, **kw)
     )
     ex = extract(tiny_llama, [cs, control], progress=False, heads=True)
-    assert calls == ["c"]  # the control was not captured again
+    assert calls == [20]  # one capture; the control's examples were not captured again
     got = ex.activations["ctl"]
     assert got.kind == "control" and got.layers == fresh.layers
     for attr in ("pos", "neg", "heads_pos", "heads_neg"):
         torch.testing.assert_close(getattr(got, attr), getattr(fresh, attr), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(ex.atlas.directions["ctl"], mean_difference(fresh.pos, fresh.neg))
     assert not torch.equal(got.pos, ex.activations["c"].pos)  # some labels were swapped
+
+
+def test_concepts_captured_together_equal_one_by_one(tiny_llama):
+    from geomsafe.directions import capture_concept, capture_concepts
+
+    other = [Pair(f"other {i}?", "sure " * (1 + i), "never " * (2 - i % 2)) for i in range(4)]
+    chat = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "why?"})
+    other.append(Pair(chat, "because", "no idea"))  # a chat prompt (message dicts)
+    sets = [_concept("a", n=6), ConceptSet("b", "target", [_concept().pairs[0], *other])]
+    together = capture_concepts(tiny_llama, sets, [0, 2], progress=False, heads=True)
+    for cs in sets:
+        alone = capture_concept(tiny_llama, cs, [0, 2], progress=False, heads=True)
+        for attr in ("pos", "neg", "heads_pos", "heads_neg"):
+            got, want = getattr(together[cs.name], attr), getattr(alone, attr)
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+        assert together[cs.name].layers == [0, 2] and together[cs.name].kind == cs.kind
 
 
 def test_extract_separates_a_planted_concept(tiny_llama):

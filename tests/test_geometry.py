@@ -13,6 +13,7 @@ from geomsafe.geometry import (
     effective_rank,
     head_attribution,
     overlap,
+    overlap_per_layer,
     overlap_score,
     superposition_density,
 )
@@ -154,3 +155,55 @@ def test_shared_heads_needs_both_positive():
     b = HeadAttribution(0, "h", [1, -1, 1], [0.4, -0.4, 0.2])
     shared = shared_heads(a, b)
     assert [s["head"] for s in shared] == [0] and shared[0]["shared"] == pytest.approx(0.4)
+
+
+def test_effective_rank_equals_svd_spectrum():
+    g = torch.Generator().manual_seed(3)
+    for n, d in ((300, 20), (12, 40)):  # more and fewer rows than dimensions
+        acts = torch.randn(n, d, generator=g) * torch.rand(d, generator=g) * 5 + 3
+        s = torch.linalg.svdvals((acts - acts.mean(0)).double()) ** 2
+        p = s / s.sum()
+        p = p[p > 0]
+        expected = float(torch.exp(-(p * p.log()).sum()))
+        assert effective_rank(acts) == pytest.approx(expected, rel=1e-9)
+
+
+def test_overlap_per_layer_equals_one_layer_overlap():
+    """The vectorised per-layer scores and null equal :func:`overlap` at each single layer."""
+    g = torch.Generator().manual_seed(4)
+    layers = [0, 2, 5]
+    acts = {}
+    for name, kind in (("t", "target"), ("h1", "harmful"), ("h2", "harmful")):
+        base = torch.randn(30, len(layers), D, generator=g)
+        shift = torch.randn(len(layers), D, generator=g)
+        pos = base + torch.randn(30, len(layers), D, generator=g) * 0.5 + shift
+        acts[name] = ConceptActivations(name, kind, layers, pos, base)
+    dirs = {n: unit(a.pos.mean(0) - a.neg.mean(0)) for n, a in acts.items()}
+    atlas = FeatureAtlas(layers, dirs, {n: a.kind for n, a in acts.items()})
+    rows = overlap_per_layer(atlas, "t", ["h1", "h2"], acts, n_perm=64, seed=7)
+    assert [r["layer"] for r in rows] == layers
+    for row, layer in zip(rows, layers, strict=True):
+        one = overlap(atlas, acts, "t", [layer], ["h1", "h2"], n_perm=64, n_boot=8, seed=7)
+        assert row["harmful"] == one.harmful and row["cosines"] == one.cosines
+        assert row["score"] == one.score and row["p_value"] == one.p_value
+        assert row["null_mean"] == pytest.approx(one.null_mean, rel=1e-6)
+        assert row["null_q95"] == pytest.approx(one.null_q95, rel=1e-6)
+    plain = overlap_per_layer(atlas, "t", ["h1", "h2"])
+    assert [r["score"] for r in plain] == [r["score"] for r in rows] and "p_value" not in plain[0]
+
+
+def test_density_baseline_equals_draw_by_draw():
+    """The batched random-direction baseline equals drawing and scoring one set at a time."""
+    from geomsafe.geometry.density import mean_sq_cos
+
+    g = torch.Generator().manual_seed(5)
+    acts = torch.randn(200, D, generator=g) * torch.rand(D, generator=g) * 4 + 1
+    dirs = torch.randn(5, D, generator=g)
+    got = superposition_density(dirs, acts, layer=3, n_draws=20, seed=9)
+    gen = torch.Generator().manual_seed(9)
+    centred = acts - acts.mean(0)
+    draws = [mean_sq_cos((centred.T @ torch.randn(200, 5, generator=gen)).T) for _ in range(20)]
+    base = torch.tensor(draws)
+    assert got.baseline == pytest.approx(float(base.mean()), rel=1e-6)
+    assert got.baseline_sd == pytest.approx(float(base.std()), rel=1e-5)
+    assert got.density == pytest.approx(mean_sq_cos(dirs), rel=1e-7)

@@ -78,9 +78,13 @@ def audit(
     batch_size: int = 16,
     progress: bool = True,
 ) -> AuditResult:
-    """Run the geometric audit; write ``atlas.*`` and ``audit.json`` into ``out`` when given."""
+    """Run the geometric audit; write ``atlas.*`` and ``audit.json`` into ``out`` when given.
+    The report's ``phases`` holds the seconds spent per phase (load, extract, overlap, heads,
+    neighbours, density)."""
     t0 = time.perf_counter()
+    phases: dict[str, float] = {}
     lm = model if isinstance(model, LoadedModel) else load(model)
+    lap = _lap(phases, "load", t0)
     sets = _concepts(concepts, max_pairs, seed)
     harmful = [c.name for c in sets if c.kind == "harmful"]
     targets = [c.name for c in sets if c.kind == "target"]
@@ -106,12 +110,14 @@ def audit(
         progress=progress,
         heads=heads,
     )
+    lap = _lap(phases, "extract", lap)
     atlas = ex.atlas
     if layer is not None and layer not in atlas.layers:
         raise GeomsafeError(f"layer {layer} was not extracted (layers {atlas.layers})")
     band = [b for b in (band or default_band(lm.n_layers)) if b in atlas.layers] or atlas.layers
 
     def scored(name: str, against: list[str]) -> dict:
+        nonlocal lap
         at = layer if layer is not None else atlas.best_layer(name)
         res = overlap(atlas, ex.activations, name, [at], against, n_perm, n_boot, seed)
         res_band = overlap(atlas, ex.activations, name, band, against, n_perm, n_boot, seed)
@@ -122,6 +128,7 @@ def audit(
             "band": res_band.to_dict(),
             "per_layer": overlap_per_layer(atlas, name, against, ex.activations, n_perm, seed),
         }
+        lap = _lap(phases, "overlap", lap)
         if heads:
             acts = ex.activations
             ht = head_attribution(lm, acts[name], at, atlas.direction(name, at))
@@ -131,6 +138,7 @@ def audit(
                 "harmful": hh.to_dict(),
                 "shared": shared_heads(ht, hh),
             }
+            lap = _lap(phases, "heads", lap)
         return row
 
     rows = [scored(t, harmful) for t in targets + ([CONTROL] if control else [])]
@@ -141,6 +149,7 @@ def audit(
             at = atlas.best_layer(h)
             res = overlap(atlas, ex.activations, h, [at], others, n_perm, n_boot, seed)
             neighbours.append({**res.to_dict(), "layer": at})
+    lap = _lap(phases, "neighbours", lap)
     features = [n for n in atlas.names() if atlas.kinds[n] != "control"]
     all_acts = torch.cat(
         [torch.cat([a.pos, a.neg]) for n, a in ex.activations.items() if n in features]
@@ -149,6 +158,7 @@ def audit(
         superposition_density(atlas.matrix(x, features), all_acts[:, j], x, seed=seed).to_dict()
         for j, x in enumerate(atlas.layers)
     ]
+    _lap(phases, "density", lap)
     report = {
         "kind": "audit",
         "targets": rows,
@@ -172,10 +182,18 @@ def audit(
         "provenance": atlas.provenance,
         "geomsafe_version": geomsafe.__version__,
         "seconds": time.perf_counter() - t0,
+        "phases": phases,
     }
     if out is not None:
         write_audit(out, atlas, report)
     return AuditResult(atlas, report, ex)
+
+
+def _lap(phases: dict[str, float], name: str, since: float) -> float:
+    """Add the seconds since ``since`` to ``phases[name]``; returns now."""
+    now = time.perf_counter()
+    phases[name] = phases.get(name, 0.0) + now - since
+    return now
 
 
 def write_audit(out: str | Path, atlas: FeatureAtlas, report: dict) -> Path:

@@ -8,14 +8,18 @@ equals Hugging Face's ``hidden_states[l + 1]`` for every layer but the last, who
 :func:`capture` runs the backbone (no LM head) over batched, length-sorted examples, with
 left or right padding (position ids follow the attention mask so both paddings give the
 same activations), selects tokens by rule and pools them (mean) or keeps them per token.
+With ``share_prefix``, tokens that open several examples (a system prompt, a contrastive pair's
+prompt) run once, continued from a key/value cache (the plan is :mod:`geomsafe.prefix`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +34,7 @@ from geomsafe.layers import (
     resolve_layers,
 )
 from geomsafe.models import LoadedModel
+from geomsafe.prefix import PrefixPlan, SharedStep, plan_prefixes, shared_steps
 
 HOOK_SITE = "decoder_layer_output"
 HEADS_SITE = "attention_out_proj_input"
@@ -121,27 +126,34 @@ class Batch:
     offsets: list[int]  # where each example's first real token sits in its row
 
 
+def pad_rows(
+    seqs: Sequence[Sequence[int]], index: list[int], pad_id: int, padding_side: str
+) -> Batch:
+    """One padded batch of token id rows; position ids follow the mask (from 0)."""
+    if padding_side not in ("left", "right"):
+        raise GeomsafeError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    offsets = []
+    for row, seq in enumerate(seqs):
+        n = len(seq)
+        off = width - n if padding_side == "left" else 0
+        ids[row, off : off + n] = torch.tensor(seq)
+        mask[row, off : off + n] = 1
+        offsets.append(off)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return Batch(ids, mask, pos, index, offsets)
+
+
 def make_batches(
     encoded: Sequence[Encoded], batch_size: int, pad_id: int, padding_side: str
 ) -> Iterator[Batch]:
     """Length-sorted (longest first) padded batches; position ids follow the mask."""
-    if padding_side not in ("left", "right"):
-        raise GeomsafeError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
     order = sorted(range(len(encoded)), key=lambda i: -encoded[i].length)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        width = max(encoded[i].length for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        offsets = []
-        for row, i in enumerate(idx):
-            n = encoded[i].length
-            off = width - n if padding_side == "left" else 0
-            ids[row, off : off + n] = torch.tensor(encoded[i].input_ids)
-            mask[row, off : off + n] = 1
-            offsets.append(off)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        yield Batch(ids, mask, pos, idx, offsets)
+        yield pad_rows([encoded[i].input_ids for i in idx], idx, pad_id, padding_side)
 
 
 def token_span(enc: Encoded, rule: str, skip_first: int) -> tuple[int, int]:
@@ -213,6 +225,103 @@ def as_examples(items: Sequence[Example | str | tuple[str, str]]) -> list[Exampl
     return out
 
 
+# Share prefixes only when that leaves at most this share of the tokens to compute: a shared
+# capture runs two passes per batch (prompts, then responses), on smaller matrices.
+SHARE_AT = 0.9
+
+Pick = tuple[int, int, int, int]  # (example, row, first column, end column) within one pass
+
+
+class _Pooler:
+    """Accumulates each example's mean over its selected tokens, one forward pass at a time
+    (a shared capture sees an example's tokens in up to three passes)."""
+
+    def __init__(
+        self, n: int, layers: list[int], width: int, head_width: int, per_token: bool, spans
+    ) -> None:
+        self.layers = layers
+        self.pooled = torch.zeros(n, len(layers), width)
+        self.heads = torch.zeros(n, len(layers), head_width) if head_width else None
+        self.parts: list[list[Tensor]] | None = [[] for _ in range(n)] if per_token else None
+        self.weight = [1.0 / (end - start) for start, end in spans]
+
+    def add(
+        self, store: dict[int, Tensor], head_store: dict[int, Tensor], picks: list[Pick]
+    ) -> None:
+        """Add the picked columns of the recorded pass (rows ``[R, T, D]`` per layer)."""
+        picks = [p for p in picks if p[3] > p[2]]
+        if picks:
+            first = store[self.layers[0]]
+            weights = torch.zeros(len(picks), first.shape[1], dtype=torch.float32)
+            for k, (i, _row, a, b) in enumerate(picks):
+                weights[k, a:b] = self.weight[i]
+            weights = weights.to(first.device).unsqueeze(1)
+            examples, rows = [p[0] for p in picks], [p[1] for p in picks]
+            sel = None
+            if rows != list(range(first.shape[0])):
+                sel = torch.tensor(rows, device=first.device)
+            for j, idx in enumerate(self.layers):
+                self.pooled[examples, j] += _weighted_sum(weights, store[idx], sel)
+                if self.heads is not None:
+                    self.heads[examples, j] += _weighted_sum(weights, head_store[idx], sel)
+            if self.parts is not None:
+                for i, row, a, b in picks:
+                    toks = torch.stack([store[idx][row, a:b] for idx in self.layers], dim=1)
+                    self.parts[i].append(toks.float().cpu())
+        store.clear()
+        head_store.clear()
+
+    def tokens(self) -> list[Tensor] | None:
+        return None if self.parts is None else [torch.cat(p) for p in self.parts]
+
+
+def _weighted_sum(weights: Tensor, hidden: Tensor, rows: Tensor | None) -> Tensor:
+    """``[K, 1, T]`` weights times ``[R, T, D]`` hidden (rows ``rows`` of it) -> ``[K, D]``."""
+    if rows is not None and hidden.shape[0] == 1:  # the root pass: one row for every example
+        return (weights.squeeze(1) @ hidden[0].float()).cpu()
+    hidden = hidden if rows is None else hidden.index_select(0, rows)
+    return torch.bmm(weights, hidden.float()).squeeze(1).cpu()
+
+
+def cache_kwarg(net: nn.Module) -> str | None:
+    """The name under which ``net.forward`` takes a key/value cache (None: it takes none)."""
+    params = inspect.signature(net.forward).parameters
+    return next((k for k in ("cache", "past_key_values") if k in params), None)
+
+
+def new_cache(model: nn.Module) -> Any:
+    """An empty dynamic key/value cache for ``model``."""
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=getattr(model, "config", None))
+    except TypeError:  # older transformers build it without a config
+        return DynamicCache()
+
+
+@dataclass
+class _Forward:
+    """Runs the backbone on a padded batch, after ``past`` cached columns when given."""
+
+    net: nn.Module
+    device: torch.device
+    cache_name: str | None = None
+
+    def __call__(
+        self, batch: Batch, start: Tensor | int = 0, past: Tensor | None = None, cache: Any = None
+    ) -> None:
+        mask = batch.attention_mask if past is None else torch.cat([past, batch.attention_mask], 1)
+        extra = {} if cache is None else {str(self.cache_name): cache}
+        run_until_stopped(
+            self.net,
+            input_ids=batch.input_ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=(batch.position_ids + start).to(self.device),
+            use_cache=cache is not None,
+            **extra,
+        )
+
+
 @torch.no_grad()
 def capture(
     lm: LoadedModel,
@@ -228,12 +337,19 @@ def capture(
     progress: bool = True,
     desc: str = "capture",
     heads: bool = False,
+    share_prefix: bool = False,
 ) -> Activations:
     """Residual-stream activations of ``examples`` at ``layers`` (all when None).
 
     ``tokens``: ``response`` | ``prompt`` | ``last`` | ``all``. ``skip_first`` tokens at the
     start of every sequence (attention sinks) are excluded from ``prompt``/``all``.
     ``heads=True`` also pools the per-head attention outputs in the same forward pass.
+    ``share_prefix=True``: tokens that open several examples (a system prompt, a pair's prompt)
+    are run once and continued from a key/value cache (:mod:`geomsafe.prefix`) when that leaves
+    at most ``SHARE_AT`` of the tokens to compute; the activations are those of separate runs
+    up to float rounding (matrices of other shapes sum in another order, as with another batch
+    size). :func:`geomsafe.directions.extract` turns it on: a pair's two responses share their
+    prompt.
     """
     if tokens not in TOKEN_RULES:
         raise GeomsafeError(f"unknown token rule {tokens!r}; use one of {', '.join(TOKEN_RULES)}")
@@ -243,59 +359,105 @@ def capture(
     chosen = resolve_layers(lm.n_layers, list(layers) if layers is not None else None)
     encoded = encode_all(lm.tokenizer, exs, max_length)
     spans = [token_span(e, tokens, skip_first) for e in encoded]
-    device = lm.device
-    pooled = torch.zeros(len(exs), len(chosen), lm.d_model)
-    pooled_heads = torch.zeros(len(exs), len(chosen), lm.n_heads * head_dim(lm)) if heads else None
-    kept: list[Tensor | None] = [None] * len(exs)
+    head_width = lm.n_heads * head_dim(lm) if heads else 0
+    pooler = _Pooler(len(exs), chosen, lm.d_model, head_width, per_token, spans)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     net = backbone(lm.model)
-    batches = list(make_batches(encoded, batch_size, pad_id, padding_side))
-    bar = tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False)
+    forward = _Forward(net, lm.device, cache_kwarg(net))
+    plan = plan_prefixes(encoded) if share_prefix and forward.cache_name else None
+    if plan is not None and plan.tokens(encoded) > SHARE_AT * sum(e.length for e in encoded):
+        plan = None
     head_layers = chosen if heads else []
     with (
         record(lm.model, chosen, lm.layer_template, True) as store,
         record(lm.model, head_layers, lm.layer_template, site="heads") as head_store,
     ):
-        for batch in bar:
-            run_until_stopped(
-                net,
-                input_ids=batch.input_ids.to(device),
-                attention_mask=batch.attention_mask.to(device),
-                position_ids=batch.position_ids.to(device),
-                use_cache=False,
-            )
-            weights = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
-            for row, i in enumerate(batch.index):
-                start, end = spans[i]
-                off = batch.offsets[row]
-                weights[row, off + start : off + end] = 1.0 / (end - start)
-            weights = weights.to(device)
-            rows = torch.tensor(batch.index)
-            for j, idx in enumerate(chosen):
-                hidden = store[idx].float()
-                pooled[rows, j] = torch.bmm(weights.unsqueeze(1), hidden).squeeze(1).cpu()
-                if pooled_heads is not None:
-                    z = head_store[idx].float()
-                    pooled_heads[rows, j] = torch.bmm(weights.unsqueeze(1), z).squeeze(1).cpu()
-            if per_token:
-                for row, i in enumerate(batch.index):
-                    start, end = spans[i]
-                    off = batch.offsets[row]
-                    kept[i] = (
-                        torch.stack(
-                            [store[idx][row, off + start : off + end] for idx in chosen], dim=1
-                        )
-                        .float()
-                        .cpu()
-                    )
-            store.clear()
-            head_store.clear()
+        if plan is None:
+            batches = list(make_batches(encoded, batch_size, pad_id, padding_side))
+            for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
+                forward(batch)
+                picks = [
+                    (i, row, off + spans[i][0], off + spans[i][1])
+                    for row, (i, off) in enumerate(zip(batch.index, batch.offsets, strict=True))
+                ]
+                pooler.add(store, head_store, picks)
+        else:
+            ctx = _Shared(lm.model, forward, plan, encoded, spans, pad_id, padding_side)
+            root = ctx.run_root(pooler, store, head_store)
+            steps = list(shared_steps(plan, encoded, batch_size))
+            for step in tqdm(steps, desc=desc, unit="batch", disable=not progress, leave=False):
+                ctx.run_step(step, root, pooler, store, head_store)
     return Activations(
         layers=chosen,
-        pooled=pooled,
+        pooled=pooler.pooled,
         token_rule=tokens,
         skip_first=skip_first,
-        tokens=[t for t in kept if t is not None] if per_token else None,
+        tokens=pooler.tokens(),
         n_tokens=[end - start for start, end in spans],
-        heads=pooled_heads,
+        heads=pooler.heads,
     )
+
+
+@dataclass
+class _Shared:
+    """A capture whose examples share leading tokens (:class:`geomsafe.prefix.PrefixPlan`):
+    the root runs once, each step runs its groups' leads on copies of the root's cache, then
+    the other members' responses on their lead's cache row, the lead's reply masked out."""
+
+    model: nn.Module
+    forward: _Forward
+    plan: PrefixPlan
+    encoded: Sequence[Encoded]
+    spans: list[tuple[int, int]]
+    pad_id: int
+    padding_side: str
+
+    def run_root(self, pooler: _Pooler, store: dict, head_store: dict) -> Any:
+        """Run the root tokens once; returns their cache (None when there is no root)."""
+        r = self.plan.root
+        if r == 0:
+            return None
+        cache = new_cache(self.model)
+        self.forward(pad_rows([self.plan.prompts[0][:r]], [0], self.pad_id, "right"), cache=cache)
+        picks = [(i, 0, a, min(b, r)) for i, (a, b) in enumerate(self.spans)]
+        pooler.add(store, head_store, picks)
+        return cache
+
+    def run_step(
+        self, step: SharedStep, root: Any, pooler: _Pooler, store: dict, head_store: dict
+    ) -> None:
+        """The step's lead pass on copies of the ``root`` cache, then its response pass."""
+        r, enc, spans = self.plan.root, self.encoded, self.spans
+        leads = [enc[i].input_ids[r:] for i in step.leads]
+        batch = pad_rows(leads, step.leads, self.pad_id, self.padding_side)
+        cache = new_cache(self.model) if root is None else copy.deepcopy(root)
+        if root is not None:
+            cache.reorder_cache(torch.zeros(len(leads), dtype=torch.long))
+        past = torch.ones(len(leads), r, dtype=torch.long)
+        self.forward(batch, r, past, cache)
+        row = {g: k for k, g in enumerate(step.prompts)}
+        picks = []
+        for i in step.members:  # the lead's tokens, and the prompt tokens of the others
+            k = row[self.plan.group[i]]
+            end = spans[i][1] if i == step.leads[k] else min(spans[i][1], enc[i].prompt_len)
+            a, b = max(spans[i][0], r) - r, end - r
+            picks.append((i, k, batch.offsets[k] + a, batch.offsets[k] + b))
+        pooler.add(store, head_store, picks)
+        if not step.responses:
+            return
+        seen = batch.attention_mask.clone()  # the others see their prompt, not the lead's reply
+        for k, (i, off) in enumerate(zip(step.leads, batch.offsets, strict=True)):
+            seen[k, off + enc[i].prompt_len - r : off + enc[i].length - r] = 0
+        parents = step.parents
+        if parents != list(range(len(leads))):
+            cache.reorder_cache(torch.tensor(parents))
+        past = torch.cat([past, seen], 1)[parents]
+        starts = [enc[i].prompt_len for i in step.responses]
+        tails = [enc[i].input_ids[p:] for i, p in zip(step.responses, starts, strict=True)]
+        tail = pad_rows(tails, step.responses, self.pad_id, self.padding_side)
+        self.forward(tail, torch.tensor(starts)[:, None], past, cache)
+        picks = []
+        for k, (i, p) in enumerate(zip(step.responses, starts, strict=True)):
+            a, b = max(spans[i][0], p), spans[i][1]
+            picks.append((i, k, tail.offsets[k] + a - p, tail.offsets[k] + b - p))
+        pooler.add(store, head_store, picks)

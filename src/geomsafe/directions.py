@@ -12,7 +12,7 @@ for many concepts) broken by the larger held-out effect size.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -117,8 +117,44 @@ def capture_concept(
     progress: bool = True,
     heads: bool = False,
 ) -> ConceptActivations:
-    examples = [Example(p.prompt, p.positive) for p in concept.pairs]
-    examples += [Example(p.prompt, p.negative) for p in concept.pairs]
+    return capture_concepts(lm, [concept], layers, tokens, batch_size, progress, heads)[
+        concept.name
+    ]
+
+
+def _hashable(prompt: str | Sequence[Mapping[str, str]]) -> Hashable:
+    """A prompt as a dictionary key (a chat prompt is a sequence of message dicts)."""
+    if isinstance(prompt, str):
+        return prompt
+    return tuple(tuple(sorted(m.items())) for m in prompt)
+
+
+def capture_concepts(
+    lm: LoadedModel,
+    concepts: Sequence[ConceptSet],
+    layers: Sequence[int],
+    tokens: str = "response",
+    batch_size: int = 16,
+    progress: bool = True,
+    heads: bool = False,
+) -> dict[str, ConceptActivations]:
+    """Every concept's activations from one capture of their distinct examples: batches are
+    length-sorted across concepts, shared prompts run once, and an example that several
+    concepts hold (a label-shuffled control re-uses its source's) is captured once."""
+    index: dict[tuple[Hashable, str], int] = {}
+    examples: list[Example] = []
+    sides = []
+    for concept in concepts:
+        rows: list[list[int]] = [[], []]
+        for p in concept.pairs:
+            for side, text in zip(rows, (p.positive, p.negative), strict=True):
+                key = (_hashable(p.prompt), text)
+                if key not in index:
+                    index[key] = len(examples)
+                    examples.append(Example(p.prompt, text))
+                side.append(index[key])
+        sides.append(rows)
+    desc = f"capture {len(concepts)} concept{'s' if len(concepts) != 1 else ''}"
     acts = capture(
         lm,
         examples,
@@ -126,55 +162,23 @@ def capture_concept(
         tokens=tokens,
         batch_size=batch_size,
         progress=progress,
-        desc=f"capture {concept.name}",
+        desc=desc,
         heads=heads,
+        share_prefix=True,
     )
-    n = len(concept.pairs)
     h = acts.heads
-    return ConceptActivations(
-        concept.name,
-        concept.kind,
-        acts.layers,
-        acts.pooled[:n],
-        acts.pooled[n:],
-        None if h is None else h[:n],
-        None if h is None else h[n:],
-    )
-
-
-Seen = dict[tuple[str, str], tuple[Tensor, Tensor | None]]  # (prompt, response) -> rows
-
-
-def _remember(seen: Seen, concept: ConceptSet, acts: ConceptActivations) -> None:
-    """Index a captured concept's pooled rows (and head rows) by example."""
-    for side, heads, texts in (
-        (acts.pos, acts.heads_pos, [p.positive for p in concept.pairs]),
-        (acts.neg, acts.heads_neg, [p.negative for p in concept.pairs]),
-    ):
-        for i, (p, text) in enumerate(zip(concept.pairs, texts, strict=True)):
-            seen.setdefault((p.prompt, text), (side[i], None if heads is None else heads[i]))
-
-
-def _reuse(seen: Seen, concept: ConceptSet, layers: list[int]) -> ConceptActivations | None:
-    """The concept's activations from examples captured before (a label-shuffled control
-    re-uses its source's), or None when any of its examples is new."""
-    pos = [seen.get((p.prompt, p.positive)) for p in concept.pairs]
-    neg = [seen.get((p.prompt, p.negative)) for p in concept.pairs]
-    if not pos or any(r is None for r in pos + neg):
-        return None
-
-    def stack(rows: list, k: int) -> Tensor | None:
-        return None if rows[0][k] is None else torch.stack([r[k] for r in rows])
-
-    return ConceptActivations(
-        concept.name,
-        concept.kind,
-        layers,
-        stack(pos, 0),
-        stack(neg, 0),
-        stack(pos, 1),
-        stack(neg, 1),
-    )
+    out = {}
+    for concept, (pos_rows, neg_rows) in zip(concepts, sides, strict=True):
+        out[concept.name] = ConceptActivations(
+            concept.name,
+            concept.kind,
+            acts.layers,
+            acts.pooled[pos_rows],
+            acts.pooled[neg_rows],
+            None if h is None else h[pos_rows],
+            None if h is None else h[neg_rows],
+        )
+    return out
 
 
 def extract(
@@ -189,22 +193,18 @@ def extract(
     progress: bool = True,
     heads: bool = False,
 ) -> Extraction:
-    """Capture every concept's pairs and build a :class:`FeatureAtlas`. A concept whose examples
-    were all captured for earlier concepts (e.g. a label-shuffled control) is not captured
-    again: its activations are those rows, re-labelled."""
+    """Capture every concept's pairs (:func:`capture_concepts`: one capture, each distinct
+    example once) and build a :class:`FeatureAtlas`."""
     if not concepts:
         raise GeomsafeError("no concepts to extract")
     names = [c.name for c in concepts]
     if len(set(names)) != len(names):
         raise GeomsafeError(f"duplicate concept names: {names}")
     chosen = resolve_layers(lm.n_layers, list(layers) if layers is not None else None)
-    directions, kinds, stats, acts_by_name = {}, {}, {}, {}
-    seen: Seen = {}
+    directions, kinds, stats = {}, {}, {}
+    acts_by_name = capture_concepts(lm, concepts, chosen, tokens, batch_size, progress, heads)
     for concept in concepts:
-        acts = _reuse(seen, concept, chosen)
-        if acts is None:
-            acts = capture_concept(lm, concept, chosen, tokens, batch_size, progress, heads)
-            _remember(seen, concept, acts)
+        acts = acts_by_name[concept.name]
         raw = acts.pos.mean(0) - acts.neg.mean(0)
         directions[concept.name] = unit(raw)
         kinds[concept.name] = concept.kind
@@ -222,7 +222,6 @@ def extract(
             "source": concept.source,
             "description": concept.description,
         }
-        acts_by_name[concept.name] = acts
     provenance = {
         **lm.provenance(),
         "layers": chosen,

@@ -36,16 +36,24 @@ class DensityResult:
 
 def mean_sq_cos(directions: Tensor) -> float:
     """Mean squared cosine over distinct pairs of the rows of ``directions`` ``[F, D]``."""
+    return float(_mean_sq_cos(directions))
+
+
+def _mean_sq_cos(directions: Tensor) -> Tensor:
+    """:func:`mean_sq_cos` of every ``[F, D]`` matrix in ``directions`` ``[..., F, D]``."""
     u = unit(directions)
-    g = u @ u.T
-    f = g.shape[0]
-    return float(((g**2).sum() - f) / (f * (f - 1)))
+    g = u @ u.mT
+    f = g.shape[-1]
+    return ((g**2).sum((-2, -1)) - f) / (f * (f - 1))
 
 
 def effective_rank(acts: Tensor) -> float:
-    """exp(entropy) of the eigenvalue distribution of the covariance of ``acts`` ``[N, D]``."""
-    centred = acts - acts.mean(0)
-    s = torch.linalg.svdvals(centred.double()) ** 2
+    """exp(entropy) of the eigenvalue distribution of the covariance of ``acts`` ``[N, D]``.
+
+    The eigenvalues are those of the ``[D, D]`` scatter matrix ``X_cᵀ X_c`` (in float64), the
+    squared singular values of the centred activations ``X_c`` without an SVD of ``X_c``."""
+    centred = (acts - acts.mean(0)).double()
+    s = torch.linalg.eigvalsh(centred.T @ centred).clamp_min(0)
     p = s / s.sum()
     p = p[p > 0]
     return float(torch.exp(-(p * p.log()).sum()))
@@ -54,17 +62,16 @@ def effective_rank(acts: Tensor) -> float:
 def superposition_density(
     directions: Tensor, acts: Tensor, layer: int, n_draws: int = 50, seed: int = 0
 ) -> DensityResult:
-    """``directions`` ``[F, D]`` of distinct features; ``acts`` ``[N, D]`` at the same layer."""
+    """``directions`` ``[F, D]`` of distinct features; ``acts`` ``[N, D]`` at the same layer.
+    The ``n_draws`` random direction sets are drawn and scored in one batch."""
     f, d = directions.shape
     if f < 2:
         raise ValueError("density needs at least two features")
     gen = torch.Generator().manual_seed(seed)
     centred = acts - acts.mean(0)
-    draws = []
-    for _ in range(n_draws):
-        w = torch.randn(acts.shape[0], f, generator=gen)
-        draws.append(mean_sq_cos((centred.T @ w).T))
-    base = torch.tensor(draws)
+    # One draw at a time: the generator's stream then does not depend on n_draws * N * F.
+    w = torch.stack([torch.randn(acts.shape[0], f, generator=gen) for _ in range(n_draws)])
+    base = _mean_sq_cos((centred.T @ w).mT)  # [n_draws]
     dens = mean_sq_cos(directions)
     return DensityResult(
         layer=layer,

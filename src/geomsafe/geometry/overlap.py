@@ -77,14 +77,25 @@ def overlap_per_layer(
     n_perm: int = 200,
     seed: int = 0,
 ) -> list[dict]:
-    """Score per layer; with ``activations``, also that layer's null band (mean and 95th pct)."""
+    """Score per layer; with ``activations``, also that layer's null band (mean and 95th pct).
+
+    Every layer's null uses the same ``n_perm`` sign flips (drawn from ``seed``), so all layers
+    are computed at once: one ``[n_perm, pairs] @ [pairs, L*D]`` product."""
     harmful = [h for h in (harmful or atlas.harmful) if h != target]
+    if not harmful:
+        raise GeomsafeError("the atlas has no harmful features to compare with")
+    cos_all = _layer_cos(atlas.directions[target], [atlas.directions[h] for h in harmful])
+    null_all = None
+    if activations is not None:
+        null_all = _null(atlas, activations, target, atlas.layers, harmful, n_perm, seed, False)
     out = []
-    for layer in atlas.layers:
-        score, nearest, cos = overlap_score(atlas, target, [layer], harmful)
+    for j, layer in enumerate(atlas.layers):
+        cos = {h: float(cos_all[k, j]) for k, h in enumerate(harmful)}
+        nearest = max(cos, key=lambda k: cos[k])
+        score = max(0.0, cos[nearest])
         row = {"layer": layer, "score": score, "harmful": nearest, "cosines": cos}
-        if activations is not None:
-            null = _null(atlas, activations, target, [layer], harmful, n_perm, seed)
+        if null_all is not None:
+            null = null_all[:, j].contiguous()
             row |= {
                 "null_mean": float(null.mean()),
                 "null_q95": float(torch.quantile(null, 0.95)),
@@ -94,12 +105,28 @@ def overlap_per_layer(
     return out
 
 
-def _null(atlas, activations, target, layers, harmful, n_perm, seed) -> Tensor:
-    """Permutation null of the overlap statistic: ``[n_perm]``."""
-    rows = [activations[target].layers.index(layer) for layer in layers]
+def _layer_cos(t: Tensor, hs: Sequence[Tensor]) -> Tensor:
+    """Cosine per layer of ``t`` ``[..., L, D]`` with each of ``hs`` ``[L, D]``: ``[..., H, L]``."""
+    h = unit(torch.stack(list(hs)))
+    return (unit(t).unsqueeze(-3) * h).sum(-1)
+
+
+def _diffs(acts: ConceptActivations, layers: Sequence[int]) -> Tensor:
+    """Per-pair differences (positive - negative) at ``layers``: ``[n, R, D]``."""
+    rows = [acts.layers.index(layer) for layer in layers]
+    return acts.pos[:, rows] - acts.neg[:, rows]
+
+
+def _null(atlas, activations, target, layers, harmful, n_perm, seed, band=True) -> Tensor:
+    """Permutation null of the overlap statistic: ``[n_perm]`` over the band ``layers``, or
+    ``[n_perm, R]`` (one column per layer) when ``band`` is False."""
     gen = torch.Generator().manual_seed(seed)
-    h_dirs = torch.stack([atlas.directions[h][[atlas.row(x) for x in layers]] for h in harmful])
-    null_t = _sign_flip_directions(activations[target].diffs[:, rows], n_perm, gen)
+    null_t = _sign_flip_directions(_diffs(activations[target], layers), n_perm, gen)
+    rows = [atlas.row(x) for x in layers]
+    if not band:
+        cos = _layer_cos(null_t, [atlas.directions[h][rows] for h in harmful])
+        return cos.max(dim=1).values.clamp_min(0)
+    h_dirs = torch.stack([atlas.directions[h][rows] for h in harmful])
     return _band_cos(null_t[:, None], h_dirs[None]).max(dim=1).values.clamp_min(0)
 
 
@@ -131,15 +158,13 @@ def overlap(
     missing = [n for n in [target, *harmful] if n not in activations]
     if missing:
         raise GeomsafeError(f"no activations for {', '.join(missing)}: null and CI need them")
-    rows = [activations[target].layers.index(layer) for layer in layers]
     null = _null(atlas, activations, target, layers, harmful, n_perm, seed)
     p_value = float((1 + (null >= score).sum()) / (1 + n_perm))
     gen = torch.Generator().manual_seed(seed + 1)
-    t_diffs = activations[target].diffs[:, rows]
-    boot_t = _resampled_directions(t_diffs, n_boot, gen)
+    boot_t = _resampled_directions(_diffs(activations[target], layers), n_boot, gen)
     boot_cos = []
     for h in harmful:
-        h_diffs = activations[h].diffs[:, [activations[h].layers.index(x) for x in layers]]
+        h_diffs = _diffs(activations[h], layers)
         boot_cos.append(_band_cos(boot_t, _resampled_directions(h_diffs, n_boot, gen)))
     boot = torch.stack(boot_cos, 1).max(dim=1).values.clamp_min(0)
     lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975])).tolist()
