@@ -13,8 +13,11 @@
   AUROC overall, per harmful set and per check; flag rates at the calibrated thresholds.
 - **overhead**: greedy ``model.generate`` of ``--new-tokens`` tokens (end of turn suppressed so
   every variant makes the same number) for a batch of prompts without the firewall, under
-  ``monitor`` and under ``clamp``, interleaved round by round with a rotating start; median
-  wall and CPU time per round, tokens/s and ratios to no firewall.
+  ``monitor`` and under ``clamp``, interleaved round by round with a rotating start; tokens/s,
+  and the ratio to no firewall as the median over rounds of the within-round ratio (wall and
+  process CPU time; robust to load that drifts between rounds) and as the ratio of minima;
+  and single decode steps (``--steps`` per variant, alternated step by step) with the same
+  paired ratio, which needs far less quiet time on a shared machine.
 - **serving**: ``geomsafe serve`` in-process on 127.0.0.1 (``--serve-mode``), ``--concurrent``
   short chat requests at once from the ``openai`` client; per-request latency p50/p95.
 
@@ -33,7 +36,7 @@ import torch
 from _common import RESULTS, machine, write_json
 from geomsafe.directions import auroc
 from geomsafe.firewall import Firewall, calibrate
-from geomsafe.firewall.calibrate import statistics
+from geomsafe.firewall.calibration import sequence_statistics
 from geomsafe.firewall.traffic import benign_split, harmful_items, sample
 from geomsafe.formatting import Example, encode
 from geomsafe.models import load
@@ -53,7 +56,7 @@ def detection(lm, fw: Firewall, args) -> dict:
     harmful = sample(harmful_items((*SETS, "xstest-unsafe"), args.data_root), args.n_harmful)
     items = benign + harmful
     t0 = time.perf_counter()
-    stats = statistics(lm, fw, items, ("prompt",), batch_size=16, progress=True)["prompt"]
+    stats = sequence_statistics(lm, fw, items, ("prompt",), batch_size=16, progress=True)["prompt"]
     seconds = time.perf_counter() - t0
     score = torch.tensor([fw.score(s) for s in stats])
     margins = torch.stack([fw.margins(s) for s in stats])
@@ -140,24 +143,73 @@ def overhead(lm, fw: Firewall, args) -> dict:
             cpu[names[j]].append(c)
     tokens = n * len(ids)
     out = {"batch": len(ids), "new_tokens": n, "rounds": args.rounds, "variants": {}}
+    out["decode_step"] = decode_steps(lm, fw, input_ids, mask, variants, names, args.steps)
     print(f"\noverhead: batch {len(ids)}, {n} new tokens, {args.rounds} rounds")
     for k in names:
         mw, mc = st.median(wall[k]), st.median(cpu[k])
+        # paired: the ratio to no firewall within each round, whose runs were back to back
+        paired = [v / b for v, b in zip(wall[k], wall["none"], strict=True)]
+        paired_cpu = [v / b for v, b in zip(cpu[k], cpu["none"], strict=True)]
         row = {
             "median_wall_s": mw,
             "median_cpu_s": mc,
             "tokens_per_s": tokens / mw,
-            "ratio_wall": mw / st.median(wall["none"]),
-            "ratio_cpu": mc / st.median(cpu["none"]),
+            "ratio_paired_wall": st.median(paired),
+            "ratio_paired_cpu": st.median(paired_cpu),
+            "ratio_min_wall": min(wall[k]) / min(wall["none"]),
             "wall_s": wall[k],
             "cpu_s": cpu[k],
         }
         out["variants"][k] = row
         print(
-            f"  {k:<8} {row['tokens_per_s']:7.1f} tok/s  wall ratio {row['ratio_wall']:.3f}  "
-            f"cpu ratio {row['ratio_cpu']:.3f}"
+            f"  {k:<8} {row['tokens_per_s']:7.1f} tok/s  paired ratio wall "
+            f"{row['ratio_paired_wall']:.3f} cpu {row['ratio_paired_cpu']:.3f}  "
+            f"min ratio {row['ratio_min_wall']:.3f}"
         )
     return out
+
+
+def decode_steps(lm, fw, input_ids, mask, variants, names, n_steps: int) -> dict:
+    """One decode step (a forward pass of one new token per row on a filled KV cache, cropped
+    back after each step) per variant, alternated step by step: many short paired samples,
+    so that load drifting over seconds cancels out."""
+    with torch.no_grad():
+        out = lm.model(input_ids=input_ids, attention_mask=mask, use_cache=True)
+    cache = out.past_key_values
+    token = out.logits[:, -1].argmax(-1, keepdim=True)
+    step_mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+
+    def step(mode: str | None) -> float:
+        t = time.perf_counter()
+        with torch.no_grad():
+            if mode is None:
+                lm.model(input_ids=token, attention_mask=step_mask, past_key_values=cache)
+            else:
+                with fw.apply(lm.model, mode, layer_template=lm.layer_template):
+                    lm.model(input_ids=token, attention_mask=step_mask, past_key_values=cache)
+        cache.crop(-1)  # drop the step just added
+        return time.perf_counter() - t
+
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for i in range(n_steps + 5):
+        for j in range(len(names)):
+            k = (i + j) % len(names)
+            t = step(variants[k])
+            if i >= 5:  # warm-up
+                times[names[k]].append(t)
+    res = {}
+    for k in names:
+        paired = [v / b for v, b in zip(times[k], times["none"], strict=True)]
+        res[k] = {
+            "median_ms": 1000 * st.median(times[k]),
+            "ratio_paired": st.median(paired),
+            "ratio_median": st.median(times[k]) / st.median(times["none"]),
+        }
+        print(
+            f"  decode step {k:<8} median {res[k]['median_ms']:.1f} ms  paired ratio "
+            f"{res[k]['ratio_paired']:.3f}  ratio of medians {res[k]['ratio_median']:.3f}"
+        )
+    return res
 
 
 def serving(lm, fw: Firewall, args) -> dict:
@@ -237,7 +289,8 @@ def main() -> None:
     ap.add_argument("--n-task", type=int, default=25, help="held-out task prompts per task")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=200, help="paired decode steps per variant")
     ap.add_argument("--serve-mode", default="clamp")
     ap.add_argument("--serve-tokens", type=int, default=16)
     ap.add_argument("--concurrent", type=int, default=20)

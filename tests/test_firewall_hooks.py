@@ -9,30 +9,13 @@ from geomsafe.firewall import Check, Firewall
 from geomsafe.firewall.hooks import cap_coefficients, lm_module
 from geomsafe.formatting import Example, encode
 from geomsafe.layers import get_layers
-from geomsafe.testing import tiny_model
+from geomsafe.testing import tiny_firewall, tiny_model
 
 PROMPTS = ["What is the capital of France?", "hi", "Tell me a story about a dragon."]
 
 
-def _unit(g: torch.Generator, width: int) -> torch.Tensor:
-    v = torch.randn(width, generator=g)
-    return v / v.norm()
-
-
 def make_firewall(width: int, tau: float = 0.0, layer: int = 0) -> Firewall:
-    """Two non-orthogonal response directions at ``layer``, one more above it, and a request
-    direction; thresholds low enough that the clamp acts on a random model."""
-    g = torch.Generator().manual_seed(1)
-    a, b = _unit(g, width), _unit(g, width)
-    b = (a + b) / (a + b).norm()  # cos(a, b) ≈ 0.7
-    return Firewall(
-        [
-            Check("harmful_request", layer, _unit(g, width), "last_prompt", "request", tau),
-            Check("tox", layer, a, threshold=tau),
-            Check("dec", layer, b, threshold=tau),
-            Check("pow", layer + 1, _unit(g, width), threshold=tau),
-        ]
-    )
+    return tiny_firewall(width, tau, layer)
 
 
 def _batch(lm, prompts):

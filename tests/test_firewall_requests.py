@@ -39,18 +39,21 @@ def test_no_builtin_request_comes_from_a_held_out_set(shared_data):
 
 
 def test_load_requests_rejects_bad_files(tmp_path):
-    bad = tmp_path / "r.jsonl"
-    bad.write_text('{"harmful": "a"}\n')
-    with pytest.raises(GeomsafeError, match="r.jsonl:1"):
+    bad = tmp_path / "r.json"
+    bad.write_text('{"pairs": [["a"]]}')
+    with pytest.raises(GeomsafeError, match="r.json: pair 0"):
         load_requests(bad)
-    bad.write_text("not json\n")
+    bad.write_text("not json")
     with pytest.raises(GeomsafeError, match="not JSON"):
         load_requests(bad)
-    bad.write_text('{"harmful": "a", "harmless": "b"}\n')
+    bad.write_text('{"pairs": [["a", "b"]]}')
     with pytest.raises(GeomsafeError, match="at least 4"):
         load_requests(bad)
+    bad.write_text("[]")
+    with pytest.raises(GeomsafeError, match="'pairs' list"):
+        load_requests(bad)
     with pytest.raises(GeomsafeError, match="not found"):
-        load_requests(tmp_path / "missing.jsonl")
+        load_requests(tmp_path / "missing.json")
 
 
 BENIGN = [
@@ -88,8 +91,8 @@ def test_request_layer_is_chosen_reproducibly(tiny_llama):
     b = fit_request_direction(tiny_llama, BENIGN, seed=1, progress=False)
     assert a.layer == b.layer and torch.equal(a.direction, b.direction)
     assert 0 <= a.layer < tiny_llama.n_layers
-    worst = a.stats["heldout_worst_auroc"]
-    assert len(worst) == tiny_llama.n_layers and set(a.stats["heldout_auroc_by_group"]) == {
+    worst = a.stats["cv_worst_auroc"]
+    assert len(worst) == tiny_llama.n_layers and set(a.stats["cv_auroc_by_group"]) == {
         "harmless twins",
         "task",
         "xstest",

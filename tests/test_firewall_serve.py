@@ -4,27 +4,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import torch
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
-from geomsafe.firewall import Check, Firewall  # noqa: E402
 from geomsafe.firewall.serve import EXTENSION, ServeConfig, create_app, start_server  # noqa: E402
-from geomsafe.testing import tiny_model  # noqa: E402
-
-
-def _firewall(width: int, tau: float) -> Firewall:
-    g = torch.Generator().manual_seed(3)
-    a, b = torch.randn(width, generator=g), torch.randn(width, generator=g)
-    return Firewall(
-        [
-            Check("harmful_request", 1, a / a.norm(), "last_prompt", "request", tau),
-            Check("toxicity", 1, b / b.norm(), threshold=tau),
-        ]
-    )
+from geomsafe.testing import tiny_firewall, tiny_model  # noqa: E402
 
 
 @pytest.fixture
@@ -37,7 +24,11 @@ def server():
         lm = tiny_model("llama")
         if slow:
             lm.model.register_forward_pre_hook(lambda *_: time.sleep(slow))
-        app = create_app(lm, _firewall(lm.d_model, tau), ServeConfig(mode=mode, max_tokens=12))
+        app = create_app(
+            lm,
+            tiny_firewall(lm.d_model, tau, layer=1).select(["harmful_request", "pow"]),
+            ServeConfig(mode=mode, max_tokens=12),
+        )
         srv, port, thread = start_server(app, "127.0.0.1", 0)
         started.append((srv, thread))
         base = f"http://127.0.0.1:{port}/v1"
@@ -65,7 +56,7 @@ def test_models_and_a_completion_with_firewall_scores(server):
     assert out.usage.completion_tokens <= 8 and out.usage.prompt_tokens > 0
     fw = out.model_extra[EXTENSION]
     assert fw["mode"] == "monitor" and fw["blocked"] is False
-    assert set(fw["prompt_scores"]) == {"harmful_request@1", "toxicity@1"}
+    assert set(fw["prompt_scores"]) == {"harmful_request@1", "pow@2"}
     assert set(fw["thresholds"]) == set(fw["prompt_scores"])
 
 
@@ -105,7 +96,7 @@ def test_block_answers_with_the_refusal_and_the_reason(server):
     assert out.choices[0].message.content == engine.firewall.refusal
     assert out.choices[0].finish_reason == "content_filter"
     verdict = out.model_extra[EXTENSION]["verdict"]
-    assert verdict["stage"] == "prompt" and verdict["concept"] in ("harmful_request", "toxicity")
+    assert verdict["stage"] == "prompt" and verdict["concept"] in ("harmful_request", "pow")
     assert verdict["score"] > verdict["threshold"]
 
 

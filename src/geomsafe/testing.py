@@ -124,3 +124,28 @@ def tiny_atlas(
         dirs[name] = d / d.norm(dim=-1, keepdim=True)
     stats = {name: {"best_layer": layer} for name, layer in best.items()}
     return FeatureAtlas(list(range(n_layers)), dirs, kinds, stats, {"model_spec": "random"})
+
+
+def tiny_firewall(width: int = 32, tau: float = 0.0, layer: int = 0, seed: int = 1):
+    """A :class:`~geomsafe.firewall.Firewall` of random directions for tiny models, all with
+    threshold ``tau``: a request check at ``layer``, two response checks there (cosine about
+    0.7, so that clamping needs the joint solution) and one at ``layer + 1``."""
+    from geomsafe.firewall import Check, Firewall
+
+    g = torch.Generator().manual_seed(seed)
+
+    def unit() -> torch.Tensor:
+        v = torch.randn(width, generator=g)
+        return v / v.norm()
+
+    a, b, request = unit(), unit(), unit()
+    b = (a + b) / (a + b).norm()
+    return Firewall(
+        [
+            Check("harmful_request", layer, request, "last_prompt", "request", tau),
+            Check("tox", layer, a, threshold=tau),
+            Check("dec", layer, b, threshold=tau),
+            Check("pow", layer + 1, unit(), threshold=tau),
+        ],
+        refusal="No.",
+    )

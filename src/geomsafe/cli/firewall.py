@@ -8,7 +8,7 @@ import torch
 from geomsafe.cli.common import model_option, print_table
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.generate import SamplingConfig
-from geomsafe.firewall.calibrate import CalibrationConfig
+from geomsafe.firewall.calibration import CalibrationConfig
 from geomsafe.firewall.config import MODES
 
 _C = CalibrationConfig()
@@ -76,7 +76,9 @@ def firewall_group() -> None:
     help="Watch the request-side direction harmful_request at the last prompt token.",
 )
 @click.option("--request-layer", type=int, help="Its layer (default: chosen on held-out data).")
-@click.option("--requests", type=click.Path(), help="JSONL of request pairs (default: built-in).")
+@click.option(
+    "--requests", type=click.Path(), help="JSON file of request pairs (default: built-in)."
+)
 @click.option("--share", type=float, default=_C.share, show_default=True)
 @click.option("--fit-share", type=float, default=_C.fit_share, show_default=True)
 @click.option("--max-per-source", type=int, help="Threshold sequences per source (default: all).")
@@ -88,30 +90,9 @@ def firewall_group() -> None:
 @data_root_option
 @threads_option
 @click.option("--no-progress", is_flag=True)
-def calibrate_cmd(
-    model,
-    atlas,
-    out,
-    fpr,
-    concepts,
-    layers,
-    request,
-    request_layer,
-    requests,
-    share,
-    fit_share,
-    max_per_source,
-    xstest,
-    batch_size,
-    max_length,
-    seed,
-    refusal,
-    data_root,
-    threads,
-    no_progress,
-) -> None:
+def calibrate_cmd(model, atlas, out, concepts, layers, data_root, threads, no_progress, **options):
     """Set per-check thresholds on benign traffic for a target false-positive rate."""
-    from geomsafe.firewall.calibrate import calibrate
+    from geomsafe.firewall.calibration import calibrate
 
     _threads(threads)
     fw = calibrate(
@@ -120,20 +101,9 @@ def calibrate_cmd(
         out,
         data_root=data_root,
         progress=not no_progress,
-        fpr=fpr,
         concepts=_names(concepts),
         layers=_layers(layers),
-        request=request,
-        request_layer=request_layer,
-        requests=requests,
-        share=share,
-        fit_share=fit_share,
-        max_per_source=max_per_source,
-        xstest=xstest,
-        batch_size=batch_size,
-        max_length=max_length,
-        seed=seed,
-        refusal=refusal,
+        **options,
     )
     rows = [
         [
@@ -180,37 +150,13 @@ def calibrate_cmd(
 @data_root_option
 @threads_option
 @click.option("--no-progress", is_flag=True)
-def run_cmd(
-    model,
-    adapter,
-    firewall_path,
-    prompts,
-    n_prompts,
-    mode,
-    out,
-    samples_per_prompt,
-    max_new_tokens,
-    temperature,
-    top_p,
-    batch_size,
-    seed,
-    refusal,
-    data_root,
-    threads,
-    no_progress,
-) -> None:
+def run_cmd(model, firewall_path, prompts, n_prompts, mode, out, threads, no_progress, **kw):
     """Generate answers to a prompt set under the firewall; write generations and scores."""
-    from geomsafe.firewall.run import run
+    from geomsafe.firewall.screening import run
 
     _threads(threads)
-    sampling = SamplingConfig(
-        samples_per_prompt=samples_per_prompt,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        batch_size=batch_size,
-        seed=seed,
-    )
+    names = ("samples_per_prompt", "max_new_tokens", "temperature", "top_p", "batch_size", "seed")
+    sampling = SamplingConfig(**{k: kw.pop(k) for k in names})
     if n_prompts < 0:
         raise GeomsafeError(f"--n-prompts must be >= 0, not {n_prompts}")
     result = run(
@@ -219,12 +165,10 @@ def run_cmd(
         prompts,
         mode,
         out,
-        adapter=adapter,
         sampling=sampling,
         n_prompts=n_prompts or None,
-        refusal=refusal,
-        data_root=data_root,
         progress=not no_progress,
+        **kw,
     )
     s = result.summary()
     print_table(
@@ -257,20 +201,7 @@ def run_cmd(
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--refusal", help="Text of a blocked answer (default: the firewall's).")
 @threads_option
-def serve_cmd(
-    model,
-    adapter,
-    firewall_path,
-    mode,
-    host,
-    port,
-    model_name,
-    max_tokens,
-    temperature,
-    seed,
-    refusal,
-    threads,
-) -> None:
+def serve_cmd(model, adapter, firewall_path, host, port, threads, **options) -> None:
     """OpenAI-compatible /v1/chat/completions and /v1/models with the firewall active."""
     try:
         from geomsafe.firewall.serve import ServeConfig, serve
@@ -281,12 +212,5 @@ def serve_cmd(
     _threads(threads)
     if not 0 <= port <= 65535:
         raise GeomsafeError(f"--port must be in [0, 65535], not {port}")
-    config = ServeConfig(
-        mode=mode,
-        model_name=model_name,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        seed=seed,
-        refusal=refusal,
-    )
+    config = ServeConfig(**options)
     serve(model, firewall_path, adapter=adapter, host=host, port=port, config=config)

@@ -1,14 +1,19 @@
 """`firewall`: score, clamp or block a model's residual stream along harmful directions at
-inference, with thresholds calibrated on benign traffic (see :mod:`.hooks`, :mod:`.calibrate`,
-:mod:`.run`, :mod:`.serve`)."""
+inference, with thresholds calibrated on benign traffic (see :mod:`.hooks`, :mod:`.calibration`,
+:mod:`.screening`, :mod:`.serve`)."""
 
 from __future__ import annotations
 
-from geomsafe.firewall.calibrate import CalibrationConfig, calibrate, choose_thresholds, statistics
+from geomsafe.firewall.calibration import (
+    CalibrationConfig,
+    calibrate,
+    choose_thresholds,
+    sequence_statistics,
+)
 from geomsafe.firewall.config import DEFAULT_REFUSAL, FORMAT, MODES, Check, Firewall
 from geomsafe.firewall.hooks import RowTrace, Session, Verdict, install
 from geomsafe.firewall.requests import REQUEST_CONCEPT, fit_request_direction, load_requests
-from geomsafe.firewall.run import RunResult, Screened, run, screen
+from geomsafe.firewall.screening import RunResult, Screened, run, screen
 
 __all__ = [
     "DEFAULT_REFUSAL",
@@ -30,5 +35,5 @@ __all__ = [
     "load_requests",
     "run",
     "screen",
-    "statistics",
+    "sequence_statistics",
 ]

@@ -14,7 +14,7 @@ normalised). A check reads the positions its rule names:
 Positions before ``skip_first`` (attention sinks) are never read. The **statistic** of a check
 on a sequence is its score at the last prompt token (``last_prompt``) or the largest score over
 the positions it reads (``response``). ``threshold`` (τ) is the ``q``-quantile of that statistic
-over benign calibration sequences (:mod:`.calibrate`); a check **fires** when a score it reads
+over benign calibration sequences (:mod:`.calibration`); a check **fires** when a score it reads
 exceeds τ. The **margin** of a score is ``(score − τ) / σ``, σ the standard deviation of the
 benign statistic, so that checks of different scale compare; a sequence is flagged when any
 margin is positive, and its **score** at a stage is its largest margin there.

@@ -27,7 +27,7 @@ Modes:
   (request-side) checks are never clamped: see :attr:`Check.clampable`. Recorded scores are
   those before the clamp.
 - ``block``: once a row has a verdict, its next-token logits are set so that the end-of-turn
-  token is certain: the row stops there. :func:`geomsafe.firewall.run.screen` then returns the
+  token is certain: the row stops there. :func:`geomsafe.firewall.screening.screen` then returns the
   firewall's refusal in place of the text, with the verdict as the reason.
 
 Sequences are told apart by their KV cache: a forward pass with an empty cache starts a new
@@ -37,6 +37,7 @@ Sequences are told apart by their KV cache: a forward pass with an empty cache s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -64,15 +65,7 @@ class Verdict:
     position: int  # index of the token among the row's real tokens (0: first prompt token)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "stage": self.stage,
-            "concept": self.concept,
-            "layer": self.layer,
-            "score": self.score,
-            "threshold": self.threshold,
-            "margin": self.margin,
-            "position": self.position,
-        }
+        return dataclasses.asdict(self)
 
     def __str__(self) -> str:
         return (
@@ -255,8 +248,9 @@ class Session:
                 step.clamped,
             )
         )
-        for r in range(trace.batch):
-            trace.n_real[r] += int(step.real[r].sum())
+        trace.n_real = [
+            a + b for a, b in zip(trace.n_real, step.real.sum(-1).tolist(), strict=True)
+        ]
         if self.mode == "block":
             rows = [r for r, v in enumerate(trace.verdicts) if v is not None]
             logits = getattr(output, "logits", None)

@@ -2,7 +2,7 @@
 
 The atlas's harmful concepts are response-side features (extracted on response tokens); a
 request for harm is visible before any response exists, at the last prompt token (the
-"refusal direction" literature reads it there). Data: ``geomsafe/firewall/data/requests.jsonl``,
+"refusal direction" literature reads it there). Data: ``geomsafe/firewall/data/requests.json``,
 written for this project (Apache-2.0): 124 harmful requests, each paired with a harmless
 request of the same form and length that often shares its words ("How do I make a pipe bomb
 ..." / "How do I make a bird feeder ..."). No public harmful-prompt set is used, so all of them
@@ -15,11 +15,14 @@ unit-normalised. Averaging group means keeps a large group from outweighing the 
 Benign prompts that look unsafe (XSTest) are what keeps the direction from being a detector of
 alarming words; they come from the benign calibration part only (:mod:`.traffic`).
 
-**Layer**: the direction is fitted on a seeded ``1 − holdout`` share of the pairs and of each
-benign group; on the rest, the AUROC of harmful requests against each benign group is taken,
-and a layer's value is the smallest of these (the hardest group). The best layer has the highest
-value (to 3 decimals; ties to the larger smallest effect size, then the earlier layer). The
-saved direction is refit on everything.
+**Layer**: chosen by ``folds``-fold cross-fitting: each fold's requests (a pair's two
+requests stay together) and benign prompts are scored with the direction fitted on the other
+folds; on these out-of-fold scores, the AUROC of harmful requests against each benign
+*traffic* group (task prompts, XSTest safe prompts; the harmless twins only when no traffic is
+given, since they exist to shape the direction, not to stand for traffic) is taken, and a
+layer's value is the smallest (the hardest group). The best layer has the highest value (to 3
+decimals; ties to the larger smallest effect size, then the earlier layer). The saved direction
+is refit on everything.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from geomsafe.layers import resolve_layers
 from geomsafe.models import LoadedModel
 
 REQUEST_CONCEPT = "harmful_request"
-REQUESTS_FILE = "requests.jsonl"
+REQUESTS_FILE = "requests.json"
 TWINS = "harmless twins"
 
 
@@ -71,9 +74,8 @@ class RequestSet:
 
 
 def load_requests(path: str | Path | None = None) -> RequestSet:
-    """The built-in request pairs, or a JSONL file in the same format: an optional header
-    line without ``harmful`` (``{"name", "description", "license"}``), then
-    ``{"harmful", "harmless"}`` per line."""
+    """The built-in request pairs, or a JSON file in the same format:
+    ``{"name", "description", "license", "pairs": [[harmful, harmless], ...]}``."""
     if path is None:
         res = resources.files("geomsafe") / "firewall" / "data" / REQUESTS_FILE
         text, where = res.read_text(encoding="utf-8"), f"built-in {REQUESTS_FILE}"
@@ -81,26 +83,22 @@ def load_requests(path: str | Path | None = None) -> RequestSet:
         if not Path(path).is_file():
             raise GeomsafeError(f"request file not found: {path}")
         text, where = Path(path).read_text(encoding="utf-8"), str(path)
-    pairs, meta = [], {}
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise GeomsafeError(f"{where}:{n}: not JSON ({exc.msg})") from exc
-        if not isinstance(obj, dict):
-            raise GeomsafeError(f"{where}:{n}: expected an object")
-        if "harmful" not in obj and not pairs and not meta:
-            meta = obj
-            continue
-        h, b = obj.get("harmful"), obj.get("harmless")
-        if not isinstance(h, str) or not isinstance(b, str) or not h.strip() or not b.strip():
-            raise GeomsafeError(f"{where}:{n}: needs non-empty strings 'harmful' and 'harmless'")
-        pairs.append(RequestPair(h, b))
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise GeomsafeError(f"{where}: not JSON ({exc.msg}, line {exc.lineno})") from exc
+    raw = data.get("pairs") if isinstance(data, dict) else None
+    if not isinstance(raw, list):
+        raise GeomsafeError(f"{where}: expected an object with a 'pairs' list")
+    pairs = []
+    for k, pair in enumerate(raw):
+        ok = isinstance(pair, list) and len(pair) == 2
+        if not ok or not all(isinstance(t, str) and t.strip() for t in pair):
+            raise GeomsafeError(f"{where}: pair {k} must be two non-empty strings")
+        pairs.append(RequestPair(pair[0], pair[1]))
     if len(pairs) < 4:
         raise GeomsafeError(f"{where}: need at least 4 request pairs, found {len(pairs)}")
-    return RequestSet(pairs, meta)
+    return RequestSet(pairs, {k: v for k, v in data.items() if k != "pairs"})
 
 
 @dataclass
@@ -116,11 +114,14 @@ def _group(item: Item) -> str:
     return item.source.split(":")[0]
 
 
-def _split(n: int, holdout: float, rng: random.Random) -> tuple[list[int], list[int]]:
-    idx = list(range(n))
-    rng.shuffle(idx)
-    k = min(n - 1, max(1, round(n * holdout))) if n > 1 else 0
-    return sorted(idx[k:]), sorted(idx[:k])
+def _folds(n: int, k: int, rng: random.Random) -> Tensor:
+    """A fold index in ``[0, k)`` for each of ``n`` items, balanced, in a seeded order."""
+    order = list(range(n))
+    rng.shuffle(order)
+    fold = torch.empty(n, dtype=torch.long)
+    for j, i in enumerate(order):
+        fold[i] = j % k
+    return fold
 
 
 def _least(values) -> float:
@@ -141,15 +142,15 @@ def fit_request_direction(
     requests: RequestSet | None = None,
     *,
     layer: int | None = None,
-    holdout: float = 0.25,
+    folds: int = 4,
     seed: int = 0,
     batch_size: int = 16,
     progress: bool = True,
 ) -> RequestDirection:
     """Fit ``harmful_request`` on ``lm`` (see the module docstring); ``benign`` are benign
     calibration items, whose prompts (not responses) are used; ``layer`` fixes the layer."""
-    if not 0 < holdout < 1:
-        raise GeomsafeError(f"holdout must be in (0, 1), not {holdout}")
+    if folds < 2:
+        raise GeomsafeError(f"folds must be >= 2, not {folds}")
     reqs = requests or load_requests()
     layers = resolve_layers(lm.n_layers, None)
     if layer is not None:
@@ -174,32 +175,35 @@ def fit_request_direction(
         groups[name] = rest[[k for k, i in enumerate(benign) if _group(i) == name]]
 
     rng = random.Random(seed)
-    h_fit, h_val = _split(n, holdout, rng)
-    parts = {g: _split(a.shape[0], holdout, rng) for g, a in groups.items()}
-    direction = _direction(harmful[h_fit], [groups[g][parts[g][0]] for g in names])
-    h_scores = torch.einsum("nld,ld->nl", harmful[h_val], direction)
-    aucs: dict[str, list[float]] = {}
-    effects: dict[str, list[float]] = {}
-    for g in names:
-        val = groups[g][parts[g][1]]
-        if val.shape[0] == 0:
-            continue
-        s = torch.einsum("nld,ld->nl", val, direction)
-        aucs[g] = [auroc(h_scores[:, j], s[:, j]) for j in range(len(layers))]
-        effects[g] = [effect_size(h_scores[:, j], s[:, j]) for j in range(len(layers))]
-    worst_auc = [_least(a[j] for a in aucs.values()) for j in range(len(layers))]
-    worst_d = [_least(e[j] for e in effects.values()) for j in range(len(layers))]
+    pair_fold = _folds(n, folds, rng)
+    fold = {
+        g: pair_fold if g == TWINS else _folds(a.shape[0], folds, rng) for g, a in groups.items()
+    }
+    oof_h = torch.zeros(n, len(layers))
+    oof = {g: torch.zeros(a.shape[0], len(layers)) for g, a in groups.items()}
+    for f in range(folds):
+        train = [a[fold[g] != f] for g, a in groups.items() if bool((fold[g] != f).any())]
+        direction = _direction(harmful[pair_fold != f], train)
+        oof_h[pair_fold == f] = torch.einsum("nld,ld->nl", harmful[pair_fold == f], direction)
+        for g, a in groups.items():
+            oof[g][fold[g] == f] = torch.einsum("nld,ld->nl", a[fold[g] == f], direction)
+    judged = [g for g in names[1:] if groups[g].shape[0] >= folds] or [TWINS]
+    aucs = {g: [auroc(oof_h[:, j], oof[g][:, j]) for j in range(len(layers))] for g in oof}
+    effects = {g: [effect_size(oof_h[:, j], oof[g][:, j]) for j in range(len(layers))] for g in oof}
+    worst_auc = [_least(aucs[g][j] for g in judged) for j in range(len(layers))]
+    worst_d = [_least(effects[g][j] for g in judged) for j in range(len(layers))]
     chosen = layer if layer is not None else layers[best_row(worst_auc, worst_d)]
     full = _direction(harmful, list(groups.values()))
     stats = {
         "layer": chosen,
-        "selected": "given" if layer is not None else "best held-out worst-group AUROC",
-        "heldout_worst_auroc": worst_auc,
-        "heldout_worst_effect_size": worst_d,
-        "heldout_auroc_by_group": aucs,
+        "selected": "given" if layer is not None else "best out-of-fold worst-group AUROC",
+        "judged_groups": judged,
+        "cv_worst_auroc": worst_auc,
+        "cv_worst_effect_size": worst_d,
+        "cv_auroc_by_group": aucs,
         "n_pairs": n,
         "n_benign": {g: int(a.shape[0]) for g, a in groups.items() if g != TWINS},
-        "holdout": holdout,
+        "folds": folds,
         "seed": seed,
         "tokens": "last_prompt",
         "data_hash": reqs.data_hash(),

@@ -6,12 +6,12 @@ bound to 127.0.0.1 unless told otherwise:
 - ``GET /v1/models``: the one model served.
 - ``POST /v1/chat/completions``: ``messages`` (system, developer, user and assistant turns;
   text content), ``max_tokens``/``max_completion_tokens``, ``temperature`` (0 = greedy),
-  ``top_p``, ``seed``, ``stream``; ``n`` must be 1 and ``stop`` is not supported. Each answer
-  is generated under the firewall (:func:`geomsafe.firewall.run.screen`) and carries its scores
-  in the extension field ``geomsafe_firewall`` (mode, blocked, verdict, prompt and response
-  scores per check, thresholds, clamped tokens). A blocked answer is the firewall's refusal
-  with ``finish_reason`` ``content_filter``. Bad requests get a 400 (404 for an unknown model)
-  with an OpenAI-style ``{"error": {...}}`` body.
+  ``top_p``, ``seed``, ``stream``; ``n`` must be 1 and ``stop`` is not supported. Each
+  answer is generated under the firewall (:func:`geomsafe.firewall.screening.screen`) and
+  carries its scores in the extension field ``geomsafe_firewall`` (mode, blocked, verdict,
+  prompt and response scores per check, thresholds, clamped tokens). A blocked answer is the
+  firewall's refusal with ``finish_reason`` ``content_filter``. Bad requests get a 400 (404 for
+  an unknown model) with an OpenAI-style ``{"error": {...}}`` body.
 
 **Concurrency.** There is one model, so generation is serialised through a queue: every
 request is submitted to a single worker thread (a one-thread executor), which runs them one at
@@ -50,7 +50,7 @@ from starlette.exceptions import HTTPException
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.generate import SamplingConfig, eos_ids
 from geomsafe.firewall.config import MODES, Firewall
-from geomsafe.firewall.run import Screened, _round, _rounds, screen
+from geomsafe.firewall.screening import Screened, screen
 from geomsafe.formatting import Example, encode
 from geomsafe.models import LoadedModel, load
 
@@ -263,15 +263,13 @@ class Engine:
         return Answer(result, sent[0])
 
     def report(self, s: Screened) -> dict[str, Any]:
-        keys = self.firewall.keys
+        """The ``geomsafe_firewall`` field of an answer."""
+        kept = ("blocked", "verdict", "prompt_score", "response_score", "prompt_scores")
+        record = s.to_dict(self.firewall.keys, tokens=False)
         return {
             "mode": self.config.mode,
-            "blocked": s.blocked,
-            "verdict": None if s.verdict is None else s.verdict.to_dict(),
-            "prompt_score": _round(s.prompt_score),
-            "response_score": _round(s.response_score),
-            "prompt_scores": dict(zip(keys, _rounds(s.prompt_stat), strict=True)),
-            "response_max": dict(zip(keys, _rounds(s.response_stat), strict=True)),
+            **{k: record[k] for k in kept},
+            "response_max": record["response_max"],
             "thresholds": self.firewall.thresholds(),
             "n_clamped": s.n_clamped,
         }

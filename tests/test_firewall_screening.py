@@ -8,26 +8,18 @@ from click.testing import CliRunner
 
 from geomsafe.cli import main
 from geomsafe.evaluate.generate import SamplingConfig, generate
-from geomsafe.firewall import Check, Firewall, run, screen
-from geomsafe.firewall.run import GENERATIONS_JSONL, RUN_JSON
+from geomsafe.firewall import Firewall, run, screen
+from geomsafe.firewall.screening import GENERATIONS_JSONL, RUN_JSON
 from geomsafe.formatting import Example, encode
 from geomsafe.report import report
-from geomsafe.testing import tiny_atlas
+from geomsafe.testing import tiny_atlas, tiny_firewall
 
 PROMPTS = ["What is the capital of France?", "hi", "Tell me a story about a dragon."]
 SAMPLING = SamplingConfig(samples_per_prompt=2, max_new_tokens=6, temperature=1.0, batch_size=4)
 
 
 def _firewall(width: int, tau: float) -> Firewall:
-    g = torch.Generator().manual_seed(5)
-    a, b = torch.randn(width, generator=g), torch.randn(width, generator=g)
-    return Firewall(
-        [
-            Check("harmful_request", 1, a / a.norm(), "last_prompt", "request", tau),
-            Check("toxicity", 0, b / b.norm(), threshold=tau),
-        ],
-        refusal="No.",
-    )
+    return tiny_firewall(width, tau).select(["harmful_request", "pow"])
 
 
 def test_monitor_keeps_the_texts_and_scores_every_generated_token(tiny_llama):
@@ -45,9 +37,9 @@ def test_monitor_keeps_the_texts_and_scores_every_generated_token(tiny_llama):
         full = lm.model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
         hs = lm.model(full[:, :-1], output_hidden_states=True).hidden_states
     assert s.n_tokens == 6 and s.token_scores.shape == (5, 2)
-    ref = hs[1][0, ids.shape[1] :] @ fw.checks[1].direction
+    ref = hs[2][0, ids.shape[1] :] @ fw.checks[1].direction  # pow@1
     torch.testing.assert_close(s.token_scores[:, 1], ref, atol=1e-4, rtol=1e-3)
-    ref_prompt = hs[2][0, ids.shape[1] - 1] @ fw.checks[0].direction
+    ref_prompt = hs[1][0, ids.shape[1] - 1] @ fw.checks[0].direction  # harmful_request@0
     assert float(s.prompt_stat[0]) == pytest.approx(float(ref_prompt), abs=1e-4)
 
 
@@ -81,12 +73,12 @@ def test_run_writes_generations_and_a_summary_the_report_shows(tiny_llama, tmp_p
     )
     lines = [json.loads(x) for x in (tmp_path / "out" / GENERATIONS_JSONL).read_text().splitlines()]
     assert len(lines) == 6 and {x["id"] for x in lines} == {"p0", "p1", "p2"}
-    assert set(lines[0]["token_scores"]) == {"harmful_request@1", "toxicity@0"}
+    assert set(lines[0]["token_scores"]) == {"harmful_request@0", "pow@1"}
     summary = json.loads((tmp_path / "out" / RUN_JSON).read_text())
     assert summary["format"] == "geomsafe.firewall_run/1" and summary["mode"] == "clamp"
     assert summary["n_flagged"] == res.n_flagged and summary["n_responses"] == 6
     page = report(tmp_path / "out").read_text()
-    assert "Firewall run (clamp)" in page and "harmful_request@1" in page
+    assert "Firewall run (clamp)" in page and "harmful_request@0" in page
     assert page.count("<svg") >= 2
     page = report(tmp_path / "fw").read_text()
     assert "Firewall calibration" in page

@@ -65,7 +65,7 @@ class CalibrationConfig:
         layers: layers to watch them at (None: each concept's best layer).
         request: add the request-side direction ``harmful_request``.
         request_layer: its layer (None: chosen on held-out data, see :mod:`.requests`).
-        requests: a JSONL file of request pairs (None: the built-in set).
+        requests: a JSON file of request pairs (None: the built-in set).
         max_per_source: at most this many threshold sequences per source (None: all).
         xstest: use XSTest safe prompts (needs the data root).
         batch_size: sequences per forward pass.
@@ -154,7 +154,7 @@ def _forward(model: Any, **inputs: Tensor) -> None:
 
 
 @torch.no_grad()
-def statistics(
+def sequence_statistics(
     lm: LoadedModel,
     firewall: Firewall,
     items: Sequence[Item],
@@ -248,6 +248,11 @@ def calibrate(
 
     lm = model if isinstance(model, LoadedModel) else load(model)
     checks: list[Check] = []
+    watched = (
+        []
+        if fatlas is None
+        else atlas_checks(fatlas, lm.d_model, lm.n_layers, cfg.concepts, cfg.layers)
+    )
     request_stats: dict[str, Any] | None = None
     if cfg.request:
         rd = fit_request_direction(
@@ -261,10 +266,9 @@ def calibrate(
         )
         checks.append(Check(REQUEST_CONCEPT, rd.layer, rd.direction, "last_prompt", "request"))
         request_stats = rd.stats
-    if fatlas is not None:
-        checks += atlas_checks(fatlas, lm.d_model, lm.n_layers, cfg.concepts, cfg.layers)
+    checks += watched
     raw = Firewall(checks, cfg.fpr, cfg.skip_first, cfg.refusal)
-    stats = statistics(
+    stats = sequence_statistics(
         lm,
         raw,
         rest,

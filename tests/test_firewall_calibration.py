@@ -5,7 +5,7 @@ import torch
 
 from geomsafe.errors import GeomsafeError
 from geomsafe.firewall import CalibrationConfig, Firewall, calibrate, choose_thresholds
-from geomsafe.firewall.calibrate import atlas_checks, statistics
+from geomsafe.firewall.calibration import atlas_checks, sequence_statistics
 from geomsafe.firewall.traffic import Item
 from geomsafe.formatting import Example, encode
 from geomsafe.testing import tiny_atlas
@@ -43,7 +43,7 @@ def test_statistics_equal_the_hidden_states(tiny_llama):
         Item("b", "task:x", Example("hi", "Hello there, friend.")),
         Item("c", "xstest", Example("How do I kill a process?")),
     ]
-    got = statistics(lm, fw, items, ("sequence", "prompt"), batch_size=2, progress=False)
+    got = sequence_statistics(lm, fw, items, ("sequence", "prompt"), batch_size=2, progress=False)
     for i, item in enumerate(items):
         enc = encode(lm.tokenizer, item.example)
         with torch.no_grad():
