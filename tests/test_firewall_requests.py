@@ -38,19 +38,19 @@ def test_no_builtin_request_comes_from_a_held_out_set(shared_data):
             assert max(len(w & o) / len(w | o) for o in words) < 0.6, mine
 
 
-def test_load_requests_rejects_bad_files(tmp_path):
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"pairs": [["a"]]}', "r.json: pair 0"),
+        ("not json", "not JSON"),
+        ('{"pairs": [["a", "b"]]}', "at least 4"),
+        ("[]", "'pairs' list"),
+    ],
+)
+def test_load_requests_rejects_bad_files(tmp_path, text, message):
     bad = tmp_path / "r.json"
-    bad.write_text('{"pairs": [["a"]]}')
-    with pytest.raises(GeomsafeError, match="r.json: pair 0"):
-        load_requests(bad)
-    bad.write_text("not json")
-    with pytest.raises(GeomsafeError, match="not JSON"):
-        load_requests(bad)
-    bad.write_text('{"pairs": [["a", "b"]]}')
-    with pytest.raises(GeomsafeError, match="at least 4"):
-        load_requests(bad)
-    bad.write_text("[]")
-    with pytest.raises(GeomsafeError, match="'pairs' list"):
+    bad.write_text(text)
+    with pytest.raises(GeomsafeError, match=message):
         load_requests(bad)
     with pytest.raises(GeomsafeError, match="not found"):
         load_requests(tmp_path / "missing.json")

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from geomsafe.cli import main
 from geomsafe.evaluate.generate import SamplingConfig, generate
-from geomsafe.firewall import Firewall, run, screen
+from geomsafe.firewall import Firewall, calibrate, run, screen
 from geomsafe.firewall.screening import GENERATIONS_JSONL, RUN_JSON
 from geomsafe.formatting import Example, encode
 from geomsafe.report import report
@@ -84,7 +84,7 @@ def test_run_writes_generations_and_a_summary_the_report_shows(tiny_llama, tmp_p
     assert "Firewall calibration" in page
 
 
-def test_run_with_an_adapter(tiny_llama, tmp_path):
+def test_calibrate_and_run_with_an_adapter(tiny_llama, tmp_path):
     from peft import LoraConfig, get_peft_model
 
     lm = tiny_llama
@@ -92,11 +92,6 @@ def test_run_with_an_adapter(tiny_llama, tmp_path):
     peft_model.save_pretrained(tmp_path / "adapter")
     lm.model = peft_model.unload()
     fw = _firewall(lm.d_model, 0.0)
-    res = (
-        run(lm, fw, [], "monitor", adapter=tmp_path / "adapter", sampling=SAMPLING, progress=False)
-        if False
-        else None
-    )
     res = run(
         lm,
         fw,
@@ -108,8 +103,29 @@ def test_run_with_an_adapter(tiny_llama, tmp_path):
         progress=False,
     )
     assert len(res.screened) == 4 and res.provenance["adapter_sha256"]
-    assert any("base model" in n for n in res.notes)
+    assert any("not calibrated on this adapter" in n for n in res.notes)
     assert not hasattr(lm.model, "peft_config")  # the adapter was removed again
+    own = calibrate(
+        lm,
+        tiny_atlas(),
+        adapter=tmp_path / "adapter",
+        max_per_source=4,
+        xstest=False,
+        max_length=128,
+        progress=False,
+    )
+    assert own.provenance["adapter_sha256"] == res.provenance["adapter_sha256"]
+    res = run(
+        lm,
+        own,
+        "builtin",
+        "monitor",
+        adapter=tmp_path / "adapter",
+        n_prompts=1,
+        sampling=SAMPLING,
+        progress=False,
+    )
+    assert not res.notes
 
 
 def _tiny_folder(lm, folder):

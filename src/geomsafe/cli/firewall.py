@@ -62,6 +62,7 @@ def firewall_group() -> None:
 
 @firewall_group.command("calibrate")
 @model_option
+@adapter_option
 @click.option(
     "--atlas", type=click.Path(), help="FeatureAtlas folder (an audit): its harmful concepts."
 )
@@ -90,7 +91,9 @@ def firewall_group() -> None:
 @data_root_option
 @threads_option
 @click.option("--no-progress", is_flag=True)
-def calibrate_cmd(model, atlas, out, concepts, layers, data_root, threads, no_progress, **options):
+def calibrate_cmd(
+    model, adapter, atlas, out, concepts, layers, data_root, threads, no_progress, **options
+):
     """Set per-check thresholds on benign traffic for a target false-positive rate."""
     from geomsafe.firewall.calibration import calibrate
 
@@ -99,6 +102,7 @@ def calibrate_cmd(model, atlas, out, concepts, layers, data_root, threads, no_pr
         model,
         atlas,
         out,
+        adapter=adapter,
         data_root=data_root,
         progress=not no_progress,
         concepts=_names(concepts),

@@ -43,8 +43,14 @@ from geomsafe import __version__
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.capture import make_batches
 from geomsafe.errors import GeomsafeError
+from geomsafe.firewall.adapter import adapter_provenance, check_adapter, maybe_adapter
 from geomsafe.firewall.config import DEFAULT_REFUSAL, Check, Firewall
-from geomsafe.firewall.requests import REQUEST_CONCEPT, fit_request_direction, load_requests
+from geomsafe.firewall.requests import (
+    REQUEST_CONCEPT,
+    RequestSet,
+    fit_request_direction,
+    load_requests,
+)
 from geomsafe.firewall.traffic import Item, benign_split, sample, split
 from geomsafe.formatting import encode_all
 from geomsafe.layers import resolve_layers
@@ -219,42 +225,25 @@ def _summary(values: Tensor) -> list[float]:
     return [round(float(v), 5) for v in values if not math.isnan(float(v))]
 
 
-def calibrate(
-    model: str | LoadedModel = "default",
-    atlas: str | Path | FeatureAtlas | None = None,
-    out: str | Path | None = None,
-    *,
-    config: CalibrationConfig | None = None,
-    data_root: str | Path | None = None,
-    progress: bool = True,
-    **options: Any,
-) -> Firewall:
-    """Calibrate a firewall for ``model`` from ``atlas`` (see the module docstring);
-    ``options`` override :class:`CalibrationConfig` fields. Saves to ``out`` when given."""
-    t0 = time.perf_counter()
-    cfg = (config or CalibrationConfig()).with_options(**options)
-    fatlas = FeatureAtlas.load(atlas) if isinstance(atlas, str | Path) else atlas
-    if fatlas is None and not cfg.request:
-        raise GeomsafeError("nothing to watch: give an atlas or keep the request direction")
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise GeomsafeError(f"--out {out} exists and is not a folder")
-    requests = load_requests(cfg.requests) if cfg.request else None
-    benign = benign_split(data_root, cfg.share, cfg.seed, cfg.xstest)
-    if cfg.request:
-        fit, rest = split(benign.calibration, cfg.fit_share, cfg.seed)
-    else:
-        fit, rest = [], list(benign.calibration)
-    rest = sample(rest, cfg.max_per_source, cfg.seed)
-
-    lm = model if isinstance(model, LoadedModel) else load(model)
+def _measure(
+    lm: LoadedModel,
+    atlas: FeatureAtlas | None,
+    cfg: CalibrationConfig,
+    requests: RequestSet | None,
+    fit: list[Item],
+    rest: list[Item],
+    progress: bool,
+) -> tuple[list[Check], Tensor, dict[str, Any] | None]:
+    """The uncalibrated checks (request direction fitted on ``fit``) and their statistics on
+    ``rest``."""
     checks: list[Check] = []
     watched = (
         []
-        if fatlas is None
-        else atlas_checks(fatlas, lm.d_model, lm.n_layers, cfg.concepts, cfg.layers)
+        if atlas is None
+        else atlas_checks(atlas, lm.d_model, lm.n_layers, cfg.concepts, cfg.layers)
     )
     request_stats: dict[str, Any] | None = None
-    if cfg.request:
+    if requests is not None:
         rd = fit_request_direction(
             lm,
             fit,
@@ -277,6 +266,42 @@ def calibrate(
         progress=progress,
         desc="calibrate",
     )["sequence"]
+    return checks, stats, request_stats
+
+
+def calibrate(
+    model: str | LoadedModel = "default",
+    atlas: str | Path | FeatureAtlas | None = None,
+    out: str | Path | None = None,
+    *,
+    adapter: str | Path | None = None,
+    config: CalibrationConfig | None = None,
+    data_root: str | Path | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> Firewall:
+    """Calibrate a firewall for ``model`` (with ``adapter``, a peft folder, when given) from
+    ``atlas`` (see the module docstring); ``options`` override :class:`CalibrationConfig`
+    fields. Saves to ``out`` when given."""
+    t0 = time.perf_counter()
+    cfg = (config or CalibrationConfig()).with_options(**options)
+    fatlas = FeatureAtlas.load(atlas) if isinstance(atlas, str | Path) else atlas
+    if fatlas is None and not cfg.request:
+        raise GeomsafeError("nothing to watch: give an atlas or keep the request direction")
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise GeomsafeError(f"--out {out} exists and is not a folder")
+    check_adapter(adapter)
+    requests = load_requests(cfg.requests) if cfg.request else None
+    benign = benign_split(data_root, cfg.share, cfg.seed, cfg.xstest)
+    if cfg.request:
+        fit, rest = split(benign.calibration, cfg.fit_share, cfg.seed)
+    else:
+        fit, rest = [], list(benign.calibration)
+    rest = sample(rest, cfg.max_per_source, cfg.seed)
+
+    lm = model if isinstance(model, LoadedModel) else load(model)
+    with maybe_adapter(lm, adapter):
+        checks, stats, request_stats = _measure(lm, fatlas, cfg, requests, fit, rest, progress)
     q, taus = choose_thresholds(stats, cfg.fpr)
     calibrated = []
     for k, c in enumerate(checks):
@@ -306,6 +331,7 @@ def calibrate(
     }
     provenance = {
         **lm.provenance(),
+        **adapter_provenance(adapter),
         "geomsafe_version": __version__,
         "hook_site": "decoder_layer_output",
         "config": cfg.to_dict(),

@@ -32,6 +32,8 @@ Modes:
 
 Sequences are told apart by their KV cache: a forward pass with an empty cache starts a new
 :class:`Trace` (one per ``generate`` call), so generation without a cache is not supported.
+A session keeps every trace until it ends and serves one generation at a time: open one
+context per batch of work (as :mod:`.serve` does per request), not one per process.
 """
 
 from __future__ import annotations

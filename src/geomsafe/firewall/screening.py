@@ -32,9 +32,10 @@ from torch import Tensor
 from geomsafe import __version__
 from geomsafe.atlas import atomic_write
 from geomsafe.errors import GeomsafeError
-from geomsafe.evaluate import adapter_sha256, attach_adapter
+from geomsafe.evaluate import adapter_sha256
 from geomsafe.evaluate.generate import SamplingConfig, eos_ids, generate
 from geomsafe.evaluate.prompts import EvalPrompt, load_prompt_set, prompts_hash, select
+from geomsafe.firewall.adapter import adapter_provenance, check_adapter, maybe_adapter
 from geomsafe.firewall.config import Firewall
 from geomsafe.firewall.hooks import Session, Verdict
 from geomsafe.formatting import Example, encode
@@ -276,8 +277,7 @@ def run(
     fw = firewall if isinstance(firewall, Firewall) else Firewall.load(firewall)
     cfg = sampling or SamplingConfig(samples_per_prompt=1, temperature=0.0, max_new_tokens=64)
     cfg.validate()
-    if adapter is not None and not Path(adapter).is_dir():
-        raise GeomsafeError(f"adapter folder not found: {adapter}")
+    check_adapter(adapter)
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise GeomsafeError(f"--out {out} exists and is not a folder")
     if isinstance(prompts, str):
@@ -291,17 +291,14 @@ def run(
     calibrated_on = fw.provenance.get("model_source")
     if calibrated_on is not None and calibrated_on != lm.source:
         notes.append(f"the firewall was calibrated on {calibrated_on}, not on {lm.source}")
-    if adapter is not None:
-        notes.append("thresholds come from the base model's benign traffic, not the adapter's")
-        with attach_adapter(lm, adapter):
-            screened = screen(lm, fw, items, mode, cfg, refusal=refusal, progress=progress)
-    else:
+    if adapter is not None and fw.provenance.get("adapter_sha256") != adapter_sha256(adapter):
+        notes.append("the thresholds were not calibrated on this adapter's benign traffic")
+    with maybe_adapter(lm, adapter):
         screened = screen(lm, fw, items, mode, cfg, refusal=refusal, progress=progress)
     provenance = {
         **lm.provenance(),
         "geomsafe_version": __version__,
-        "adapter": str(Path(adapter).resolve()) if adapter is not None else None,
-        "adapter_sha256": adapter_sha256(adapter) if adapter is not None else None,
+        **adapter_provenance(adapter),
         "firewall": str(Path(firewall).resolve()) if isinstance(firewall, str | Path) else None,
         "firewall_provenance": fw.provenance,
         "prompts": spec,

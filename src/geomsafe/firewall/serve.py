@@ -34,7 +34,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +49,7 @@ from starlette.exceptions import HTTPException
 
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.generate import SamplingConfig, eos_ids
+from geomsafe.firewall.adapter import check_adapter, maybe_adapter
 from geomsafe.firewall.config import MODES, Firewall
 from geomsafe.firewall.screening import Screened, screen
 from geomsafe.formatting import Example, encode
@@ -429,17 +430,6 @@ def start_server(app, host: str = "127.0.0.1", port: int = 0):
     return server, sock.getsockname()[1], thread
 
 
-@contextlib.contextmanager
-def _maybe_adapter(lm: LoadedModel, adapter: str | Path | None) -> Iterator[None]:
-    if adapter is None:
-        yield
-        return
-    from geomsafe.evaluate import attach_adapter
-
-    with attach_adapter(lm, adapter):
-        yield
-
-
 def serve(
     model: str | LoadedModel,
     firewall: str | Path | Firewall,
@@ -452,9 +442,8 @@ def serve(
     """Serve ``model`` (with ``adapter``) under ``firewall`` until interrupted."""
 
     fw = firewall if isinstance(firewall, Firewall) else Firewall.load(firewall)
-    if adapter is not None and not Path(adapter).is_dir():
-        raise GeomsafeError(f"adapter folder not found: {adapter}")
+    check_adapter(adapter)
     lm = model if isinstance(model, LoadedModel) else load(model)
-    with _maybe_adapter(lm, adapter):
+    with maybe_adapter(lm, adapter):
         app = create_app(lm, fw, config)
         uvicorn.run(app, host=host, port=port, log_level="info")
