@@ -9,7 +9,7 @@ from geomsafe.firewall import Check, Firewall
 from geomsafe.firewall.hooks import cap_coefficients, lm_module
 from geomsafe.formatting import Example, encode
 from geomsafe.layers import get_layers
-from geomsafe.testing import tiny_firewall, tiny_model
+from geomsafe.testing import tiny_firewall
 
 PROMPTS = ["What is the capital of France?", "hi", "Tell me a story about a dragon."]
 
@@ -36,9 +36,8 @@ def _generate(model, lm, prompts, n=6):
     )
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_monitor_changes_no_logits_and_scores_equal_hidden_states(family):
-    lm = tiny_model(family)
+def test_monitor_changes_no_logits_and_scores_equal_hidden_states(any_tiny):
+    lm = any_tiny
     fw = make_firewall(lm.d_model)
     ex = Example(PROMPTS[0], "Paris.")
     ids = torch.tensor([encode(lm.tokenizer, ex).input_ids])
@@ -86,8 +85,8 @@ def _clamped_outputs(lm, fw, ex):
     return plain, clamped
 
 
-def test_clamp_caps_every_projection_and_keeps_the_orthogonal_complement(tiny_llama):
-    lm = tiny_llama
+def test_clamp_caps_every_projection_and_keeps_the_orthogonal_complement(any_tiny):
+    lm = any_tiny
     # one layer: its output before the clamp is the plain model's
     fw = make_firewall(lm.d_model, tau=-0.05).select(["harmful_request", "tox", "dec"])
     plain, clamped = _clamped_outputs(lm, fw, Example(PROMPTS[2]))
