@@ -85,6 +85,12 @@ def test_malformed_requests_get_a_clear_4xx(server):
         _ask(client, "hi", n=2)
     with pytest.raises(openai.BadRequestError, match="temperature"):
         _ask(client, "hi", temperature=-1)
+    with pytest.raises(openai.BadRequestError, match="assistant"):
+        client.chat.completions.create(
+            model="tiny-llama", messages=[{"role": "assistant", "content": "x"}]
+        )
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        _ask(client, "hi", max_tokens=5000)
     with pytest.raises(openai.NotFoundError, match="not found"):
         client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
     assert httpx.get(f"{base}/nothing", timeout=30).status_code == 404

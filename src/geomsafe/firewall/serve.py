@@ -187,7 +187,13 @@ class Engine:
             {"role": roles.get(m.role, m.role), "content": m.text()} for m in req.messages
         )
         example = Example(turns)
-        n_prompt = len(encode(self.lm.tokenizer, example).input_ids)
+        try:
+            n_prompt = len(encode(self.lm.tokenizer, example).input_ids)
+        except Exception as exc:  # an empty prompt, a chat template that rejects the turns
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            message = f"could not render the messages: {first[:200]}"
+            raise BadRequest(message, param="messages") from exc
+
         limit = self.config.max_tokens_limit
         max_new = req.max_completion_tokens or req.max_tokens or self.config.max_tokens
         if max_new > limit:
