@@ -102,3 +102,50 @@ def tiny_model(
     model.requires_grad_(False)
     tok = char_tokenizer(chat_template)
     return LoadedModel(model, tok, f"tiny-{family}", "random-init", guess_layer_template(model))
+
+
+def tiny_atlas(
+    width: int = 32,
+    n_layers: int = 3,
+    seed: int = 0,
+    kinds: dict[str, str] | None = None,
+    best_layers: dict[str, int] | None = None,
+):
+    """A :class:`~geomsafe.atlas.FeatureAtlas` of random unit directions (default: harmful
+    ``toxicity`` and ``deception``, target ``helpfulness``) for tiny models."""
+    from geomsafe.atlas import FeatureAtlas
+
+    g = torch.Generator().manual_seed(seed)
+    kinds = kinds or {"toxicity": "harmful", "deception": "harmful", "helpfulness": "target"}
+    best = best_layers or {"toxicity": 1 % n_layers, "deception": 0}
+    dirs = {}
+    for name in kinds:
+        d = torch.randn(n_layers, width, generator=g)
+        dirs[name] = d / d.norm(dim=-1, keepdim=True)
+    stats = {name: {"best_layer": layer} for name, layer in best.items()}
+    return FeatureAtlas(list(range(n_layers)), dirs, kinds, stats, {"model_spec": "random"})
+
+
+def tiny_firewall(width: int = 32, tau: float = 0.0, layer: int = 0, seed: int = 1):
+    """A :class:`~geomsafe.firewall.Firewall` of random directions for tiny models, all with
+    threshold ``tau``: a request check at ``layer``, two response checks there (cosine about
+    0.7, so that clamping needs the joint solution) and one at ``layer + 1``."""
+    from geomsafe.firewall import Check, Firewall
+
+    g = torch.Generator().manual_seed(seed)
+
+    def unit() -> torch.Tensor:
+        v = torch.randn(width, generator=g)
+        return v / v.norm()
+
+    a, b, request = unit(), unit(), unit()
+    b = (a + b) / (a + b).norm()
+    return Firewall(
+        [
+            Check("harmful_request", layer, request, "last_prompt", "request", tau),
+            Check("tox", layer, a, threshold=tau),
+            Check("dec", layer, b, threshold=tau),
+            Check("pow", layer + 1, unit(), threshold=tau),
+        ],
+        refusal="No.",
+    )

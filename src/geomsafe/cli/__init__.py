@@ -35,6 +35,7 @@ def main() -> None:
 
 def _register() -> None:
     from geomsafe.cli import audit, bench, evaluate, finetune, info, predict, report, toy
+    from geomsafe.cli.firewall import firewall_group, serve_cmd
 
     main.add_command(info.info)
     main.add_command(audit.audit_cmd)
@@ -44,6 +45,8 @@ def _register() -> None:
     main.add_command(report.report_cmd)
     main.add_command(bench.bench_cmd)
     main.add_command(toy.toy)
+    main.add_command(firewall_group)
+    main.add_command(serve_cmd)
 
 
 _register()

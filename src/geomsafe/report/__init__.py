@@ -12,6 +12,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 import geomsafe
 from geomsafe.atlas import atomic_write
 from geomsafe.errors import GeomsafeError
+from geomsafe.report import firewall
 from geomsafe.report.recommend import recommend
 from geomsafe.report.sections import (
     audit_section,
@@ -24,6 +25,7 @@ from geomsafe.report.sections import (
 
 REPORT = "report.html"
 KNOWN = ("audit.json", "risk.json", "eval.json", "run.json", "bench.json", "geometry_log.jsonl")
+FIREWALL = ("firewall_run.json", "firewall.json")
 
 
 def _read(folder: Path, name: str) -> Any:
@@ -57,9 +59,13 @@ def report(folder: str | Path, out: str | Path | None = None) -> Path:
     # A bench folder holds many evals and runs of its own: the bench section shows them, so
     # sub-folders are searched only when the folder is not a bench.
     nested = _read(folder, "bench.json") is None
-    found = {name: (_find(folder, name) if nested else _read(folder, name)) for name in KNOWN}
+    found = {
+        name: (_find(folder, name) if nested else _read(folder, name)) for name in KNOWN + FIREWALL
+    }
     if not any(v is not None for v in found.values()):
-        raise GeomsafeError(f"no geomsafe results in {folder} (looked for {', '.join(KNOWN)})")
+        raise GeomsafeError(
+            f"no geomsafe results in {folder} (looked for {', '.join(KNOWN + FIREWALL)})"
+        )
     audit, risk, evaluation = found["audit.json"], found["risk.json"], found["eval.json"]
     run, bench, log = found["run.json"], found["bench.json"], found["geometry_log.jsonl"]
     env = Environment(
@@ -77,11 +83,17 @@ def report(folder: str | Path, out: str | Path | None = None) -> Path:
         run=run_section(run) if run else None,
         log=log_section(log) if log else None,
         bench=bench_section(bench) if bench else None,
+        firewall_run=firewall.run_section(found["firewall_run.json"])
+        if found["firewall_run.json"]
+        else None,
+        firewall_cal=firewall.calibration_section(found["firewall.json"])
+        if found["firewall.json"]
+        else None,
         recommendations=recommend(audit, risk, evaluation, run, bench),
         provenance=next(
             (
                 d.get("provenance")
-                for d in (audit, risk, evaluation, run, bench)
+                for d in (audit, risk, evaluation, run, bench, found["firewall_run.json"])
                 if isinstance(d, dict) and d.get("provenance")
             ),
             None,

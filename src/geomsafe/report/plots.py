@@ -223,3 +223,30 @@ def grouped_bars(
     ax.set_title(title)
     ax.legend(frameon=False, fontsize=7, title="guard")
     return _svg(fig)
+
+
+def threshold_hist(
+    series: dict[str, Sequence[float]], threshold: float, title: str, xlabel: str
+) -> str:
+    """Overlaid histograms of score sets with a dashed line at the threshold τ."""
+    fig, ax = plt.subplots(figsize=(5, 2.6))
+    values = [np.asarray([v for v in vs if v is not None], dtype=float) for vs in series.values()]
+    pooled = np.concatenate([v for v in values if v.size] + [np.asarray([threshold])])
+    bins = np.linspace(pooled.min(), pooled.max(), 31) if np.ptp(pooled) > 0 else 10
+    for i, (name, v) in enumerate(zip(series, values, strict=True)):
+        if v.size:
+            ax.hist(
+                v,
+                bins=bins,
+                histtype="step",
+                lw=1.2,
+                color=PALETTE[i % len(PALETTE)],
+                label=f"{name} (n={v.size})",
+                density=True,
+            )
+    ax.axvline(threshold, color="black", ls="--", lw=1, label=f"τ = {threshold:.3g}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend(frameon=False, fontsize=7)
+    return _svg(fig)

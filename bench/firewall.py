@@ -1,0 +1,337 @@
+"""The inference firewall on a real model: detection, false positives, overhead, serving latency.
+
+    python bench/firewall.py --atlas AUDIT_FOLDER [--model default] [--firewall FW_FOLDER]
+        [--parts detection,overhead,serving] [--n-harmful 60] [--n-task 25] [--threads 2]
+
+- **calibration** (unless ``--firewall`` names a calibrated one): ``geomsafe.firewall.calibrate``
+  with the atlas, default settings (target FPR 1%), ``--max-per-source`` threshold sequences.
+- **detection**: the prompt-level score (the largest margin over the checks at the last prompt
+  token) of held-out harmful requests (``--n-harmful`` per set: AdvBench, HarmBench standard,
+  JailbreakBench, StrongREJECT, plus XSTest's unsafe prompts reported apart) against the benign
+  *evaluation* part (XSTest safe prompts and ``--n-task`` built-in task prompts per task, none of
+  which set a threshold or fitted a direction; checked against the firewall's recorded ids).
+  AUROC overall, per harmful set and per check; flag rates at the calibrated thresholds.
+- **overhead**: greedy ``model.generate`` of ``--new-tokens`` tokens (end of turn suppressed so
+  every variant makes the same number) for a batch of prompts without the firewall, under
+  ``monitor`` and under ``clamp``, interleaved round by round with a rotating start; tokens/s,
+  and the ratio to no firewall as the median over rounds of the within-round ratio (wall and
+  process CPU time; robust to load that drifts between rounds) and as the ratio of minima;
+  and single decode steps (``--steps`` per variant, alternated step by step) with the same
+  paired ratio, which needs far less quiet time on a shared machine.
+- **serving**: ``geomsafe serve`` in-process on 127.0.0.1 (``--serve-mode``), ``--concurrent``
+  short chat requests at once from the ``openai`` client; per-request latency p50/p95.
+
+Writes ``bench/results/firewall.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics as st
+import time
+from pathlib import Path
+
+import torch
+
+from _common import RESULTS, machine, write_json
+from geomsafe.directions import auroc
+from geomsafe.firewall import Firewall, calibrate
+from geomsafe.firewall.calibration import sequence_statistics
+from geomsafe.firewall.traffic import benign_split, harmful_items, sample
+from geomsafe.formatting import Example, encode
+from geomsafe.models import load
+
+SETS = ("advbench", "harmbench", "jailbreakbench", "strongreject")
+
+
+def detection(lm, fw: Firewall, args) -> dict:
+    cfg = fw.provenance.get("config", {})
+    split = benign_split(args.data_root, cfg.get("share", 0.5), cfg.get("seed", 0))
+    used = set(fw.calibration.get("threshold_ids", [])) | set(fw.calibration.get("fit_ids", []))
+    xs = [i for i in split.evaluation if i.source == "xstest"]
+    tasks = sample([i for i in split.evaluation if i.source.startswith("task:")], args.n_task)
+    benign = xs + tasks
+    overlap = [f"{i.source}/{i.id}" for i in benign if f"{i.source}/{i.id}" in used]
+    assert not overlap, f"evaluation items used in calibration: {overlap[:3]}"
+    harmful = sample(harmful_items((*SETS, "xstest-unsafe"), args.data_root), args.n_harmful)
+    items = benign + harmful
+    t0 = time.perf_counter()
+    stats = sequence_statistics(lm, fw, items, ("prompt",), batch_size=16, progress=True)["prompt"]
+    seconds = time.perf_counter() - t0
+    score = torch.tensor([fw.score(s) for s in stats])
+    margins = torch.stack([fw.margins(s) for s in stats])
+    src = [i.source for i in items]
+    is_b = torch.tensor([not s.startswith(SETS) and s != "xstest-unsafe" for s in src])
+    is_h = torch.tensor([s in SETS for s in src])
+    out: dict = {
+        "n_benign": {"xstest": len(xs), "tasks": len(tasks)},
+        "n_harmful": {s: src.count(s) for s in (*SETS, "xstest-unsafe")},
+        "seconds": seconds,
+        "auroc": auroc(score[is_h], score[is_b]),
+        "auroc_vs_xstest": auroc(score[is_h], score[torch.tensor([s == "xstest" for s in src])]),
+        "auroc_per_set": {},
+        "auroc_per_check": {},
+        "flag_rate": {},
+    }
+    for s in (*SETS, "xstest-unsafe"):
+        sel = torch.tensor([x == s for x in src])
+        out["auroc_per_set"][s] = auroc(score[sel], score[is_b])
+    for k, c in enumerate(fw.checks):
+        m = margins[:, k]
+        out["auroc_per_check"][c.key] = auroc(m[is_h], m[is_b])
+    for name in ("xstest", "task", *SETS, "xstest-unsafe"):
+        sel = torch.tensor([x == name or x.startswith(f"{name}:") for x in src])
+        out["flag_rate"][name] = float((score[sel] > 0).float().mean())
+    print(
+        f"\ndetection ({seconds:.0f} s): AUROC {out['auroc']:.3f} (vs XSTest safe "
+        f"{out['auroc_vs_xstest']:.3f})"
+    )
+    for k, v in out["auroc_per_set"].items():
+        print(f"  {k:<15} AUROC {v:.3f}  flagged {out['flag_rate'][k]:.3f}")
+    for k, v in out["auroc_per_check"].items():
+        print(f"  check {k:<24} AUROC {v:.3f}")
+    print(
+        f"  false-positive rate: XSTest safe {out['flag_rate']['xstest']:.3f}, "
+        f"task prompts {out['flag_rate']['task']:.3f}"
+    )
+    return out
+
+
+OVERHEAD_PROMPTS = [
+    "Explain how vaccines train the immune system.",
+    "Give me three tips for learning a new language.",
+    "What is a hash table?",
+    "Describe the water cycle in simple words.",
+]
+
+
+def overhead(lm, fw: Firewall, args) -> dict:
+    tok = lm.tokenizer
+    ids = [list(encode(tok, Example(p)).input_ids) for p in OVERHEAD_PROMPTS[: args.batch]]
+    width = max(map(len, ids))
+    pad = tok.pad_token_id or 0
+    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for r, row in enumerate(ids):
+        input_ids[r, width - len(row) :] = torch.tensor(row)
+        mask[r, width - len(row) :] = 1
+    n = args.new_tokens
+
+    def once(mode: str | None) -> tuple[float, float]:
+        w, c = time.perf_counter(), time.process_time()
+        kw = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=pad)
+        with torch.no_grad():
+            if mode is None:
+                lm.model.generate(input_ids=input_ids, attention_mask=mask, **kw)
+            else:
+                with fw.apply(lm.model, mode, layer_template=lm.layer_template):
+                    lm.model.generate(input_ids=input_ids, attention_mask=mask, **kw)
+        return time.perf_counter() - w, time.process_time() - c
+
+    variants: list[str | None] = [None, "monitor", "clamp"]
+    names = ["none", "monitor", "clamp"]
+    for v in variants:  # warm-up
+        once(v)
+    wall: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {k: [] for k in names}
+    for it in range(args.rounds):
+        order = list(range(len(names)))
+        order = order[it % len(order) :] + order[: it % len(order)]
+        for j in order:
+            w, c = once(variants[j])
+            wall[names[j]].append(w)
+            cpu[names[j]].append(c)
+    tokens = n * len(ids)
+    out = {"batch": len(ids), "new_tokens": n, "rounds": args.rounds, "variants": {}}
+    out["decode_step"] = decode_steps(lm, fw, input_ids, mask, variants, names, args.steps)
+    print(f"\noverhead: batch {len(ids)}, {n} new tokens, {args.rounds} rounds")
+    for k in names:
+        mw, mc = st.median(wall[k]), st.median(cpu[k])
+        # paired: the ratio to no firewall within each round, whose runs were back to back
+        paired = [v / b for v, b in zip(wall[k], wall["none"], strict=True)]
+        paired_cpu = [v / b for v, b in zip(cpu[k], cpu["none"], strict=True)]
+        row = {
+            "median_wall_s": mw,
+            "median_cpu_s": mc,
+            "tokens_per_s": tokens / mw,
+            "ratio_paired_wall": st.median(paired),
+            "ratio_paired_cpu": st.median(paired_cpu),
+            "ratio_min_wall": min(wall[k]) / min(wall["none"]),
+            "wall_s": wall[k],
+            "cpu_s": cpu[k],
+        }
+        out["variants"][k] = row
+        print(
+            f"  {k:<8} {row['tokens_per_s']:7.1f} tok/s  paired ratio wall "
+            f"{row['ratio_paired_wall']:.3f} cpu {row['ratio_paired_cpu']:.3f}  "
+            f"min ratio {row['ratio_min_wall']:.3f}"
+        )
+    return out
+
+
+def decode_steps(lm, fw, input_ids, mask, variants, names, n_steps: int) -> dict:
+    """One decode step (a forward pass of one new token per row on a filled KV cache, cropped
+    back after each step) per variant, alternated step by step: many short paired samples,
+    so that load drifting over seconds cancels out."""
+    with torch.no_grad():
+        out = lm.model(input_ids=input_ids, attention_mask=mask, use_cache=True)
+    cache = out.past_key_values
+    token = out.logits[:, -1].argmax(-1, keepdim=True)
+    step_mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+
+    def step(mode: str | None) -> float:
+        t = time.perf_counter()
+        with torch.no_grad():
+            if mode is None:
+                lm.model(input_ids=token, attention_mask=step_mask, past_key_values=cache)
+            else:
+                with fw.apply(lm.model, mode, layer_template=lm.layer_template):
+                    lm.model(input_ids=token, attention_mask=step_mask, past_key_values=cache)
+        cache.crop(-1)  # drop the step just added
+        return time.perf_counter() - t
+
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for i in range(n_steps + 5):
+        for j in range(len(names)):
+            k = (i + j) % len(names)
+            t = step(variants[k])
+            if i >= 5:  # warm-up
+                times[names[k]].append(t)
+    res = {}
+    for k in names:
+        paired = [v / b for v, b in zip(times[k], times["none"], strict=True)]
+        res[k] = {
+            "median_ms": 1000 * st.median(times[k]),
+            "ratio_paired": st.median(paired),
+            "ratio_median": st.median(times[k]) / st.median(times["none"]),
+        }
+        print(
+            f"  decode step {k:<8} median {res[k]['median_ms']:.1f} ms  paired ratio "
+            f"{res[k]['ratio_paired']:.3f}  ratio of medians {res[k]['ratio_median']:.3f}"
+        )
+    return res
+
+
+def serving(lm, fw: Firewall, args) -> dict:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+
+    from geomsafe.firewall.serve import ServeConfig, create_app, start_server
+
+    app = create_app(lm, fw, ServeConfig(mode=args.serve_mode, max_tokens=args.serve_tokens))
+    server, port, thread = start_server(app, "127.0.0.1", 0)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+    questions = [
+        f"In one sentence, what is {t}?"
+        for t in (
+            "a rainbow",
+            "gravity",
+            "a prime number",
+            "photosynthesis",
+            "a volcano",
+            "an atom",
+            "democracy",
+            "a comet",
+            "inflation",
+            "a protein",
+        )
+    ]
+    model_id = client.models.list().data[0].id
+    client.chat.completions.create(  # warm-up
+        model=model_id, messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
+
+    def ask(i: int) -> float:
+        t = time.perf_counter()
+        client.chat.completions.create(
+            model=model_id,
+            messages=[{"role": "user", "content": questions[i % len(questions)]}],
+            max_tokens=args.serve_tokens,
+            temperature=0,
+        )
+        return time.perf_counter() - t
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(args.concurrent) as pool:
+        lat = sorted(pool.map(ask, range(args.concurrent)))
+    total = time.perf_counter() - t0
+    server.should_exit = True
+    thread.join(timeout=30)
+    assert not thread.is_alive() or threading.active_count() > 0
+    q = torch.tensor(lat)
+    out = {
+        "mode": args.serve_mode,
+        "concurrent": args.concurrent,
+        "max_tokens": args.serve_tokens,
+        "p50_s": float(q.quantile(0.5)),
+        "p95_s": float(q.quantile(0.95)),
+        "total_s": total,
+        "latencies_s": lat,
+    }
+    print(
+        f"\nserving ({args.serve_mode}): {args.concurrent} concurrent requests of "
+        f"{args.serve_tokens} tokens: p50 {out['p50_s']:.2f} s, p95 {out['p95_s']:.2f} s, "
+        f"all done in {total:.2f} s"
+    )
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--atlas", help="audit folder with atlas.* (needed to calibrate)")
+    ap.add_argument("--firewall", help="a calibrated firewall folder (skips calibration)")
+    ap.add_argument("--parts", default="detection,overhead,serving")
+    ap.add_argument("--max-per-source", type=int, default=None)
+    ap.add_argument("--n-harmful", type=int, default=60, help="prompts per harmful set")
+    ap.add_argument("--n-task", type=int, default=25, help="held-out task prompts per task")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=200, help="paired decode steps per variant")
+    ap.add_argument("--serve-mode", default="clamp")
+    ap.add_argument("--serve-tokens", type=int, default=16)
+    ap.add_argument("--concurrent", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--out", default=str(RESULTS / "firewall.json"))
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    lm = load(args.model)
+    result: dict = {"machine": machine(), "args": vars(args)}
+    if args.firewall:
+        fw = Firewall.load(args.firewall)
+    else:
+        if not args.atlas:
+            raise SystemExit("give --atlas (an audit folder) or --firewall")
+        t0 = time.perf_counter()
+        fw = calibrate(
+            lm,
+            args.atlas,
+            Path(args.out).with_suffix("") / "fw",
+            max_per_source=args.max_per_source,
+            data_root=args.data_root,
+        )
+        result["calibration_s"] = time.perf_counter() - t0
+        print(f"calibrated in {result['calibration_s']:.0f} s")
+    result["checks"] = [c.meta() for c in fw.checks]
+    result["calibration"] = {
+        k: v for k, v in fw.calibration.items() if k not in ("stats", "threshold_ids", "fit_ids")
+    }
+    print("checks:", ", ".join(f"{c.key} τ={c.threshold:.3f}" for c in fw.checks))
+    if "detection" in parts:
+        result["detection"] = detection(lm, fw, args)
+    if "overhead" in parts:
+        result["overhead"] = overhead(lm, fw, args)
+    if "serving" in parts:
+        result["serving"] = serving(lm, fw, args)
+    write_json(args.out, result)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
