@@ -10,6 +10,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from geomsafe.atlas import FeatureAtlas
+from geomsafe.capture import record
 from geomsafe.guard import GUARDS, AtlasGuard, register
 from geomsafe.layers import decoder_blocks
 from geomsafe.testing import tiny_model
@@ -88,6 +89,14 @@ def residuals(model, batch) -> tuple[torch.Tensor, ...]:
         output_hidden_states=True,
     )
     return out.hidden_states[1:]
+
+
+def layer_outs(model, batch, layers, template=PEFT_TEMPLATE) -> dict[int, torch.Tensor]:
+    """Decoder-layer outputs at ``layers`` (recorded after any hook installed before)."""
+    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with record(model, layers, template) as store:
+        model(**kwargs)
+    return dict(store)
 
 
 def assistant_mean(hidden: torch.Tensor, batch, direction: torch.Tensor) -> float:
