@@ -105,6 +105,17 @@ def assistant_mean(hidden: torch.Tensor, batch, direction: torch.Tensor) -> floa
     return float((hidden.detach()[mask] @ direction).mean())
 
 
+def check_own_projection_logged(guard, model, batch, before: torch.Tensor, atlas) -> None:
+    """A guard that changes the layer output logs the model's own projection (``before`` the
+    change) of ``tox`` at layer 1, and no penalty."""
+    with guard.install(model):
+        model(**batch)
+    assert guard.penalty(model, batch) is None
+    direct = assistant_mean(before, batch, atlas.direction("tox", 1))
+    assert abs(guard.log()["proj/tox"] - direct) < 1e-5
+    assert guard.log()["penalty"] == 0.0
+
+
 @contextlib.contextmanager
 def custom_guard_kind(kind: str = "square") -> Iterator[type[AtlasGuard]]:
     """A guard kind geomsafe does not ship, defined and registered here, unregistered after the

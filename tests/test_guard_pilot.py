@@ -115,3 +115,18 @@ def test_bad_pilot_input():
         GuardConfig(pilot=PilotConfig(pcs=0)).validate()
     with pytest.raises(GeomsafeError, match="guard source"):
         GuardConfig(source="sae").validate()
+
+
+def test_a_shift_within_the_allowed_span_is_dropped():
+    atlas = random_atlas()
+    tox = atlas.direction("tox", 1)
+    atlas.directions["help"][1] = unit(tox + 0.01 * atlas.direction("code", 1))
+    base = {1: anisotropic()}
+    tuned = {1: shifted(base[1], tox)}
+    config = PilotConfig(pcs=1)
+    free = select_shifts(base, tuned, atlas, ["tox"], config)
+    assert free.names == ["pc0_L1"]
+    allowed = select_shifts(base, tuned, atlas, ["tox"], config, allow=["help"])
+    (comp,) = allowed.components
+    assert not comp.kept and comp.note == "within the allowed span" and allowed.atlas is None
+    assert abs(comp.cosine) > comp.band  # above its band, but the drift the allow-list keeps

@@ -20,7 +20,9 @@ training examples (the run itself: :func:`geomsafe.train.pilot.pilot_directions`
    harmful directions tested at the layer).
 4. **Selection.** ``pc_i`` is kept when ``max_h |cos_ih|`` exceeds its band; it is assigned
    to that ``h`` and re-oriented so that ``cos_ih > 0`` (steering and one-sided penalties then
-   act towards the harmful side).
+   act towards the harmful side). With an allow-list, a shift that lies within the allowed
+   directions' span (residual norm below :data:`geomsafe.guard.allow.MIN_RESIDUAL`) is
+   dropped instead: it is the drift the allow-list means to keep.
 
 The kept shifts form a :class:`~geomsafe.atlas.FeatureAtlas` of harmful features named
 ``pc<i>_L<layer>`` whose best layer is their own (guards with ``layers=None`` use each at its
@@ -41,6 +43,8 @@ from torch import Tensor
 
 from geomsafe.atlas import FeatureAtlas, atomic_write
 from geomsafe.errors import GeomsafeError
+from geomsafe.guard.allow import MIN_RESIDUAL
+from geomsafe.guard.basis import orthonormal_basis
 
 PILOT_KIND = "pilot"
 PILOT_JSON = "pilot.json"
@@ -83,6 +87,7 @@ class PilotComponent:
     band: float  # null band of |cosine|
     kept: bool
     cosines: dict[str, float] = field(default_factory=dict)  # with every guarded concept
+    note: str = ""  # why a shift above its band was dropped ("within the allowed span")
 
 
 @dataclass
@@ -216,12 +221,20 @@ def select_shifts(
         generator = torch.Generator().manual_seed(seed * 100_003 + layer)
         band = null_band(b, pcs, config.draws, quantile, generator)
         harmful = atlas.matrix(layer, names).float().cpu()
+        allowed = None
+        if allow:
+            allowed = orthonormal_basis(atlas.matrix(layer, list(allow)).float().cpu())
         cos = pcs @ harmful.T  # [k, H]
         for i in range(pcs.shape[0]):
             j = int(cos[i].abs().argmax())
             sign = 1.0 if float(cos[i, j]) >= 0 else -1.0
             name = f"pc{i}_L{layer}"
             ok = abs(float(cos[i, j])) > float(band[i])
+            note = ""
+            if ok and allowed is not None:
+                inside = pcs[i] - (pcs[i] @ allowed) @ allowed.T
+                if float(inside.norm()) < MIN_RESIDUAL:
+                    ok, note = False, "within the allowed span"
             components.append(
                 PilotComponent(
                     name=name,
@@ -233,6 +246,7 @@ def select_shifts(
                     band=float(band[i]),
                     kept=ok,
                     cosines={c: sign * float(cos[i, n]) for n, c in enumerate(names)},
+                    note=note,
                 )
             )
             if ok:

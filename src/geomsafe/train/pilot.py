@@ -31,8 +31,8 @@ from geomsafe.guard.pilot import select_shifts
 from geomsafe.models import LoadedModel
 from geomsafe.shift import adapter_disabled, view
 from geomsafe.train.config import TrainConfig
-from geomsafe.train.data import TrainData, load_data
-from geomsafe.train.steps import run_steps
+from geomsafe.train.data import TrainData
+from geomsafe.train.steps import run_steps, train_data
 
 
 def split_heldout(n: int, heldout: int, seed: int) -> tuple[list[int], list[int]]:
@@ -59,14 +59,7 @@ def pilot_directions(
     guard_config = guard_config.validate()
     pilot = guard_config.pilot
     config = (config or TrainConfig()).validate()
-    if not isinstance(data, TrainData):
-        data = load_data(
-            data,
-            lm.tokenizer,
-            max_length=config.max_length,
-            truncate=config.truncate,
-            add_eos=config.add_eos,
-        )
+    data = train_data(lm, data, config)
     held, rest = split_heldout(len(data), pilot.heldout, config.seed)
     plans = layer_plans(atlas, dataclasses.replace(guard_config, allow=None))
     concepts = {plan.layer: list(plan.names) for plan in plans}

@@ -50,16 +50,7 @@ def train_steps(
     from transformers import set_seed
 
     set_seed(config.seed)
-    if isinstance(examples, TrainData):
-        data = examples
-    else:
-        data = load_data(
-            examples,
-            lm.tokenizer,
-            max_length=config.max_length,
-            truncate=config.truncate,
-            add_eos=config.add_eos,
-        )
+    data = train_data(lm, examples, config)
     setup = resolve_guards(
         lm,
         guards,
@@ -73,6 +64,22 @@ def train_steps(
         lm, data.features, config, n_steps, setup.guards, setup.monitor if monitor else None
     )
     return list(geometry.step_times)
+
+
+def train_data(
+    lm: LoadedModel, examples: TrainData | Sequence[Example | tuple[str, str]], config: TrainConfig
+) -> TrainData:
+    """``examples`` tokenised for training with ``config``'s length rules (as they are when
+    already a :class:`TrainData`)."""
+    if isinstance(examples, TrainData):
+        return examples
+    return load_data(
+        examples,
+        lm.tokenizer,
+        max_length=config.max_length,
+        truncate=config.truncate,
+        add_eos=config.add_eos,
+    )
 
 
 def run_steps(
