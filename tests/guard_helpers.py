@@ -10,6 +10,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from geomsafe.atlas import FeatureAtlas
+from geomsafe.capture import record
 from geomsafe.guard import GUARDS, AtlasGuard, register
 from geomsafe.layers import decoder_blocks
 from geomsafe.testing import tiny_model
@@ -90,10 +91,29 @@ def residuals(model, batch) -> tuple[torch.Tensor, ...]:
     return out.hidden_states[1:]
 
 
+def layer_outs(model, batch, layers, template=PEFT_TEMPLATE) -> dict[int, torch.Tensor]:
+    """Decoder-layer outputs at ``layers`` (recorded after any hook installed before)."""
+    kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with record(model, layers, template) as store:
+        model(**kwargs)
+    return dict(store)
+
+
 def assistant_mean(hidden: torch.Tensor, batch, direction: torch.Tensor) -> float:
     """Mean projection of the assistant tokens' residuals on ``direction``."""
     mask = batch["labels"] != -100
     return float((hidden.detach()[mask] @ direction).mean())
+
+
+def check_own_projection_logged(guard, model, batch, before: torch.Tensor, atlas) -> None:
+    """A guard that changes the layer output logs the model's own projection (``before`` the
+    change) of ``tox`` at layer 1, and no penalty."""
+    with guard.install(model):
+        model(**batch)
+    assert guard.penalty(model, batch) is None
+    direct = assistant_mean(before, batch, atlas.direction("tox", 1))
+    assert abs(guard.log()["proj/tox"] - direct) < 1e-5
+    assert guard.log()["penalty"] == 0.0
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ from geomsafe.guard import GuardConfig, build_guards
 from guard_helpers import (
     PEFT_TEMPLATE,
     WIDTH,
-    assistant_mean,
+    check_own_projection_logged,
     hooks,
     make_batch,
     peft_llama,
@@ -42,13 +42,7 @@ def test_steer_adds_exactly_during_install_only():
     torch.testing.assert_close(steered - before, expected.expand_as(before), atol=1e-5, rtol=0)
     torch.testing.assert_close(after, before)
     assert hooks(model) == n_hooks
-    # The logged projection is the model's own (before the addition); the penalty is None.
-    with guard.install(model):
-        model(**batch)
-    assert guard.penalty(model, batch) is None
-    direct = assistant_mean(before, batch, atlas.direction("tox", 1))
-    assert guard.log()["proj/tox"] == pytest.approx(direct, abs=1e-5)
-    assert guard.log()["penalty"] == 0.0
+    check_own_projection_logged(guard, model, batch, before, atlas)  # before the addition
 
 
 @pytest.mark.parametrize("scale", ["norm", "diff"])

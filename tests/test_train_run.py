@@ -269,7 +269,8 @@ def test_cli_finetune_prints_table(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "kind", ["orthogonal", "steer", "projection", "covariance", "orthogonal,steer,projection"]
+    "kind",
+    ["orthogonal", "steer", "ablate", "projection", "covariance", "orthogonal,steer,projection"],
 )
 def test_real_guards_plug_in(tmp_path, kind):
     lm = tiny_model("llama")
@@ -331,3 +332,33 @@ def test_a_registered_guard_works_in_finetune_and_the_cli(tmp_path):
     args = cli_args(tmp_path, lm, "--out", str(tmp_path / "gone"), "--guard", "square")
     out = CliRunner().invoke(main, args)
     assert out.exit_code == 2 and "unknown guard 'square'" in out.stderr
+
+
+def test_cli_guard_options_reach_the_guard_config(tmp_path):
+    lm = tiny_model("llama")
+    atlas = lm_atlas(lm)
+    atlas.save(tmp_path / "atlas")
+    extra = [
+        *("--out", str(tmp_path / "run"), "--guard", "ablate,steer", "--atlas"),
+        *(str(tmp_path / "atlas"), "--guard-concepts", "toxicity", "--guard-layers", "0:2"),
+        *("--guard-schedule", "front", "--schedule-steps", "1", "--schedule-floor", "0.5"),
+        *("--allow", "helpfulness", "--steer-coeff", "0.3", "--steer-scale", "unit"),
+    ]
+    out = CliRunner().invoke(main, cli_args(tmp_path, lm, *extra))
+    assert out.exit_code == 0, out.output
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    config = run["provenance"]["guard_config"]
+    assert config["layers"] == [0, 1] and config["allow"] == ["helpfulness"]
+    assert config["schedule"] == "front" and config["schedule_floor"] == 0.5
+    assert config["steer_coeff"] == 0.3 and config["source"] == "atlas"
+    assert [r["strength"] for r in run["geometry_log"]] == [1.0, 0.5, 0.5]
+    assert config["pilot"]["steps"] == GuardConfig().pilot.steps  # defaults from the dataclass
+    for bad, message in [
+        (["--guard-layers", "a-b"], "bad layers 'a-b': use e.g. '3,4,5', a band '3:6' or 'best'"),
+        (["--schedule-floor", "2"], "schedule_floor must be in [0, 1], not 2.0"),
+        (["--allow", "nothing"], "atlas has no direction for allowed concept nothing"),
+    ]:
+        args = cli_args(tmp_path, lm, "--out", str(tmp_path / "bad"), "--guard", "ablate")
+        out = CliRunner().invoke(main, [*args, "--atlas", str(tmp_path / "atlas"), *bad])
+        assert out.exit_code == 2 and "Traceback" not in out.stderr, out.output
+        assert out.stderr.strip().splitlines()[-1] == f"geomsafe: error: {message}"

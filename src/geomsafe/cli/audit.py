@@ -6,16 +6,7 @@ import click
 
 from geomsafe.audit import AuditResult, audit
 from geomsafe.cli.common import model_option, print_table
-from geomsafe.options import split_csv
-
-
-def _ints(value: str | None) -> list[int] | None:
-    if not value:
-        return None
-    if ":" in value:
-        lo, hi = value.split(":")
-        return list(range(int(lo), int(hi)))
-    return [int(v) for v in value.split(",")]
+from geomsafe.options import parse_layers, split_csv
 
 
 def print_audit(result: AuditResult) -> None:
@@ -103,9 +94,9 @@ def audit_cmd(
         target=split_csv(target) or None,
         concepts=split_csv(concepts) or None,
         out=out,
-        layers=_ints(layers),
+        layers=parse_layers(layers),
         layer=layer,
-        band=_ints(band),
+        band=parse_layers(band),
         max_pairs=max_pairs,
         tokens=tokens,
         n_perm=n_perm,

@@ -9,10 +9,16 @@ import sys
 import click
 
 from geomsafe.cli.common import model_option, print_table
-from geomsafe.guard import GuardConfig
+from geomsafe.guard import GuardConfig, PilotConfig
+from geomsafe.guard.base import GUARD_SOURCES, STEER_SCALES
+from geomsafe.guard.schedule import SCHEDULES
+from geomsafe.options import parse_layers, split_csv
 from geomsafe.train import FinetuneResult, TrainConfig
 from geomsafe.train import finetune as run_finetune
 from geomsafe.train.trainer import is_main_process
+
+_DEFAULT = GuardConfig()
+_PILOT = PilotConfig()
 
 
 def print_summary(result: FinetuneResult) -> None:
@@ -26,6 +32,9 @@ def print_summary(result: FinetuneResult) -> None:
     if result.guards:
         rows.append(["guards", ",".join(result.guards)])
         rows.append([f"guard penalty (last {m['window']})", f"{m['final_penalty']:.4g}"])
+    pilot = result.provenance.get("pilot")
+    if pilot:
+        rows.append(["pilot shifts kept", ",".join(pilot["kept"])])
     for name, delta in result.projection_change().items():
         rows.append([f"projection change: {name}", f"{delta:+.4f}"])
     if m["n_truncated"] or m["n_skipped"]:
@@ -56,7 +65,7 @@ def print_summary(result: FinetuneResult) -> None:
 @click.option(
     "--guard",
     "-g",
-    help="Guards, comma-separated: orthogonal,steer,projection,covariance or any kind "
+    help="Guards, comma-separated: orthogonal,steer,ablate,projection,covariance or any kind "
     "registered with geomsafe.guard.register (default: none).",
 )
 @click.option(
@@ -70,7 +79,87 @@ def print_summary(result: FinetuneResult) -> None:
     type=click.Path(file_okay=False),
     help="FeatureAtlas folder (default with --guard: extract one for the concepts).",
 )
-@click.option("--guard-weight", type=float, help="Penalty weight of the guards (GuardConfig).")
+@click.option(
+    "--guard-layers",
+    help="Guarded layers: 'best' (each concept at its best atlas layer), a list '3,4,5' or a "
+    "band '3:6' (end excluded).  [default: best]",
+)
+@click.option(
+    "--guard-weight",
+    type=float,
+    default=_DEFAULT.weight,
+    show_default=True,
+    help="Penalty weight of the projection/covariance guards.",
+)
+@click.option(
+    "--steer-coeff",
+    type=float,
+    default=_DEFAULT.steer_coeff,
+    show_default=True,
+    help="Steer guard: how far along each harmful direction, in --steer-scale units.",
+)
+@click.option(
+    "--steer-scale",
+    type=click.Choice(STEER_SCALES),
+    default=_DEFAULT.steer_scale,
+    show_default=True,
+    help="Steer guard unit: median residual norm, the concept's mean-difference norm, or 1.",
+)
+@click.option(
+    "--guard-schedule",
+    type=click.Choice(SCHEDULES),
+    default=_DEFAULT.schedule,
+    show_default=True,
+    help="Guard strength per step: constant; front (full for --schedule-steps, then "
+    "--schedule-floor); linear_decay (full -> --schedule-floor over --schedule-steps).",
+)
+@click.option(
+    "--schedule-steps",
+    type=int,
+    help="Length of the strong/decaying phase in optimiser steps (default: a quarter of the "
+    "run for front, the whole run for linear_decay).",
+)
+@click.option(
+    "--schedule-floor",
+    type=float,
+    default=_DEFAULT.schedule_floor,
+    show_default=True,
+    help="Guard strength after the strong phase, in [0, 1].",
+)
+@click.option(
+    "--allow",
+    help="Allowed target concepts, comma-separated (e.g. empathy): the guards act only on "
+    "the part of each harmful direction orthogonal to them.",
+)
+@click.option(
+    "--guard-source",
+    type=click.Choice(GUARD_SOURCES),
+    default=_DEFAULT.source,
+    show_default=True,
+    help="Guarded directions: the atlas's concepts, or the principal shifts of a short pilot "
+    "fine-tune that align with them above a permutation null band.",
+)
+@click.option(
+    "--pilot-steps",
+    type=int,
+    default=_PILOT.steps,
+    show_default=True,
+    help="Optimiser steps of the pilot run (--guard-source pilot).",
+)
+@click.option(
+    "--pilot-pcs",
+    type=int,
+    default=_PILOT.pcs,
+    show_default=True,
+    help="Principal shifts tested per guarded layer (--guard-source pilot).",
+)
+@click.option(
+    "--pilot-heldout",
+    type=int,
+    default=_PILOT.heldout,
+    show_default=True,
+    help="Training examples held out of the pilot and compared base vs pilot.",
+)
 @click.option("--epochs", type=float, default=1.0, show_default=True)
 @click.option(
     "--max-steps",
@@ -120,6 +209,51 @@ def finetune(**opts) -> None:
         click.echo(f"\nadapter + geometry log written to {result.out}")
 
 
+def guard_config_of(
+    guard_layers: str | None,
+    guard_weight: float,
+    steer_coeff: float,
+    steer_scale: str,
+    guard_schedule: str,
+    schedule_steps: int | None,
+    schedule_floor: float,
+    allow: str | None,
+    guard_source: str,
+    pilot_steps: int,
+    pilot_pcs: int,
+    pilot_heldout: int,
+) -> GuardConfig:
+    """The GuardConfig of the command's guard options (validated)."""
+    return GuardConfig(
+        layers=parse_layers(guard_layers),
+        weight=guard_weight,
+        steer_coeff=steer_coeff,
+        steer_scale=steer_scale,
+        allow=split_csv(allow) or None,
+        schedule=guard_schedule,
+        schedule_steps=schedule_steps,
+        schedule_floor=schedule_floor,
+        source=guard_source,
+        pilot=PilotConfig(steps=pilot_steps, pcs=pilot_pcs, heldout=pilot_heldout),
+    ).validate()
+
+
+_GUARD_OPTIONS = (
+    "guard_layers",
+    "guard_weight",
+    "steer_coeff",
+    "steer_scale",
+    "guard_schedule",
+    "schedule_steps",
+    "schedule_floor",
+    "allow",
+    "guard_source",
+    "pilot_steps",
+    "pilot_pcs",
+    "pilot_heldout",
+)
+
+
 def _run(
     model,
     data,
@@ -127,21 +261,18 @@ def _run(
     guard,
     guard_concepts,
     atlas,
-    guard_weight,
     lr,
     lora_r,
     lora_alpha,
     no_progress,
     resume,
     overwrite,
-    **train,
+    **rest,
 ) -> FinetuneResult:
+    guard_config = guard_config_of(**{k: rest.pop(k) for k in _GUARD_OPTIONS})
     config = TrainConfig(
-        lora_r=lora_r, lora_alpha=lora_alpha or 2 * lora_r, learning_rate=lr, **train
+        lora_r=lora_r, lora_alpha=lora_alpha or 2 * lora_r, learning_rate=lr, **rest
     )
-    guard_config = None
-    if guard and guard_weight is not None:
-        guard_config = GuardConfig(weight=guard_weight)
     return run_finetune(
         model,
         data,
@@ -152,6 +283,6 @@ def _run(
         config=config,
         resume=resume,
         progress=not no_progress,
-        guard_config=guard_config,
+        guard_config=guard_config if guard else None,
         overwrite=overwrite,
     )

@@ -6,7 +6,9 @@ An atlas guard watches the directions of its :class:`~geomsafe.guard.layer_plan.
 leaves the projections ``hidden @ dirs.T`` (``[B, T, F]``, float32) of the layer output in
 ``recorded``. ``penalty()`` turns them into the mean projection of the batch's assistant tokens
 (labels != -100) on each guarded direction (``proj/<concept>``), accumulated over the
-micro-batches of an optimiser step and closed by ``after_step()``.
+micro-batches of an optimiser step and closed by ``after_step()``. ``begin_step()`` sets the
+guard's strength for the step from its schedule (:mod:`geomsafe.guard.schedule`), logged as
+``strength``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from geomsafe.atlas import FeatureAtlas
 from geomsafe.errors import GeomsafeError
 from geomsafe.guard.base import Guard, GuardConfig
 from geomsafe.guard.layer_plan import LayerPlan, layer_plans
+from geomsafe.guard.schedule import strength
 from geomsafe.guard.shared_hook import installed
 from geomsafe.layers import decoder_blocks
 
@@ -166,6 +169,7 @@ class AtlasGuard(Guard):
         out: dict[str, float] = {}
         pens = self._penalties
         out["penalty"] = float(torch.stack(pens).float().mean()) if pens else 0.0
+        out["strength"] = self.strength
         count = float(self._count)
         if count > 0:
             for name, layers in self._layers_of.items():
@@ -180,6 +184,13 @@ class AtlasGuard(Guard):
         out.update(self._extra)
         return out
 
+    def begin_step(self, step: int, total: int) -> None:
+        """Set this step's strength from ``config.schedule`` (step 0-based, of ``total``)."""
+        cfg = self.config
+        self.set_strength(
+            strength(cfg.schedule, step, total, cfg.schedule_steps, cfg.schedule_floor)
+        )
+
     def update(self, model: nn.Module) -> None:
         """Work after the optimiser step (the orthogonal projection)."""
 
@@ -189,9 +200,9 @@ class AtlasGuard(Guard):
         self._sums, self._count, self._penalties = {}, 0.0, []
 
     def log(self) -> dict[str, float]:
-        """This step's values: mean ``penalty`` over its micro-batches and the mean projection
-        ``proj/<concept>`` of its assistant tokens (at the concept's best layer when guarded
-        at several, each also as ``proj/<concept>@<layer>``)."""
+        """This step's values: mean ``penalty`` over its micro-batches, the ``strength`` it ran
+        at and the mean projection ``proj/<concept>`` of its assistant tokens (at the concept's
+        best layer when guarded at several, each also as ``proj/<concept>@<layer>``)."""
         if self._penalties or float(self._count) > 0:
             return self._current()
         return dict(self._last)

@@ -1,6 +1,6 @@
 """The guard protocol, its configuration, the registry of guard kinds and small helpers.
 
-A guard is a small object with four methods that any training loop can call:
+A guard is a small object with these methods, which any training loop can call:
 
 - ``install(model)``: a context manager whose hooks are active during the *training* forward
   pass (steering adds, the others record);
@@ -8,7 +8,10 @@ A guard is a small object with four methods that any training loop can call:
   to the loss (already weighted) or ``None``;
 - ``after_step(model)``: called after each optimiser step (the orthogonal guard projects the
   LoRA weights here);
-- ``log()``: the last values for the geometry log (``penalty``, ``proj/<concept>``, ...).
+- ``log()``: the last values for the geometry log (``penalty``, ``proj/<concept>``, ...);
+- ``begin_step(step, total)``: called before the first forward of each optimiser step; atlas
+  guards set their strength there from their schedule (:mod:`geomsafe.guard.schedule`);
+  ``set_strength(s)`` sets it directly.
 
 A new kind joins :data:`GUARDS` with ``@register``; ``build_guards``, ``finetune`` and the CLI's
 ``--guard`` then accept its name.
@@ -24,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 
 from geomsafe.errors import GeomsafeError
+from geomsafe.guard.pilot import PilotConfig
+from geomsafe.guard.schedule import SCHEDULES
 from geomsafe.layers import RESIDUAL_WRITERS
 from geomsafe.options import split_csv
 
@@ -33,6 +38,7 @@ if TYPE_CHECKING:
 STEER_SCALES = ("norm", "diff", "unit")
 PROJECTION_MODES = ("both", "increase")
 ORTHOGONAL_SCOPES = ("layer", "upto")
+GUARD_SOURCES = ("atlas", "pilot")
 
 
 @dataclass
@@ -58,6 +64,18 @@ class GuardConfig:
     # directions; upto: the writers of every block j <= l too (all of them feed layer l)
     writers: list[str] = field(default_factory=lambda: list(RESIDUAL_WRITERS))  # orthogonal: module
     # paths in a block that write to the residual stream
+    allow: list[str] | None = None  # allowed (target) concepts: at each layer every guarded
+    # harmful direction is replaced by its unit component orthogonal to their span there
+    # (geomsafe.guard.allow), so the guard leaves their projections alone
+    schedule: str = "constant"  # strength per optimiser step: constant, front (1 for the first
+    # schedule_steps, then schedule_floor) or linear_decay (1 -> schedule_floor over
+    # schedule_steps); see geomsafe.guard.schedule
+    schedule_steps: int | None = None  # None: a quarter of the run (front), the run (linear_decay)
+    schedule_floor: float = 0.0  # the strength after the strong phase
+    source: str = "atlas"  # atlas: the atlas's concept directions; pilot: finetune first runs a
+    # short pilot fine-tune and guards its principal shifts that align with the concepts
+    # (geomsafe.guard.pilot; elsewhere build the guards on pilot_directions(...).atlas)
+    pilot: PilotConfig = field(default_factory=PilotConfig)  # the pilot run (source="pilot")
 
     def validate(self) -> GuardConfig:
         checks = [
@@ -78,10 +96,27 @@ class GuardConfig:
             ),
             (self.concepts is None or len(self.concepts) > 0, "guard concepts list is empty"),
             (self.layers is None or len(self.layers) > 0, "guard layers list is empty"),
+            (
+                self.schedule in SCHEDULES,
+                f"guard schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}",
+            ),
+            (
+                self.schedule_steps is None or self.schedule_steps >= 1,
+                f"schedule_steps must be >= 1, not {self.schedule_steps}",
+            ),
+            (
+                0.0 <= self.schedule_floor <= 1.0,
+                f"schedule_floor must be in [0, 1], not {self.schedule_floor}",
+            ),
+            (
+                self.source in GUARD_SOURCES,
+                f"guard source must be one of {', '.join(GUARD_SOURCES)}, not {self.source!r}",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise GeomsafeError(message)
+        self.pilot.validate()
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,6 +127,7 @@ class Guard:
     """Base class of every guard; the defaults do nothing."""
 
     name: str = "guard"
+    strength: float = 1.0  # share of the guard's knob applied this step (schedule.py)
 
     def install(self, model: nn.Module) -> contextlib.AbstractContextManager[None]:
         """Hooks active during training forward passes. Default: none."""
@@ -116,9 +152,20 @@ class Guard:
         """The last values for the geometry log."""
         return {}
 
+    def set_strength(self, value: float) -> None:
+        """Scale the guard's knob by ``value`` in [0, 1] from now on (see
+        :mod:`geomsafe.guard.schedule` for what it scales in each guard)."""
+        if not 0.0 <= float(value) <= 1.0:
+            raise GeomsafeError(f"{self.name} guard: strength must be in [0, 1], not {value}")
+        self.strength = float(value)
+
+    def begin_step(self, step: int, total: int) -> None:
+        """Called before the first forward of optimiser step ``step`` (0-based) of ``total``.
+        Default: nothing (atlas guards set their scheduled strength)."""
+
 
 GUARDS: dict[str, type[Guard]] = {}
-_ORDER = ("orthogonal", "steer", "projection", "covariance")  # cheapest first
+_ORDER = ("orthogonal", "steer", "ablate", "projection", "covariance")  # cheapest first
 
 
 def register(cls: type[Guard]) -> type[Guard]:
@@ -180,6 +227,13 @@ def combined(guards: Sequence[Guard], model: nn.Module) -> Iterator[None]:
         for family, members in families.items():
             stack.enter_context(family.install_together(members, model))
         yield
+
+
+def begin_steps(guards: Sequence[Guard], step: int, total: int) -> None:
+    """Every guard's :meth:`Guard.begin_step` (call it before each optimiser step's first
+    forward: scheduled strengths are set here)."""
+    for guard in guards:
+        guard.begin_step(step, total)
 
 
 def total_penalty(

@@ -5,12 +5,13 @@ For each guarded layer, with ``R`` the ``[n, D]`` residuals of the batch's assis
 unit directions (recorded, with their graph, by the hook inside ``install``), centred over the
 ``n`` tokens:
 
-    C = P_tᵀ P_h / n        penalty = weight * sum over layers of ||C||_F²
+    C = P_tᵀ P_h / n        penalty = s * weight * sum over layers of ||C||_F²
 
-A fine-tuning run that moves the target features should not move the harmful ones with them;
-driving their covariance in the batch to zero decouples them. No eigendecomposition and no
-extra forward: ``[n, F] x [n, T]`` products only. Note that the penalty is on the covariance
-itself, not its change from the base model, so it is non-zero at initialisation.
+(``s``: the scheduled strength, :mod:`geomsafe.guard.schedule`). A fine-tuning run that moves
+the target features should not move the harmful ones with them; driving their covariance in
+the batch to zero decouples them. No eigendecomposition and no extra forward:
+``[n, F] x [n, T]`` products only. Note that the penalty is on the covariance itself, not its
+change from the base model, so it is non-zero at initialisation.
 """
 
 from __future__ import annotations
@@ -46,4 +47,4 @@ class CovarianceGuard(AtlasGuard):
                 term = cross_covariance(proj[:, f:], proj[:, :f]).pow(2).sum()
             total = term if total is None else total + term
         assert total is not None
-        return self.config.weight * total
+        return self.strength * self.config.weight * total

@@ -1,18 +1,21 @@
 """Which harmful directions a guard watches at which layer.
 
 A plan maps each guarded layer to the guarded concepts there and their unit directions
-(``[F, D]``), plus the target directions at that layer for the covariance guard.
+(``[F, D]``), plus the target directions at that layer for the covariance guard. With an
+allow-list (``GuardConfig.allow``) the harmful directions are orthogonalised against the
+allowed ones at each layer (:mod:`geomsafe.guard.allow`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.errors import GeomsafeError
+from geomsafe.guard.allow import allowed_complement
 from geomsafe.guard.base import GuardConfig
 
 
@@ -25,6 +28,7 @@ class LayerPlan:
     harmful: Tensor  # [F, D] unit rows, float32
     target_names: list[str]
     targets: Tensor | None  # [T, D] unit rows (covariance guard), else None
+    allowed: list[str] = field(default_factory=list)  # the harmful rows are orthogonal to these
 
     @property
     def directions(self) -> Tensor:
@@ -65,9 +69,18 @@ def layer_plans(
         missing = [n for n in target_names if n not in atlas.directions]
         if missing:
             raise GeomsafeError(f"atlas has no target direction for {', '.join(missing)}")
+    allow = list(config.allow or [])
+    missing = [n for n in allow if n not in atlas.directions]
+    if missing:
+        raise GeomsafeError(f"atlas has no direction for allowed concept {', '.join(missing)}")
+    if set(allow) & set(names):
+        raise GeomsafeError(f"{', '.join(set(allow) & set(names))} is both guarded and allowed")
     plans = []
     for layer in sorted(by_layer):
         harmful = atlas.matrix(layer, by_layer[layer]).detach().float().cpu()
+        if allow:
+            allowed = atlas.matrix(layer, allow).detach().float().cpu()
+            harmful = allowed_complement(harmful, allowed, by_layer[layer], allow, layer)
         targets = atlas.matrix(layer, target_names).detach().float().cpu() if target_names else None
-        plans.append(LayerPlan(layer, by_layer[layer], harmful, list(target_names), targets))
+        plans.append(LayerPlan(layer, by_layer[layer], harmful, list(target_names), targets, allow))
     return plans

@@ -29,5 +29,6 @@ class MonitorGuard(AtlasGuard):
         super().__init__(atlas, GuardConfig(concepts=list(concepts)), layer_template)
 
     def log(self) -> dict[str, float]:
-        """``proj/<concept>`` of the step (no ``penalty``: the monitor has none)."""
-        return {k: v for k, v in super().log().items() if k != "penalty"}
+        """``proj/<concept>`` of the step (no ``penalty`` or ``strength``: the monitor has
+        neither)."""
+        return {k: v for k, v in super().log().items() if k not in ("penalty", "strength")}

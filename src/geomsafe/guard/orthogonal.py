@@ -6,14 +6,15 @@ After each optimiser step, for every LoRA module that writes into the residual s
 an orthonormal basis (QR) of the guarded harmful directions at layer ``l``. The update
 ``ΔW = scale · B @ A`` then has no component along them: the block cannot write the harmful
 directions into the residual stream that the atlas measures at layer ``l``. No extra forward;
-the cost is one ``[k, D] @ [D, r]`` product per module and step.
+the cost is one ``[k, D] @ [D, r]`` product per module and step. At strength ``s < 1``
+(:mod:`geomsafe.guard.schedule`) only the share ``s`` is removed: ``B - s U(UᵀB)``.
 
 With ``GuardConfig.orthogonal_scope="upto"`` the writers of every block ``j <= l`` are
 projected too (they all feed layer ``l``); a block then uses the union of the directions of
 the guarded layers at or above it.
 
-Logs ``removed``: the largest share (norm ratio) of a writer's ``B`` that the optimiser step
-had put along the harmful directions, i.e. what the projection took out.
+Logs ``removed``: the largest share (norm ratio) of a writer's ``B`` that lay along the harmful
+directions after the optimiser step (what a full-strength projection takes out).
 """
 
 from __future__ import annotations
@@ -24,15 +25,8 @@ from torch import Tensor, nn
 from geomsafe.errors import GeomsafeError
 from geomsafe.guard.atlas_guard import AtlasGuard
 from geomsafe.guard.base import register
+from geomsafe.guard.basis import orthonormal_basis
 from geomsafe.layers import submodule
-
-
-def orthonormal_basis(rows: Tensor, tol: float = 1e-6) -> Tensor:
-    """``[D, k]`` orthonormal basis of the span of ``rows`` (``[F, D]``), via QR; directions
-    that add (numerically) nothing to the span are dropped."""
-    q, r = torch.linalg.qr(rows.double().T)
-    keep = r.diagonal().abs() > tol * max(1.0, float(r.diagonal().abs().max()))
-    return q[:, keep].float()
 
 
 @register
@@ -100,7 +94,7 @@ class OrthogonalGuard(AtlasGuard):
                 w = weight.float()
                 coef = u.T @ w  # [k, r]
                 ratios.append(coef.norm() / w.norm().clamp(min=1e-30))
-                weight.copy_((w - u @ coef).to(weight.dtype))
+                weight.copy_((w - self.strength * (u @ coef)).to(weight.dtype))
         self._extra = {"removed": float(torch.stack(ratios).max()) if ratios else 0.0}
 
     def _on(self, basis: Tensor, device: torch.device) -> Tensor:

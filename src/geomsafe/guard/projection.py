@@ -6,9 +6,10 @@ hook inside ``install``. ``penalty`` runs a second forward of the same batch wit
 disabled (``model.disable_adapter()``, ``torch.no_grad()``, backbone only, stopped after the last
 guarded layer) and returns
 
-    weight * mean over assistant tokens of sum_(h, l) (proj_h,l(adapted) - proj_h,l(base))²
+    s * weight * mean over assistant tokens of sum_(h, l) (proj_h,l(adapted) - proj_h,l(base))²
 
-so gradients reach the LoRA weights only through the adapted projections. With
+(``s``: the scheduled strength, :mod:`geomsafe.guard.schedule`), so gradients reach the LoRA
+weights only through the adapted projections. With
 ``GuardConfig.projection_mode="both"`` (default) any change is penalised: a drift towards *less*
 of a harmful feature also changes behaviour, and keeping the projection where the base model had
 it is the safest reading of "do not touch this feature". ``"increase"`` penalises only moves
@@ -68,4 +69,4 @@ class ProjectionGuard(AtlasGuard):
             term = (diff.pow(2).sum(-1) * weights).sum() / n
             total = term if total is None else total + term
         assert total is not None
-        return self.config.weight * total
+        return self.strength * self.config.weight * total

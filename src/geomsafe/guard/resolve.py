@@ -4,14 +4,16 @@ Names are registered guard kinds (:data:`~geomsafe.guard.GUARDS`), so a kind add
 ``@register`` works here as the built-in ones do. Without an atlas, guards by name get one
 extracted on the fly (:func:`geomsafe.directions.extract`) from the guarded concepts (built-in
 names or concept ``.jsonl`` files) and, when a kind records target directions too
-(``with_targets``: covariance), from the target concepts.
+(``with_targets``: covariance), from the target concepts, and from the allowed concepts
+(``GuardConfig.allow``). :meth:`GuardSetup.with_pilot` rebuilds the kinds on a pilot's
+directions (``GuardConfig(source="pilot")``, run by ``finetune``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from geomsafe import directions
@@ -20,6 +22,7 @@ from geomsafe.concepts import builtin_names, load_concept
 from geomsafe.errors import GeomsafeError
 from geomsafe.guard.base import GUARDS, Guard, GuardConfig, build_guards, guard_kinds
 from geomsafe.guard.monitor import MonitorGuard
+from geomsafe.guard.pilot import PilotDirections
 from geomsafe.models import LoadedModel
 from geomsafe.options import split_csv
 
@@ -37,11 +40,23 @@ class GuardSetup:
     atlas: FeatureAtlas | None
     extracted: bool  # the atlas was extracted for this run
     config: GuardConfig | None  # what the kinds were built with (concepts filled in)
+    pilot: PilotDirections | None = field(default=None, repr=False)  # source="pilot" only
 
     @property
     def names(self) -> list[str]:
         """The guards' names, in order."""
         return [guard.name for guard in self.guards]
+
+    def with_pilot(
+        self, pilot: PilotDirections, config: GuardConfig, layer_template: str | None = None
+    ) -> GuardSetup:
+        """The same kinds built with ``config`` on the pilot's atlas (its kept shifts); the
+        guard objects, the monitor (on the concept atlas) and the concepts are kept."""
+        if pilot.atlas is None:
+            raise GeomsafeError("pilot: no principal shift was kept; nothing to guard")
+        objects = self.guards[len(self.kinds) :]
+        built = build_guards(self.kinds, pilot.atlas, config, layer_template)
+        return dataclasses.replace(self, guards=built + objects, config=config, pilot=pilot)
 
 
 def split_guards(guard: GuardSpec) -> tuple[list[str], list[Guard]]:
@@ -134,6 +149,8 @@ def resolve_guards(
         targets = split_csv(guard_config.targets if guard_config is not None else None)
         if not targets and any(getattr(GUARDS[k], "with_targets", False) for k in kinds):
             targets = builtin_names("target")
+        allow = split_csv(guard_config.allow if guard_config is not None else None)
+        targets += [a for a in allow if a not in targets]
         layers = guard_config.layers if guard_config is not None else None
         loaded = extract_atlas(
             lm, specs, targets, layers=layers, max_pairs=max_pairs, seed=seed, progress=progress
@@ -148,6 +165,8 @@ def resolve_guards(
                 "no guarded concepts: pass --guard-concepts or an atlas with harmful concepts"
             )
         config = dataclasses.replace(guard_config or GuardConfig(), concepts=list(names))
+        if config.allow:
+            config.allow = concept_names(config.allow)
         built = build_guards(kinds, loaded, config, layer_template)  # type: ignore[arg-type]
     monitor = MonitorGuard(loaded, names, layer_template) if loaded is not None and names else None
     return GuardSetup(kinds, built + objects, monitor, names, loaded, extracted, config)

@@ -135,7 +135,7 @@ class SharedLayer:
 def shared_layers(guards: Sequence[AtlasGuard]) -> tuple[SharedLayer, ...]:
     """The layers that ``guards`` watch, in increasing order, each with the union of their
     directions there."""
-    keys: dict[int, list[tuple[int, str]]] = {}
+    keys: dict[int, list[tuple[int, str, tuple[str, ...]]]] = {}
     rows: dict[int, list[Tensor]] = {}
     readers: dict[int, list[Reader]] = {}
     for guard in guards:
@@ -143,8 +143,11 @@ def shared_layers(guards: Sequence[AtlasGuard]) -> tuple[SharedLayer, ...]:
             layer_keys = keys.setdefault(plan.layer, [])
             layer_rows = rows.setdefault(plan.layer, [])
             columns = []
-            for name, row in zip(plan.names + plan.target_names, plan.directions, strict=True):
-                key = (id(guard.atlas), name)
+            # a harmful row orthogonalised against an allow-list is another direction
+            variants = [tuple(plan.allowed)] * len(plan.names) + [()] * len(plan.target_names)
+            names = plan.names + plan.target_names
+            for name, variant, row in zip(names, variants, plan.directions, strict=True):
+                key = (id(guard.atlas), name, variant)
                 if key not in layer_keys:
                     layer_keys.append(key)
                     layer_rows.append(row)

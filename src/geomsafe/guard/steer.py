@@ -2,9 +2,10 @@
 
 Inside ``install`` (the training forward passes only) the output of each guarded decoder
 layer ``l`` gets ``sum_h coeff * scale_h * u_h`` added for every guarded harmful direction
-``u_h`` at that layer, so the training loss already sees the model pushed along ``u_h`` and the
-optimiser has no reason to move the weights along it. Outside ``install`` (inference,
-evaluation) nothing is added. No extra forward.
+``u_h`` at that layer (times the scheduled strength ``s``, :mod:`geomsafe.guard.schedule`), so
+the training loss already sees the model pushed along ``u_h`` and the optimiser has no reason to
+move the weights along it. Outside ``install`` (inference, evaluation) nothing is added. No
+extra forward.
 
 The scale (``GuardConfig.steer_scale``):
 
@@ -70,8 +71,13 @@ class SteerGuard(AtlasGuard):
             self._vectors[key] = (weights @ plan.harmful).to(hidden.device)
         return self._vectors[key]
 
-    def modify(self, plan: LayerPlan, hidden: Tensor) -> Tensor:
-        return hidden + self.vector(plan, hidden).to(hidden.dtype)
+    def modify(self, plan: LayerPlan, hidden: Tensor) -> Tensor | None:
+        if self.strength == 0.0:
+            return None
+        vector = self.vector(plan, hidden)
+        if self.strength != 1.0:
+            vector = self.strength * vector
+        return hidden + vector.to(hidden.dtype)
 
     def update(self, model) -> None:
         self._extra = {f"norm@{layer}": value for layer, value in self.norms.items()}

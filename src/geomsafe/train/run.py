@@ -6,8 +6,9 @@ The run trains into ``<parent>/.<name>.partial`` and is renamed to ``out`` when 
 ``peft.PeftModel.from_pretrained(base_model, out)``), ``geometry_log.jsonl`` (one row per
 optimiser step: loss, guard penalty, ``proj/<concept>`` on each guarded harmful direction,
 learning rate, step time), ``run.json`` (provenance, metrics and the same log),
-``checkpoints/checkpoint-N`` (the newest Trainer checkpoint, for ``resume``) and ``atlas/``
-when the atlas was extracted for the run.
+``checkpoints/checkpoint-N`` (the newest Trainer checkpoint, for ``resume``), ``atlas/``
+when the atlas was extracted for the run and ``pilot/`` (the kept principal shifts and
+``pilot.json``) when the guards' source is a pilot run.
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ from geomsafe.atlas import FeatureAtlas, atomic_write
 from geomsafe.capture import HOOK_SITE
 from geomsafe.datasets import Dataset, ExampleLike, as_dataset
 from geomsafe.errors import GeomsafeError
-from geomsafe.guard import GuardConfig
+from geomsafe.guard import GuardConfig, PilotDirections
 from geomsafe.guard.resolve import GuardSetup, GuardSpec, resolve_guards, split_guards
 from geomsafe.models import LoadedModel, load
 from geomsafe.train import outdir
 from geomsafe.train.config import TrainConfig
 from geomsafe.train.data import TrainData, build
 from geomsafe.train.lora import make_peft_model, peft_layer_template
+from geomsafe.train.pilot import pilot_directions, pilot_guard_config
 from geomsafe.train.trainer import (
     GEOMETRY_LOG,
     GeometryCallback,
@@ -50,6 +52,7 @@ from geomsafe.train.trainer import (
 )
 
 RUN_JSON = "run.json"
+PILOT_DIR = "pilot"
 RUN_META = "geomsafe_run.json"  # written into every checkpoint; checked on resume
 
 
@@ -143,11 +146,34 @@ def _wait_for_everyone() -> None:
         PartialState().wait_for_everyone()
 
 
-def _saved_atlas(out: Path) -> Path | None:
-    for folder in (outdir.work_dir(out) / "atlas", out / "atlas"):
-        if (folder / "atlas.json").is_file():
+def _saved_atlas(out: Path, name: str = "atlas", marker: str = "atlas.json") -> Path | None:
+    for folder in (outdir.work_dir(out) / name, out / name):
+        if (folder / marker).is_file():
             return folder
     return None
+
+
+def _with_pilot(
+    guards: GuardSetup,
+    lm: LoadedModel,
+    data: TrainData,
+    config: TrainConfig,
+    out: Path,
+    resume: bool,
+    progress: bool,
+) -> GuardSetup:
+    """``guards`` on the principal shifts of a pilot run (``source="pilot"``), or as they are.
+    A resumed run re-uses the pilot saved in its folder."""
+    if not guards.kinds or guards.config is None or guards.config.source != "pilot":
+        return guards
+    assert guards.atlas is not None
+    saved = _saved_atlas(out, PILOT_DIR, "pilot.json") if resume else None
+    if saved is not None:
+        pilot = PilotDirections.load(saved)
+    else:
+        pilot = pilot_directions(lm, data, guards.atlas, guards.config, config, progress=progress)
+    pilot_config = pilot_guard_config(guards.config, pilot)
+    return guards.with_pilot(pilot, pilot_config, peft_layer_template(lm))
 
 
 def finetune(
@@ -215,6 +241,7 @@ def finetune(
         progress=progress and main,
     )
     guards.extracted = guards.extracted or reuse is not None  # extracted before resuming
+    guards = _with_pilot(guards, lm, train_data, config, out_path, resume, progress and main)
     setup = _Setup(lm, train_data, config, guards, atlas)
     run, ckpt = outdir.prepare(out_path, resume, overwrite, main)
     _wait_for_everyone()  # the main process may still be copying the checkpoint to resume
@@ -261,6 +288,8 @@ def _train(
     lm, config, guards = setup.lm, setup.config, setup.guards
     if guards.extracted and main and guards.atlas is not None:
         guards.atlas.save(run.work / "atlas")
+    if guards.pilot is not None and main:
+        guards.pilot.save(run.work / PILOT_DIR)
     peft_model = make_peft_model(lm.model, config)
     template = peft_layer_template(lm)
     geometry = GeometryCallback(log_path=run.work / GEOMETRY_LOG if main else None)
@@ -366,6 +395,7 @@ def _provenance(setup: _Setup, trainer: GuardedTrainer, t_start: float) -> dict[
         "guards": guards.names,
         "guard_concepts": guards.concepts,
         "guard_config": guards.config.to_dict() if guards.config is not None else {},
+        "pilot": guards.pilot.to_dict() if guards.pilot is not None else None,
         "atlas": atlas_prov,
         "hook_site": HOOK_SITE,
         "projection": "mean over assistant tokens of the training batch, at each concept's "

@@ -1,4 +1,5 @@
-"""Helpers for benchmarks and evaluation: time training steps, measure held-out loss."""
+"""Helpers for benchmarks, pilots and evaluation: run or time a few training steps, measure
+held-out loss."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import tempfile
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.formatting import Example
-from geomsafe.guard import GuardConfig
+from geomsafe.guard import Guard, GuardConfig, MonitorGuard
 from geomsafe.guard.resolve import GuardSpec, resolve_guards
 from geomsafe.models import LoadedModel
 from geomsafe.train.config import TrainConfig
@@ -44,20 +46,11 @@ def train_steps(
     ``guards``: Guard objects and/or guard kinds (built against ``atlas``). Same ``config.seed``
     -> same LoRA init and the same batches, so calls with different guards are comparable;
     for a benchmark, interleave calls and drop each call's first step (warm-up)."""
-    config = dataclasses.replace(config or TrainConfig(), max_steps=n_steps).validate()
+    config = config or TrainConfig()
     from transformers import set_seed
 
     set_seed(config.seed)
-    if isinstance(examples, TrainData):
-        data = examples
-    else:
-        data = load_data(
-            examples,
-            lm.tokenizer,
-            max_length=config.max_length,
-            truncate=config.truncate,
-            add_eos=config.add_eos,
-        )
+    data = train_data(lm, examples, config)
     setup = resolve_guards(
         lm,
         guards,
@@ -67,6 +60,43 @@ def train_steps(
         layer_template=peft_layer_template(lm),
         extract=False,
     )
+    _, geometry = run_steps(
+        lm, data.features, config, n_steps, setup.guards, setup.monitor if monitor else None
+    )
+    return list(geometry.step_times)
+
+
+def train_data(
+    lm: LoadedModel, examples: TrainData | Sequence[Example | tuple[str, str]], config: TrainConfig
+) -> TrainData:
+    """``examples`` tokenised for training with ``config``'s length rules (as they are when
+    already a :class:`TrainData`)."""
+    if isinstance(examples, TrainData):
+        return examples
+    return load_data(
+        examples,
+        lm.tokenizer,
+        max_length=config.max_length,
+        truncate=config.truncate,
+        add_eos=config.add_eos,
+    )
+
+
+def run_steps(
+    lm: LoadedModel,
+    features: Sequence[dict[str, list[int]]],
+    config: TrainConfig,
+    n_steps: int,
+    guards: Sequence[Guard] = (),
+    monitor: MonitorGuard | None = None,
+) -> tuple[nn.Module, GeometryCallback]:
+    """``n_steps`` optimiser steps of LoRA training (``config`` otherwise, nothing saved) on a
+    private copy of ``lm``'s model: the trained peft model and the callback holding the
+    geometry log (``rows``) and the step times."""
+    config = dataclasses.replace(config, max_steps=n_steps).validate()
+    from transformers import set_seed
+
+    set_seed(config.seed)
     local = dataclasses.replace(lm, model=copy.deepcopy(lm.model))
     peft_model = make_peft_model(local.model, config)
     geometry = GeometryCallback()
@@ -75,16 +105,16 @@ def train_steps(
         trainer = GuardedTrainer(
             model=peft_model,
             args=training_arguments(config, tmp, save=False),
-            train_dataset=data.features,
+            train_dataset=list(features),
             data_collator=PadCollator(pad),
             callbacks=[geometry],
-            guards=setup.guards,
-            monitor=setup.monitor if monitor else None,
+            guards=guards,
+            monitor=monitor,
         )
         geometry.trainer = trainer
         quiet(trainer)
         trainer.train()
-    return list(geometry.step_times)
+    return peft_model, geometry
 
 
 @torch.no_grad()

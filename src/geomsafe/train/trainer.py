@@ -5,8 +5,9 @@
   (:class:`~geomsafe.guard.MonitorGuard`) around the training forward pass (atlas guards share
   one forward hook per guarded layer), adds the guards' penalties to the task loss before
   backward, and records the per-step loss and penalty.
-- :class:`GeometryCallback` calls every guard's ``after_step`` after each optimiser step,
-  times the step and appends one row per step to the geometry log (and to
+- :class:`GeometryCallback` sets every guard's scheduled strength before each optimiser step
+  (``begin_step``), calls its ``after_step`` after it, times the step and appends one row per
+  step to the geometry log (and to
   ``geometry_log.jsonl`` in every checkpoint, so a resumed run keeps its history): ``loss``,
   ``penalty``, the monitor's ``proj/<concept>``, ``lr``, ``step_time_s`` and every guard's log
   as ``<guard>/<key>`` (and as ``<key>`` where the row has no such key yet).
@@ -31,7 +32,7 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from geomsafe.guard import Guard, MonitorGuard, combined, step_logs, total_penalty
+from geomsafe.guard import Guard, MonitorGuard, begin_steps, combined, step_logs, total_penalty
 from geomsafe.train.config import TrainConfig
 from geomsafe.train.data import IGNORE_INDEX
 
@@ -161,6 +162,8 @@ class GeometryCallback(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         self._sync()
         self._t0 = time.perf_counter()
+        if self.trainer is not None:
+            begin_steps(self.trainer.installed, state.global_step, state.max_steps)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         trainer = self.trainer
