@@ -197,11 +197,13 @@ def _why(exc: OSError) -> str:
 
 def sha256_file(path: Path) -> str:
     """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
     with path.open("rb") as fh:
+        if hasattr(hashlib, "file_digest"):  # Python 3.11+: no copy per chunk, about 2x faster
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+        digest = hashlib.sha256()
         while chunk := fh.read(1 << 24):
             digest.update(chunk)
-    return digest.hexdigest()
+        return digest.hexdigest()
 
 
 def _gguf_key(path: Path) -> str:
