@@ -1,4 +1,8 @@
-"""Shared bits of the benchmarks: a fixed text set and a JSON result writer."""
+"""Shared bits of the benchmarks: a fixed text set, a JSON result writer and where results go.
+
+Results go to ``$GEOMSAFE_RESULTS`` (default ``~/.cache/geomsafe/results``), outside the
+repository, so that running a measurement never changes the working tree.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import torch
 
 import geomsafe
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(os.environ.get("GEOMSAFE_RESULTS", Path.home() / ".cache" / "geomsafe" / "results"))
 
 TOPICS = [
     "the history of the printing press",

@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import torch
+from geomsafe.shift import projections, view
 
 from _common import RESULTS, machine, write_json
 from geomsafe import directions
@@ -45,7 +46,6 @@ from geomsafe.concepts import ConceptSet, load_builtin
 from geomsafe.formatting import Example
 from geomsafe.guard import GuardConfig
 from geomsafe.models import load
-from geomsafe.shift import projections, view
 from geomsafe.train import TrainConfig, finetune, heldout_loss, load_data
 
 HARMFUL, TARGET = "sycophancy", "empathy"

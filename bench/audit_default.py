@@ -1,7 +1,6 @@
 """The geometric audit on a real model, with the issue's checks and its time by phase printed.
 
-    python bench/audit_default.py [--model default] [--max-pairs 64] [--out runs/audit-default]
-        [--no-bare]
+    python bench/audit_default.py [--model default] [--max-pairs 64] [--out DIR] [--no-bare]
 
 Checks: held-out AUROC >= 0.9 at the best layer for every built-in concept; the
 label-shuffled control's overlap has p > 0.05 (over the layer band, and at its best layer);
@@ -53,7 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="default")
     ap.add_argument("--max-pairs", type=int, default=64)
-    ap.add_argument("--out", default="runs/audit-default")
+    ap.add_argument("--out", default=str(RESULTS / "audit-default"))
     ap.add_argument("--no-bare", action="store_true", help="skip the bare-forward yardstick")
     args = ap.parse_args()
     t0 = time.perf_counter()

@@ -1,7 +1,7 @@
 """`geomsafe evaluate` at its default sizes on the default model: wall time and the table.
 
     python bench/evaluate_default.py [--model default] [--adapter DIR] [--atlas DIR]
-        [--threads N] [--out runs/eval-default]
+        [--threads N] [--out DIR]
 
 The wall time includes the model load. The machine's load average is printed before and after
 the run: on a 2-core machine other busy processes slow torch's threads badly (``--threads 1``
@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--adapter")
     ap.add_argument("--atlas")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    ap.add_argument("--out", default="runs/eval-default")
+    ap.add_argument("--out", default=str(RESULTS / "eval-default"))
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--tag", default="evaluate_default", help="name of the results JSON")
     args = ap.parse_args()

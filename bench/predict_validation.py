@@ -1,6 +1,7 @@
 """Does `predict` rank data sets by how far fine-tuning on them really moves the model?
 
     python bench/predict_validation.py [--model default] [--steps 30] [--max-examples 64]
+        [--datasets insecure,code,NAME=FILE.jsonl,...] [--atlas DIR]
 
 For each data set (emergent-misalignment insecure, jailbroken, secure_small, insecure_small,
 and the built-in benign task sets factual_qa, instruction_following, code, summarisation):
@@ -27,7 +28,7 @@ from scipy.stats import spearmanr
 
 from _common import RESULTS, machine, write_json
 from geomsafe.atlas import FeatureAtlas
-from geomsafe.bench.tasks import resolve_task
+from geomsafe.bench.tasks import resolve_tasks
 from geomsafe.datasets import load_dataset
 from geomsafe.models import load
 from geomsafe.predict import harmful_atlas, predict, probe_prompts
@@ -58,14 +59,20 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument(
         "--atlas",
-        default="runs/audit-default",
-        help="audit folder with an atlas (extracted when missing)",
+        default=str(RESULTS / "audit-default"),
+        help="audit folder with an atlas (extracted when missing; bench/audit_default.py "
+        "writes one there)",
     )
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--max-examples", type=int, default=64)
     ap.add_argument("--train-examples", type=int, default=200)
-    ap.add_argument("--datasets", default=",".join(DATASETS))
+    ap.add_argument(
+        "--datasets",
+        default=",".join(DATASETS),
+        help="comma-separated built-in or public task names, or NAME=FILE.jsonl",
+    )
     args = ap.parse_args()
+    tasks = resolve_tasks(tuple(args.datasets.split(",")))  # a bad name fails before any work
     t0 = time.perf_counter()
     lm = load(args.model)
     if (Path(args.atlas) / "atlas.json").is_file():
@@ -88,8 +95,9 @@ def main() -> None:
     rows = []
     work = Path(tempfile.mkdtemp(prefix="geomsafe-predval-"))
     try:
-        for name in args.datasets.split(","):
-            ds = load_dataset(resolve_task(name).path).sample(args.train_examples, seed=0)
+        for task in tasks:
+            name = task.name  # NAME of NAME=FILE.jsonl: the spec itself is no file or folder name
+            ds = load_dataset(task.path).sample(args.train_examples, seed=0)
             t1 = time.perf_counter()
             pred = predict(
                 lm,

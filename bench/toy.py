@@ -1,11 +1,11 @@
 """The full (non-quick) toy experiments: superposition results, entanglement, guard effect.
 
-    python bench/toy.py [--seed 0] [--out bench/results/toy] [--reps 5]
+    python bench/toy.py [--seed 0] [--out DIR] [--reps 5]
 
 Runs ``geomsafe.toy.toy(out, quick=False)`` (figures + ``toy.json`` in ``--out``), prints the
 headline numbers, then times the fine-tuning step with and without the toy orthogonal guard on
 the same shapes, interleaved ``--reps`` times (the in-run timing is a single pair and noisy).
-Writes everything to ``bench/results/toy.json``.
+Writes everything to ``$GEOMSAFE_RESULTS/toy.json`` (see ``_common.RESULTS``).
 """
 
 from __future__ import annotations

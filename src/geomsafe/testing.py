@@ -7,6 +7,7 @@ transformers config class, so nothing is downloaded.
 from __future__ import annotations
 
 import string
+from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -149,3 +150,109 @@ def tiny_firewall(width: int = 32, tau: float = 0.0, layer: int = 0, seed: int =
         ],
         refusal="No.",
     )
+
+
+def tiny_gguf(path: str | Path, n_layers: int = 2, width: int = 16, seed: int = 0) -> Path:
+    """Write a random-init Llama GGUF file (float32 tensors, byte-level BPE tokenizer over the
+    256 byte symbols plus ``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>`` and two merges,
+    the chat template of :func:`char_tokenizer`) that transformers loads like a real GGUF."""
+    import gguf
+    import numpy as np
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tokens = specials + list(bytes_to_unicode().values()) + ["Ġt", "he"]
+    d, ff, heads, kv_heads = width, 2 * width, 4, 2
+    kv = d // heads * kv_heads
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(n_layers)
+    writer.add_context_length(512)
+    writer.add_embedding_length(d)
+    writer.add_feed_forward_length(ff)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_dimension_count(d // heads)
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3] * len(specials) + [1] * (len(tokens) - len(specials)))
+    writer.add_token_merges(["Ġ t", "h e"])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_pad_token_id(0)
+    writer.add_chat_template(CHAT_TEMPLATE)
+
+    def rand(*shape: int):
+        return (rng.standard_normal(shape) * 0.05).astype(np.float32)
+
+    ones = np.ones(d, dtype=np.float32)
+    writer.add_tensor("token_embd.weight", rand(len(tokens), d))
+    writer.add_tensor("output_norm.weight", ones)
+    writer.add_tensor("output.weight", rand(len(tokens), d))
+    for i in range(n_layers):
+        for name, tensor in (
+            ("attn_norm", ones),
+            ("ffn_norm", ones),
+            ("attn_q", rand(d, d)),
+            ("attn_k", rand(kv, d)),
+            ("attn_v", rand(kv, d)),
+            ("attn_output", rand(d, d)),
+            ("ffn_gate", rand(ff, d)),
+            ("ffn_up", rand(ff, d)),
+            ("ffn_down", rand(d, ff)),
+        ):
+            writer.add_tensor(f"blk.{i}.{name}.weight", tensor)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def save_tiny(folder: str | Path, family: str = "llama", **kw) -> Path:
+    """Save :func:`tiny_model` (``**kw``: its arguments) as a Hugging Face model folder."""
+    lm = tiny_model(family, **kw)
+    folder = Path(folder)
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    return folder
+
+
+_CUSTOM_CODE = {
+    "configuration_custom.py": "from transformers import LlamaConfig\n\n\n"
+    "class CustomConfig(LlamaConfig):\n    model_type = 'geomsafe_custom'\n",
+    "modeling_custom.py": "from transformers import LlamaForCausalLM\n\n"
+    "from .configuration_custom import CustomConfig\n\n\n"
+    "class CustomForCausalLM(LlamaForCausalLM):\n    config_class = CustomConfig\n",
+}
+
+
+def remote_code_folder(folder: str | Path, marker_dir: str | Path) -> Path:
+    """A tiny Llama folder that needs its own Python code to load: ``model_type``
+    ``geomsafe_custom`` (unknown to transformers) and an ``auto_map`` to
+    ``configuration_custom.py`` / ``modeling_custom.py``. Importing either file creates
+    ``marker_dir/RAN_<file stem>``, so a test can tell whether the code ran."""
+    import json
+
+    folder = save_tiny(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = "geomsafe_custom"
+    config["architectures"] = ["CustomForCausalLM"]
+    config["auto_map"] = {
+        "AutoConfig": "configuration_custom.CustomConfig",
+        "AutoModelForCausalLM": "modeling_custom.CustomForCausalLM",
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=1))
+    for name, code in _CUSTOM_CODE.items():
+        marker = Path(marker_dir).absolute() / f"RAN_{name.removesuffix('.py')}"
+        marker_dir_text = repr(str(marker.parent))
+        touch = (
+            "import pathlib\n\n"
+            f"pathlib.Path({marker_dir_text}).mkdir(parents=True, exist_ok=True)\n"
+            f"pathlib.Path({str(marker)!r}).touch()\n"
+        )
+        (folder / name).write_text(touch + code)
+    return folder

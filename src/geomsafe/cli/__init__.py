@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
@@ -22,8 +23,9 @@ class _Group(click.Group):
         except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
             click.echo(f"geomsafe: error: {exc}", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("geomsafe: interrupted", err=True)
+        except KeyboardInterrupt as exc:  # a command may say what was kept: "; <detail>"
+            detail = f"; {exc}" if str(exc) else ""
+            click.echo(f"geomsafe: interrupted{detail}", err=True)
             sys.exit(130)
 
 
@@ -31,6 +33,18 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="geomsafe")
 def main() -> None:
     """Geometry-centric safety for LLM fine-tuning."""
+    warnings.formatwarning = _one_line_warning
+
+
+_formatwarning = warnings.formatwarning
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """geomsafe's own warnings ("geomsafe: ...") as one line, without the source line."""
+    text = str(message)
+    if text.startswith("geomsafe: "):
+        return text + "\n"
+    return _formatwarning(message, category, filename, lineno, line)
 
 
 def _register() -> None:

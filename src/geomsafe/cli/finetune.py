@@ -15,6 +15,7 @@ from geomsafe.guard.schedule import SCHEDULES
 from geomsafe.options import parse_layers, split_csv
 from geomsafe.train import FinetuneResult, TrainConfig
 from geomsafe.train import finetune as run_finetune
+from geomsafe.train.outdir import resume_hint
 from geomsafe.train.trainer import is_main_process
 
 _DEFAULT = GuardConfig()
@@ -193,7 +194,11 @@ def print_summary(result: FinetuneResult) -> None:
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint of --out.")
-@click.option("--overwrite", is_flag=True, help="Replace a finished run in --out.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace a finished run in --out, or discard the checkpoints of an interrupted one.",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def finetune(**opts) -> None:
     """LoRA fine-tuning with geometric guards against harmful-feature drift."""
@@ -202,6 +207,16 @@ def finetune(**opts) -> None:
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         result = _run(**opts)
+    except KeyboardInterrupt:  # the CLI prints "geomsafe: interrupted; <this>"
+        hint = resume_hint(opts["out"])
+        if hint is None:
+            raise
+        raise KeyboardInterrupt(hint) from None
+    except SystemExit as exc:
+        hint = resume_hint(opts["out"]) if exc.code == 143 else None
+        if hint is not None:
+            click.echo(f"geomsafe: terminated; {hint}", err=True)
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
     if is_main_process():  # one table under torchrun / accelerate launch

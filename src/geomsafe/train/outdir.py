@@ -3,7 +3,10 @@
 A run that fails before its first checkpoint leaves nothing behind; one that fails later keeps
 only the hidden ``.partial`` folder (so ``--resume`` can continue it), never a half-written
 ``--out``. ``--resume`` continues from the newest checkpoint of the ``.partial`` folder, or of a
-finished run's ``--out/checkpoints`` (e.g. to train it for more steps).
+finished run's ``--out/checkpoints`` (e.g. to train it for more steps). A run without
+``--resume`` refuses to discard a ``.partial`` folder that holds a checkpoint unless
+``--overwrite`` is given. The caller holds the folder's lock (:mod:`geomsafe.folder_lock`)
+around all of this, so no other run can touch ``--out`` or its ``.partial`` meanwhile.
 """
 
 from __future__ import annotations
@@ -52,8 +55,15 @@ def check_out(out: Path, may_reuse: bool, hint: str) -> None:
 
 
 def prepare_check(out: Path, resume: bool, overwrite: bool) -> None:
-    """Fail early (before any work) when ``out`` cannot take this run."""
+    """Fail early (before any work) when ``out`` cannot take this run, or when it would discard
+    an interrupted run's checkpoint without ``--overwrite``."""
     check_out(out, resume or overwrite, "--resume to continue its run or --overwrite to replace it")
+    kept = latest_checkpoint(work_dir(out) / CHECKPOINTS)
+    if kept is not None and not (resume or overwrite):
+        raise GeomsafeError(
+            f"{work_dir(out)} holds {kept.name} of an interrupted run; pass --resume to continue "
+            "it or --overwrite to discard it"
+        )
     if (
         resume
         and latest_checkpoint(work_dir(out) / CHECKPOINTS) is None
@@ -90,6 +100,15 @@ def prepare(
     if main:
         run.checkpoints.mkdir(parents=True, exist_ok=True)
     return run, ckpt
+
+
+def resume_hint(out: str | Path) -> str | None:
+    """What to tell a user whose run stopped: where its checkpoint is kept and how to go on
+    (None when no checkpoint was kept)."""
+    kept = latest_checkpoint(work_dir(Path(out).absolute()) / CHECKPOINTS)
+    if kept is None:
+        return None
+    return f"{kept.name} is kept in {kept.parent.parent}; run the same command with --resume"
 
 
 def abandon(run: RunDir) -> None:

@@ -13,6 +13,7 @@ when the atlas was extracted for the run and ``pilot/`` (the kept principal shif
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -32,6 +33,7 @@ from geomsafe.atlas import FeatureAtlas, atomic_write
 from geomsafe.capture import HOOK_SITE
 from geomsafe.datasets import Dataset, ExampleLike, as_dataset
 from geomsafe.errors import GeomsafeError
+from geomsafe.folder_lock import lock_folder
 from geomsafe.guard import GuardConfig, PilotDirections
 from geomsafe.guard.resolve import GuardSetup, GuardSpec, resolve_guards, split_guards
 from geomsafe.models import LoadedModel, load
@@ -204,7 +206,10 @@ def finetune(
     get an atlas extracted on the fly (saved in ``out/atlas``). With an atlas, the geometry log
     tracks ``proj/<concept>`` even without guards. ``resume`` continues from the newest
     checkpoint (see :mod:`geomsafe.train.outdir`); ``overwrite`` replaces a finished run in
-    ``out``.
+    ``out`` or discards an interrupted run's checkpoints (without either, a run refuses to
+    discard them). The run holds the lock of ``out`` (:func:`geomsafe.folder_lock.lock_folder`)
+    throughout: a second run into the same ``out`` fails at once with
+    :class:`~geomsafe.folder_lock.FolderBusy` naming the first.
     """
     t_start = time.perf_counter()
     config = (config or TrainConfig()).validate()
@@ -214,45 +219,48 @@ def finetune(
         raise GeomsafeError("no output folder: pass --out DIR")
     out_path = Path(out).absolute()
     main = is_main_process()
-    outdir.prepare_check(out_path, resume, overwrite)
-    from transformers import set_seed
+    # Held from the first look at --out to the final rename: a second run into the same --out
+    # fails at once naming this one, and never deletes this run's .partial checkpoints.
+    with lock_folder(out_path) if main else contextlib.nullcontext():
+        outdir.prepare_check(out_path, resume, overwrite)
+        from transformers import set_seed
 
-    set_seed(config.seed)
-    dataset = as_dataset(data).head(config.max_examples)  # read before the (slow) model load
-    lm = _model(model)
-    train_data = build(
-        lm.tokenizer,
-        dataset,
-        max_length=config.max_length,
-        truncate=config.truncate,
-        add_eos=config.add_eos,
-    )
-    kinds, _ = split_guards(guard)
-    reuse = _saved_atlas(out_path) if atlas is None and kinds and resume else None
-    guards = resolve_guards(
-        lm,
-        guard,
-        guard_concepts,
-        reuse or atlas,
-        guard_config,
-        layer_template=peft_layer_template(lm),
-        seed=config.seed,
-        max_pairs=atlas_max_pairs,
-        progress=progress and main,
-    )
-    guards.extracted = guards.extracted or reuse is not None  # extracted before resuming
-    guards = _with_pilot(guards, lm, train_data, config, out_path, resume, progress and main)
-    setup = _Setup(lm, train_data, config, guards, atlas)
-    run, ckpt = outdir.prepare(out_path, resume, overwrite, main)
-    _wait_for_everyone()  # the main process may still be copying the checkpoint to resume
-    try:
-        if ckpt is not None:
-            _check_resume(ckpt, setup.meta())
-        return _train(setup, run, ckpt, progress, main, t_start)
-    except BaseException:
-        if main:
-            outdir.abandon(run)
-        raise
+        set_seed(config.seed)
+        dataset = as_dataset(data).head(config.max_examples)  # read before the (slow) model load
+        lm = _model(model)
+        train_data = build(
+            lm.tokenizer,
+            dataset,
+            max_length=config.max_length,
+            truncate=config.truncate,
+            add_eos=config.add_eos,
+        )
+        kinds, _ = split_guards(guard)
+        reuse = _saved_atlas(out_path) if atlas is None and kinds and resume else None
+        guards = resolve_guards(
+            lm,
+            guard,
+            guard_concepts,
+            reuse or atlas,
+            guard_config,
+            layer_template=peft_layer_template(lm),
+            seed=config.seed,
+            max_pairs=atlas_max_pairs,
+            progress=progress and main,
+        )
+        guards.extracted = guards.extracted or reuse is not None  # extracted before resuming
+        guards = _with_pilot(guards, lm, train_data, config, out_path, resume, progress and main)
+        setup = _Setup(lm, train_data, config, guards, atlas)
+        run, ckpt = outdir.prepare(out_path, resume, overwrite, main)
+        _wait_for_everyone()  # the main process may still be copying the checkpoint to resume
+        try:
+            if ckpt is not None:
+                _check_resume(ckpt, setup.meta())
+            return _train(setup, run, ckpt, progress, main, t_start)
+        except BaseException:
+            if main:
+                outdir.abandon(run)
+            raise
 
 
 @dataclass
