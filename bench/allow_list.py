@@ -37,15 +37,16 @@ import time
 from pathlib import Path
 
 import torch
-from geomsafe.shift import projections, view
 
 from _common import RESULTS, machine, write_json
 from geomsafe import directions
+from geomsafe.adapters import view
 from geomsafe.capture import capture
 from geomsafe.concepts import ConceptSet, load_builtin
 from geomsafe.formatting import Example
 from geomsafe.guard import GuardConfig
 from geomsafe.models import load
+from geomsafe.projection import prompt_projection
 from geomsafe.train import TrainConfig, finetune, heldout_loss, load_data
 
 HARMFUL, TARGET = "sycophancy", "empathy"
@@ -82,7 +83,7 @@ def response_projection(lm, examples, atlas, name: str) -> torch.Tensor:
 
 def measure(lm, held, held_data, atlas) -> dict[str, object]:
     prompts = [e.prompt for e in held]
-    last = projections(lm, prompts, atlas, [HARMFUL, TARGET])
+    last = prompt_projection(lm, prompts, atlas, [HARMFUL, TARGET])
     return {
         "heldout_loss": heldout_loss(lm, held_data),
         "response": {n: response_projection(lm, held, atlas, n) for n in (HARMFUL, TARGET)},

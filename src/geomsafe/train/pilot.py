@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
+from geomsafe.adapters import adapter_disabled, view
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.capture import capture
 from geomsafe.errors import GeomsafeError
@@ -29,7 +30,6 @@ from geomsafe.formatting import Example
 from geomsafe.guard import GuardConfig, PilotDirections, layer_plans
 from geomsafe.guard.pilot import select_shifts
 from geomsafe.models import LoadedModel
-from geomsafe.shift import adapter_disabled, view
 from geomsafe.train.config import TrainConfig
 from geomsafe.train.data import TrainData
 from geomsafe.train.steps import run_steps, train_data
