@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from geomsafe.audit import audit, default_band
+from geomsafe.audit import audit
+from geomsafe.layers import default_band
 from geomsafe.cli import main
 from geomsafe.errors import GeomsafeError
 from geomsafe.testing import tiny_model
@@ -42,7 +43,8 @@ def test_audit_writes_atlas_and_report(concept_files, tmp_path):
     out = tmp_path / "out"
     result = audit(lm, concepts=concept_files, out=out, n_perm=50, n_boot=50, progress=False)
     report = json.loads((out / "audit.json").read_text())
-    assert {p.name for p in out.iterdir()} == {"atlas.json", "atlas.safetensors", "audit.json"}
+    assert {p.name for p in out.iterdir()} == {"atlas", "audit.json"}
+    assert {p.name for p in (out / "atlas").iterdir()} == {"atlas.json", "atlas.safetensors"}
     names = [r["target"] for r in report["targets"]]
     assert names == ["helpful", "random_labels"]
     row = report["targets"][0]

@@ -1,14 +1,12 @@
 """FeatureAtlas: per-layer unit directions of named features, with stats and provenance.
 
 Saved as ``atlas.safetensors`` (one ``[L, D]`` tensor per feature) + ``atlas.json``
-(layers, kinds, stats, provenance). Rows of each tensor follow ``layers``.
+(``geomsafe.atlas/1``: layers, kinds, stats, provenance). Rows of each tensor follow ``layers``.
+A command's output folder keeps its atlas in ``<out>/atlas/`` (:data:`ATLAS_DIR`).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,10 +15,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from geomsafe.artefacts import (
+    ATLAS_DIR,
+    ATLAS_META,
+    ATLAS_WEIGHTS,
+    atomic_write,
+    read_json,
+    write_json,
+)
 from geomsafe.errors import GeomsafeError
-
-ATLAS_WEIGHTS = "atlas.safetensors"
-ATLAS_META = "atlas.json"
 
 
 @dataclass
@@ -98,42 +101,32 @@ class FeatureAtlas:
             "names": list(self.directions),
         }
         atomic_write(folder / ATLAS_WEIGHTS, lambda p: save_file(tensors, str(p)))
-        atomic_write(folder / ATLAS_META, lambda p: Path(p).write_text(json.dumps(meta, indent=1)))
+        write_json(folder / ATLAS_META, meta, "atlas")
         return folder
 
     @classmethod
     def load(cls, folder: str | Path) -> FeatureAtlas:
+        """Read an atlas from its folder, one of its files, or an output folder holding it in
+        ``atlas/`` (older output folders with the atlas at the top level load too)."""
         folder = Path(folder)
         if folder.is_file():
             folder = folder.parent
+        if not (folder / ATLAS_META).is_file() and (folder / ATLAS_DIR / ATLAS_META).is_file():
+            folder = folder / ATLAS_DIR
         weights, meta_path = folder / ATLAS_WEIGHTS, folder / ATLAS_META
         if not weights.is_file() or not meta_path.is_file():
             raise GeomsafeError(f"no atlas in {folder} (expected {ATLAS_WEIGHTS} + {ATLAS_META})")
+        meta = read_json(meta_path, "atlas")
         try:
-            meta = json.loads(meta_path.read_text())
             tensors = load_file(str(weights))
+            names = meta.get("names", list(tensors))
+            return cls(
+                list(meta["layers"]),
+                {n: tensors[n] for n in names},
+                dict(meta["kinds"]),
+                meta.get("stats", {}),
+                meta.get("provenance", {}),
+            )
         except Exception as exc:
-            raise GeomsafeError(f"atlas in {folder} is unreadable: {exc}") from exc
-        names = meta.get("names", list(tensors))
-        return cls(
-            meta["layers"],
-            {n: tensors[n] for n in names},
-            meta["kinds"],
-            meta.get("stats", {}),
-            meta.get("provenance", {}),
-        )
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise GeomsafeError(f"atlas in {folder} is unreadable: {first}") from None

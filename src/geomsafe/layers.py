@@ -78,6 +78,13 @@ def resolve_layers(n_layers: int, layers: list[int] | None) -> list[int]:
     return sorted(out)
 
 
+def default_band(n_layers: int) -> list[int]:
+    """The middle third of ``n_layers`` layers (at least one layer), where concept directions
+    are usually cleanest: ``range(n // 3, max(n // 3 + 1, 2n // 3))``."""
+    lo, hi = n_layers // 3, max(n_layers // 3 + 1, (2 * n_layers) // 3)
+    return list(range(lo, hi))
+
+
 def decoder_blocks(model: nn.Module, layer_template: str | None = None) -> list[nn.Module]:
     """The decoder blocks of ``model``, a plain causal LM or a peft model wrapping one.
 

@@ -24,8 +24,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 import geomsafe
-from geomsafe.atlas import atomic_write
-from geomsafe.audit import default_band
+from geomsafe.artefacts import atomic_write
 from geomsafe.bench.config import BenchConfig
 from geomsafe.bench.geometry import task_geometry, task_pairs
 from geomsafe.bench.table import COLUMNS, cells, correlations, markdown
@@ -35,6 +34,7 @@ from geomsafe.datasets import Dataset, load_dataset
 from geomsafe.directions import extract
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate import EvalConfig, EvalResult, evaluate
+from geomsafe.layers import default_band
 from geomsafe.models import LoadedModel, load
 from geomsafe.predict import probe_prompts
 from geomsafe.projection import mean_projection, measured_shift

@@ -1,7 +1,12 @@
-"""The `geomsafe` command line: a thin shell over the Python API."""
+"""The `geomsafe` command line: a thin shell over the Python API.
+
+Each command's module is imported only when that command runs, so ``geomsafe --help`` does not
+import torch; the help lines of the command list are kept here for the same reason.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
 import warnings
 
@@ -10,9 +15,81 @@ import click
 from geomsafe import __version__
 from geomsafe.errors import GeomsafeError
 
+# name -> (module, command object, one-line help shown by `geomsafe --help`)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "audit": (
+        "geomsafe.cli.audit",
+        "audit_cmd",
+        "Where do harmful features sit relative to a fine-tuning target?",
+    ),
+    "bench": ("geomsafe.cli.bench", "bench_cmd", "The end-to-end benchmark table."),
+    "evaluate": (
+        "geomsafe.cli.evaluate",
+        "evaluate",
+        "Toxic-output rate, over-refusal, trait probes and log-odds, before vs after.",
+    ),
+    "finetune": (
+        "geomsafe.cli.finetune",
+        "finetune",
+        "LoRA fine-tuning with geometric guards against harmful-feature drift.",
+    ),
+    "firewall": (
+        "geomsafe.cli.firewall",
+        "firewall_group",
+        "Inference firewall: calibrate thresholds, run prompts under it.",
+    ),
+    "info": ("geomsafe.cli.info", "info", "Layers, width, heads and chat template of a model."),
+    "predict": (
+        "geomsafe.cli.predict",
+        "predict_cmd",
+        "Will fine-tuning on this data set amplify harmful traits?",
+    ),
+    "report": ("geomsafe.cli.report", "report_cmd", "One self-contained HTML page for a folder."),
+    "serve": (
+        "geomsafe.cli.firewall",
+        "serve_cmd",
+        "OpenAI-compatible chat server with the firewall active.",
+    ),
+    "toy": ("geomsafe.cli.toy", "toy", "Toy models of superposition and the entanglement run."),
+}
+
+
+def one_line(text: str) -> str:
+    """A message on one line (click's multi-line usage errors included)."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
 
 class _Group(click.Group):
-    """Turns GeomsafeError (and a few OS errors) into one line on stderr and exit code 2."""
+    """Loads commands lazily; turns GeomsafeError, click's usage errors and a few OS errors into
+    one line on stderr and exit code 2."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][2]) for name in self.list_commands(ctx)])
+
+    def main(self, *args, **kwargs):  # type: ignore[override]
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("geomsafe: interrupted", err=True)
+            sys.exit(130)
+        except click.ClickException as exc:
+            where = getattr(getattr(exc, "ctx", None), "command_path", "geomsafe")
+            hint = f" (see '{where} --help')" if isinstance(exc, click.UsageError) else ""
+            click.echo(f"geomsafe: error: {one_line(exc.format_message())}{hint}", err=True)
+            sys.exit(exc.exit_code)
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
@@ -45,22 +122,3 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     if text.startswith("geomsafe: "):
         return text + "\n"
     return _formatwarning(message, category, filename, lineno, line)
-
-
-def _register() -> None:
-    from geomsafe.cli import audit, bench, evaluate, finetune, info, predict, report, toy
-    from geomsafe.cli.firewall import firewall_group, serve_cmd
-
-    main.add_command(info.info)
-    main.add_command(audit.audit_cmd)
-    main.add_command(predict.predict_cmd)
-    main.add_command(finetune.finetune)
-    main.add_command(evaluate.evaluate)
-    main.add_command(report.report_cmd)
-    main.add_command(bench.bench_cmd)
-    main.add_command(toy.toy)
-    main.add_command(firewall_group)
-    main.add_command(serve_cmd)
-
-
-_register()

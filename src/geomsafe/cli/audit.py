@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
-from geomsafe.audit import AuditResult, audit
+from geomsafe.audit import AuditConfig, AuditResult, audit
+from geomsafe.audit.config import TOKEN_RULES
 from geomsafe.cli.common import model_option, print_table
-from geomsafe.options import parse_layers, split_csv
+from geomsafe.config import help_of
 
 
 def print_audit(result: AuditResult) -> None:
@@ -44,65 +45,36 @@ def print_audit(result: AuditResult) -> None:
     )
 
 
+_D = AuditConfig()
+
+
+def _opt(name: str, *decls: str, **kwargs):
+    """A click option for AuditConfig field ``name``: default and help from the dataclass."""
+    default = getattr(_D, name)
+    if isinstance(default, tuple):
+        default = ",".join(map(str, default))
+    return click.option(*decls, default=default, help=help_of(AuditConfig, name), **kwargs)
+
+
 @click.command("audit")
 @model_option
-@click.option("--target", "-t", help="Target concept(s), comma-separated (default: all targets).")
-@click.option(
-    "--concepts",
-    help="Concepts: built-in names, .jsonl files, persona:PATH, "
-    "toxigen:PATH; comma-separated (default: all built-in).",
-)
+@_opt("target", "--target", "-t")
+@_opt("concepts", "--concepts")
 @click.option("--out", "-o", type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--layers", help="Layers to extract, e.g. '0,5,10' or '4:20' (default: all).")
-@click.option("--layer", type=int, help="Report every target at this layer (default: its best).")
-@click.option("--band", help="Layer band to average over, e.g. '10:20' (default: middle third).")
-@click.option(
-    "--max-pairs",
-    type=int,
-    default=64,
-    show_default=True,
-    help="Pairs per concept (a fixed random sample).",
-)
-@click.option(
-    "--tokens",
-    default="response",
-    show_default=True,
-    type=click.Choice(["response", "prompt", "last", "all"]),
-)
-@click.option("--n-perm", type=int, default=200, show_default=True)
-@click.option("--n-boot", type=int, default=200, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace the results already in --out.")
+@_opt("layers", "--layers")
+@_opt("layer", "--layer", type=int)
+@_opt("band", "--band")
+@_opt("max_pairs", "--max-pairs", type=int, show_default=True)
+@_opt("tokens", "--tokens", show_default=True, type=click.Choice(list(TOKEN_RULES)))
+@_opt("n_perm", "--n-perm", type=int, show_default=True)
+@_opt("n_boot", "--n-boot", type=int, show_default=True)
 @click.option("--no-heads", is_flag=True, help="Skip attention-head attribution.")
-@click.option("--seed", type=int, default=0, show_default=True)
-def audit_cmd(
-    model,
-    target,
-    concepts,
-    out,
-    layers,
-    layer,
-    band,
-    max_pairs,
-    tokens,
-    n_perm,
-    n_boot,
-    no_heads,
-    seed,
-) -> None:
+@_opt("seed", "--seed", type=int, show_default=True)
+@_opt("batch_size", "--batch-size", type=int, show_default=True)
+def audit_cmd(model, out, overwrite, no_heads, **options) -> None:
     """Where do harmful features sit relative to a fine-tuning target?"""
-    result = audit(
-        model,
-        target=split_csv(target) or None,
-        concepts=split_csv(concepts) or None,
-        out=out,
-        layers=parse_layers(layers),
-        layer=layer,
-        band=parse_layers(band),
-        max_pairs=max_pairs,
-        tokens=tokens,
-        n_perm=n_perm,
-        n_boot=n_boot,
-        heads=not no_heads,
-        seed=seed,
-    )
+    # the config is built (and every number checked) inside audit() before the model loads
+    result = audit(model, out=out, overwrite=overwrite, heads=not no_heads, **options)
     print_audit(result)
     click.echo(f"\n{result.report['seconds']:.1f} s" + (f"; wrote {out}" if out else ""))

@@ -32,7 +32,8 @@ from typing import Any
 
 from geomsafe import __version__
 from geomsafe.adapters import is_peft, view
-from geomsafe.atlas import FeatureAtlas, atomic_write
+from geomsafe.artefacts import atomic_write
+from geomsafe.atlas import FeatureAtlas
 from geomsafe.capture import HOOK_SITE
 from geomsafe.datasets import file_sha256
 from geomsafe.errors import GeomsafeError

@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from geomsafe.atlas import atomic_write
+from geomsafe.artefacts import atomic_write
 from geomsafe.errors import GeomsafeError
 
 FORMAT = "geomsafe.firewall/1"

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from geomsafe import __version__
-from geomsafe.atlas import atomic_write
+from geomsafe.artefacts import atomic_write
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate import adapter_sha256
 from geomsafe.evaluate.generate import SamplingConfig, eos_ids, generate

@@ -41,7 +41,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from geomsafe.atlas import FeatureAtlas, atomic_write
+from geomsafe.artefacts import atomic_write
+from geomsafe.atlas import FeatureAtlas
 from geomsafe.errors import GeomsafeError
 from geomsafe.guard.allow import MIN_RESIDUAL
 from geomsafe.guard.basis import orthonormal_basis

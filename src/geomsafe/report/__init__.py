@@ -10,7 +10,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 import geomsafe
-from geomsafe.atlas import atomic_write
+from geomsafe.artefacts import atomic_write
 from geomsafe.errors import GeomsafeError
 from geomsafe.report import firewall
 from geomsafe.report.recommend import recommend

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from geomsafe.atlas import atomic_write
+from geomsafe.artefacts import atomic_write
 from geomsafe.toy.entangle import EntangleResult
 from geomsafe.toy.metrics import REPRESENTED, gram, interference
 from geomsafe.toy.sweep import PHASES, PhaseResult, SweepResult

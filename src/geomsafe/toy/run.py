@@ -14,9 +14,9 @@ import torch
 from tqdm.auto import tqdm
 
 from geomsafe import __version__
+from geomsafe.artefacts import atomic_write_text
 from geomsafe.errors import GeomsafeError
 from geomsafe.toy import plots
-from geomsafe.toy._io import atomic_write_text
 from geomsafe.toy.entangle import EntangleResult, default_entangle, run_entanglement
 from geomsafe.toy.metrics import REPRESENTED, gram
 from geomsafe.toy.sweep import (

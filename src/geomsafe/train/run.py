@@ -29,7 +29,8 @@ import torch
 from transformers import TrainerCallback
 
 import geomsafe
-from geomsafe.atlas import FeatureAtlas, atomic_write
+from geomsafe.artefacts import atomic_write
+from geomsafe.atlas import FeatureAtlas
 from geomsafe.capture import HOOK_SITE
 from geomsafe.datasets import Dataset, ExampleLike, as_dataset
 from geomsafe.errors import GeomsafeError
