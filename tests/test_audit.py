@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from geomsafe.audit import audit
-from geomsafe.layers import default_band
 from geomsafe.cli import main
 from geomsafe.errors import GeomsafeError
+from geomsafe.layers import default_band
 from geomsafe.testing import tiny_model
 
 WORDS = ["apple", "river", "cloud", "stone", "music", "paper", "garden", "window", "light", "table"]
