@@ -7,8 +7,8 @@ import math
 import pytest
 from click.testing import CliRunner
 
-from geomsafe.bench import BenchConfig, bench, cells, correlation, correlations, preset
-from geomsafe.bench.table import markdown
+from geomsafe.bench import BenchConfig, bench, preset
+from geomsafe.bench.table import cells, correlation, correlations, markdown
 from geomsafe.bench.tasks import resolve_task
 from geomsafe.cli import main
 from geomsafe.errors import GeomsafeError
@@ -36,7 +36,7 @@ TINY = BenchConfig(
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     out = tmp_path_factory.mktemp("b") / "bench"
-    return bench(tiny_model("llama"), out, TINY, progress=False, command="test")
+    return bench(tiny_model("llama"), out=out, config=TINY, progress=False, command="test")
 
 
 def test_bench_rows_per_task_and_guard(result):
@@ -78,7 +78,7 @@ def test_bench_folder_is_complete(result):
 
 
 def test_bench_is_deterministic(result, tmp_path):
-    again = bench(tiny_model("llama"), None, TINY, progress=False, command="test")
+    again = bench(tiny_model("llama"), config=TINY, progress=False, command="test")
     assert [cells(r) for r in again.rows] == [cells(r) for r in result.rows]
 
 
@@ -106,7 +106,12 @@ def test_markdown_handles_nan_correlations(result):
 
 def test_bad_inputs_fail_before_work(tmp_path):
     with pytest.raises(GeomsafeError, match="unknown task 'nope'"):
-        bench(tiny_model("llama"), tmp_path / "o", BenchConfig(tasks=("nope",)), progress=False)
+        bench(
+            tiny_model("llama"),
+            out=tmp_path / "o",
+            config=BenchConfig(tasks=("nope",)),
+            progress=False,
+        )
     with pytest.raises(GeomsafeError, match="file not found"):
         resolve_task(f"mine={tmp_path / 'missing.jsonl'}")
     with pytest.raises(GeomsafeError, match="insecure"):
@@ -118,7 +123,7 @@ def test_bad_inputs_fail_before_work(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(GeomsafeError, match="not empty"):
-        bench(tiny_model("llama"), tmp_path / "full", TINY, progress=False)
+        bench(tiny_model("llama"), out=tmp_path / "full", config=TINY, progress=False)
     assert not (tmp_path / "o").exists()
 
 

@@ -256,7 +256,7 @@ def test_baseline_file_is_before_and_pairs_by_unit(tmp_path, empty_root):
     assert more.changes["toxic_rate"].n_paired <= 6
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "something else"}')
-    with pytest.raises(GeomsafeError, match="not a geomsafe eval.json"):
+    with pytest.raises(GeomsafeError, match="not a geomsafe eval"):
         evaluate(lm, baseline=bad, **kw)
 
 
@@ -285,12 +285,13 @@ def test_config_validation():
 def test_likelihood_rows_alone_need_no_sampling(tmp_path, empty_root):
     lm = tiny_model("llama")
     kw = dict(SMALL, n_prompts=0, n_xstest=0, n_probe=0, em_probes=False, data_root=empty_root)
-    res = evaluate(lm, atlas=random_atlas(lm), out=tmp_path, progress=False, **kw)
+    out = tmp_path / "out"
+    res = evaluate(lm, atlas=random_atlas(lm), out=out, progress=False, **kw)
     assert set(res.model.metrics) == {"logodds:advice"} and not res.model.generations
     assert "generate" not in res.model.seconds and "logodds:advice" in res.model.seconds
     assert "skipped projection: needs sampled responses (n_prompts=0)" in res.warnings
-    assert (tmp_path / "generations.jsonl").read_text() == ""
-    assert json.loads((tmp_path / "eval.json").read_text())["config"]["n_prompts"] == 0
+    assert (out / "generations.jsonl").read_text() == ""
+    assert json.loads((out / "eval.json").read_text())["config"]["n_prompts"] == 0
 
 
 # ------------------------------------------------------------------ CLI

@@ -47,6 +47,7 @@ PILOT_JSON = "pilot.json"
 FIREWALL_JSON = "firewall.json"
 FIREWALL_RUN_JSON = "firewall_run.json"
 REPORT_HTML = "report.html"
+CONTROL = "random_labels"  # the audit's label-shuffled control concept (atlas and audit.json)
 
 # ---- format stamps ----------------------------------------------------------------------------
 #: The newest version of each kind this geomsafe writes (and the newest it reads).

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from geomsafe.artefacts import ATLAS_DIR, AUDIT_JSON, prepare_out, stamp, write_json
+from geomsafe.artefacts import ATLAS_DIR, AUDIT_JSON, CONTROL, prepare_out, stamp, write_json
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.audit.config import AuditConfig
 from geomsafe.concepts import ConceptSet, builtin_names, load_concept
@@ -32,8 +32,6 @@ from geomsafe.geometry import (
 from geomsafe.geometry.heads import shared_heads
 from geomsafe.layers import default_band
 from geomsafe.models import LoadedModel, load
-
-CONTROL = "random_labels"
 
 
 @dataclass

@@ -1,26 +1,29 @@
-"""`bench`: the end-to-end benchmark table (see :mod:`geomsafe.bench.run`)."""
+"""`bench`: the end-to-end benchmark table (see :mod:`geomsafe.bench.run`).
+
+Names are imported on first use, so the report can use :mod:`geomsafe.bench.table` without
+importing the trainer that :mod:`geomsafe.bench.run` needs."""
 
 from __future__ import annotations
 
-from geomsafe.bench.config import FULL, QUICK, BenchConfig, preset
-from geomsafe.bench.run import BENCH_JSON, BenchResult, bench
-from geomsafe.bench.table import COLUMNS, cells, correlation, correlation_lines, correlations
-from geomsafe.bench.tasks import Task, resolve_task, resolve_tasks
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "BENCH_JSON",
-    "COLUMNS",
-    "FULL",
-    "QUICK",
-    "BenchConfig",
-    "BenchResult",
-    "Task",
-    "bench",
-    "cells",
-    "correlation",
-    "correlation_lines",
-    "correlations",
-    "preset",
-    "resolve_task",
-    "resolve_tasks",
-]
+from geomsafe._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from geomsafe.bench.config import FULL, QUICK, BenchConfig, preset
+    from geomsafe.bench.run import BenchResult, bench
+
+__all__ = ["FULL", "QUICK", "BenchConfig", "BenchResult", "bench", "preset"]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    globals(),
+    {
+        "FULL": "geomsafe.bench.config",
+        "QUICK": "geomsafe.bench.config",
+        "BenchConfig": "geomsafe.bench.config",
+        "preset": "geomsafe.bench.config",
+        "BenchResult": "geomsafe.bench.run",
+        "bench": "geomsafe.bench.run",
+    },
+)

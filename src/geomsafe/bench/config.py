@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from geomsafe.config import with_options
 from geomsafe.errors import GeomsafeError
 
 BENIGN_TASKS = ("factual_qa", "instruction_following", "code", "summarisation")
@@ -42,6 +43,13 @@ class BenchConfig:
     seed: int = 0
     data_root: str | None = None  # public data (default: $GEOMSAFE_DATA or ../shared/data)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def with_options(self, **options: Any) -> BenchConfig:
+        """A copy with fields replaced (checked again); unknown names are an error."""
+        return with_options(self, "bench", **options)
 
     def validate(self) -> BenchConfig:
         for name in ("n_train", "steps", "batch_size", "concept_pairs", "n_direction"):

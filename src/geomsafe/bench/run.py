@@ -2,7 +2,8 @@
 before/after, and relate the geometry (overlap score, predicted shift) to what happened
 (toxic-output increase, measured shift).
 
-The run works in ``<parent>/.<name>.partial`` and renames it to ``out`` at the end: ``out``
+The run works in a hidden sibling folder renamed to ``out`` at the end
+(:func:`geomsafe.artefacts.prepare_out`): ``out``
 then holds ``bench.json`` (rows, correlations, provenance), ``table.md``, ``atlas/`` (the
 harmful features), ``eval-base/`` and ``eval/<task>-<guard>/`` (eval.json + generations) and
 ``runs/<task>-<guard>/`` (adapter, geometry log, run.json).
@@ -11,7 +12,6 @@ harmful features), ``eval-base/`` and ``eval/<task>-<guard>/`` (eval.json + gene
 from __future__ import annotations
 
 import gc
-import json
 import os
 import platform
 import shutil
@@ -24,7 +24,15 @@ from typing import Any
 from tqdm.auto import tqdm
 
 import geomsafe
-from geomsafe.artefacts import atomic_write
+from geomsafe.artefacts import (
+    ATLAS_DIR,
+    BENCH_JSON,
+    BENCH_TABLE,
+    atomic_write_text,
+    format_tag,
+    prepare_out,
+    write_json,
+)
 from geomsafe.bench.config import BenchConfig
 from geomsafe.bench.geometry import task_geometry, task_pairs
 from geomsafe.bench.table import COLUMNS, cells, correlations, markdown
@@ -39,10 +47,6 @@ from geomsafe.models import LoadedModel, load
 from geomsafe.predict import probe_prompts
 from geomsafe.projection import mean_projection, measured_shift
 from geomsafe.train import TrainConfig, finetune
-from geomsafe.train.outdir import RunDir, check_out, finalize, work_dir
-
-BENCH_JSON = "bench.json"
-FORMAT = "geomsafe.bench/1"
 
 
 @dataclass
@@ -56,7 +60,7 @@ class BenchResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": FORMAT,
+            "format": format_tag("bench"),
             "provenance": self.provenance,
             "config": self.config,
             "shift_concept": self.config["shift_concept"],
@@ -117,38 +121,34 @@ def _sample(task: Task, cfg: BenchConfig) -> Dataset:
 
 def bench(
     model: str | LoadedModel = "default",
+    *,
     out: str | Path | None = None,
     config: BenchConfig | None = None,
-    *,
-    overwrite: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
     command: str | None = None,
+    **options: Any,
 ) -> BenchResult:
-    """Run the benchmark of ``config`` (default: the full size) on ``model``; write it to
-    ``out`` when given. Returns the table rows and correlations."""
+    """Run the benchmark of ``config`` (default: the full size; ``options`` override its
+    fields) on ``model``; write it to ``out`` when given (a non-empty ``out`` only with
+    ``overwrite``). Returns the table rows and correlations."""
     t0 = time.perf_counter()
-    cfg = (config or BenchConfig()).validate()
+    cfg = (config or BenchConfig()).with_options(**options)
     tasks = resolve_tasks(cfg.tasks, cfg.data_root)  # every input checked before any work
-    out_path = Path(out).absolute() if out is not None else None
-    if out_path is not None:
-        check_out(out_path, overwrite, "--overwrite")
-        work = work_dir(out_path)
-        shutil.rmtree(work, ignore_errors=True)  # a stale folder from a failed run
-        work.mkdir(parents=True)
-    else:
+    folder = prepare_out(Path(out).absolute(), "bench", overwrite=overwrite) if out else None
+    if folder is None:
         work = Path(tempfile.mkdtemp(prefix="geomsafe-bench-"))
-    try:
+        try:
+            result = _run(model, tasks, cfg, work, progress, t0, command)
+            _write(work, result)
+            return result
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    with folder.writing() as work:
         result = _run(model, tasks, cfg, work, progress, t0, command)
         _write(work, result)
-        if out_path is None:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            finalize(RunDir(out_path, work))
-            result.out = out_path
-        return result
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    result.out = folder.out
+    return result
 
 
 def _run(
@@ -167,7 +167,7 @@ def _run(
     if cfg.shift_concept not in atlas.harmful:
         raise GeomsafeError(f"shift concept {cfg.shift_concept!r} is not a harmful concept")
     band = default_band(lm.n_layers)
-    atlas.save(work / "atlas")
+    atlas.save(work / ATLAS_DIR)
     ecfg = _eval_config(cfg)
     base = evaluate(lm, out=work / "eval-base", config=ecfg, progress=progress)
     probes = probe_prompts(cfg.n_shift_prompts)
@@ -287,5 +287,5 @@ def _row(
 
 def _write(work: Path, result: BenchResult) -> None:
     payload = result.to_dict()
-    atomic_write(work / BENCH_JSON, lambda p: Path(p).write_text(json.dumps(payload, indent=1)))
-    atomic_write(work / "table.md", lambda p: Path(p).write_text(markdown(payload)))
+    atomic_write_text(work / BENCH_TABLE, markdown(payload))
+    write_json(work / BENCH_JSON, payload, "bench")

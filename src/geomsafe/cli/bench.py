@@ -7,7 +7,9 @@ import sys
 
 import click
 
-from geomsafe.bench import BENCH_JSON, COLUMNS, bench, cells, correlation_lines, preset
+from geomsafe.artefacts import BENCH_JSON, BENCH_TABLE
+from geomsafe.bench import bench, preset
+from geomsafe.bench.table import COLUMNS, cells, correlation_lines
 from geomsafe.cli.common import model_option, print_table
 from geomsafe.options import split_csv
 
@@ -57,11 +59,11 @@ def bench_cmd(model, out, quick, tasks, guard, overwrite, **sizes) -> None:
         **sizes,
     )
     command = "geomsafe " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    result = bench(model, out, cfg, overwrite=overwrite, command=command)
+    result = bench(model, out=out, config=cfg, overwrite=overwrite, command=command)
     print_table(list(COLUMNS), [cells(r) for r in result.rows])
     click.echo("")
     for line in correlation_lines(result.correlations, "overlap vs toxic increase"):
         click.echo(line)
     for line in correlation_lines(result.shift_correlations, "predicted vs measured shift"):
         click.echo(line)
-    click.echo(f"\nwrote {result.out / BENCH_JSON} and table.md")
+    click.echo(f"\nwrote {result.out / BENCH_JSON} and {BENCH_TABLE}")

@@ -62,6 +62,7 @@ def print_eval(result: EvalResult) -> None:
     type=click.Path(file_okay=False),
     help="Output folder (eval.json, generations.jsonl).",
 )
+@click.option("--overwrite", is_flag=True, help="Replace the results already in --out.")
 @click.option(
     "--prompts",
     default=_D.prompts,
@@ -152,6 +153,7 @@ def evaluate(
     baseline,
     atlas,
     out,
+    overwrite,
     prompts,
     n_prompts,
     samples_per_prompt,
@@ -185,6 +187,7 @@ def evaluate(
         baseline=baseline,
         atlas=atlas,
         out=out,
+        overwrite=overwrite,
         progress=not no_progress,
         prompts=prompts,
         n_prompts=0 if likelihood_only else n_prompts,

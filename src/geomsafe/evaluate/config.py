@@ -57,6 +57,9 @@ class EvalConfig:
     logodds: tuple[str, ...] = DEFAULT_SETS
     logodds_pairs: int | None = 50  # pairs drawn per set (None: all; 0: no log-odds rows)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
         for name in ("n_prompts", "logodds_pairs"):
             if getattr(self, name) is not None and getattr(self, name) < 0:

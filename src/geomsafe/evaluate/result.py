@@ -8,17 +8,15 @@ runs share, resampled with the same indices for both.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from geomsafe.artefacts import EVAL_JSON, GENERATIONS_JSONL, format_tag, read_json
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.stats import CI, bootstrap_ci, change_ci
 
-FORMAT = "geomsafe.eval/1"
-EVAL_JSON = "eval.json"
-GENERATIONS_JSONL = "generations.jsonl"
+FORMAT = format_tag("eval")
 # kinds shown in percent (value) and percentage points (change); the rest in raw units
 PERCENT_KINDS = ("rate", "probability")
 
@@ -254,11 +252,8 @@ def load_eval(path: str | Path) -> tuple[ModelEval, dict[str, Any]]:
         path = path / EVAL_JSON
     if not path.is_file():
         raise GeomsafeError(f"baseline not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise GeomsafeError(f"baseline {path} is not JSON") from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    data = read_json(path, "eval")
+    if "format" not in data:  # eval.json has been stamped from the start
         raise GeomsafeError(f"baseline {path} is not a geomsafe eval.json ({FORMAT})")
     try:
         return ModelEval.from_dict(data["model"]), data.get("config", {})

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from geomsafe.artefacts import CONTROL
+
 
 def recommend(
     audit: dict | None,
@@ -19,7 +21,7 @@ def recommend(
         flagged = [
             r
             for r in audit["targets"]
-            if r["target"] != "random_labels" and r["p_value"] < 0.05 and r["score"] > r["null_q95"]
+            if r["target"] != CONTROL and r["p_value"] < 0.05 and r["score"] > r["null_q95"]
         ]
         if flagged:
             worst = max(flagged, key=lambda r: r["score"])
@@ -35,7 +37,7 @@ def recommend(
                 "No target overlaps a harmful feature above its permutation null: the "
                 "geometry gives no reason for a guard."
             )
-        ctrl = next((r for r in audit["targets"] if r["target"] == "random_labels"), None)
+        ctrl = next((r for r in audit["targets"] if r["target"] == CONTROL), None)
         if ctrl is not None and ctrl["p_value"] < 0.05:
             out.append(
                 "Warning: the label-shuffled control scores above its null; treat the "
