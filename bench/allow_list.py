@@ -150,7 +150,7 @@ def main() -> None:
             res = finetune(
                 lm,
                 train,
-                tmp / name.replace("+", "_"),
+                out=tmp / name.replace("+", "_"),
                 guard=None if gcfg is None else "ablate",
                 guard_concepts=[HARMFUL],
                 atlas=atlas,

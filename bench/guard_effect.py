@@ -188,7 +188,7 @@ def main() -> None:
             res = finetune(
                 lm,
                 train,
-                tmp / variant.replace(",", "+"),
+                out=tmp / variant.replace(",", "+"),
                 guard=None if variant == "none" else variant,
                 guard_concepts=names,
                 atlas=atlas,

@@ -109,7 +109,9 @@ def main() -> None:
                 progress=False,
             )
             t_pred = time.perf_counter() - t1
-            run = finetune(lm, ds, work / f"run-{name}", atlas=atlas, config=recipe, progress=False)
+            run = finetune(
+                lm, ds, out=work / f"run-{name}", atlas=atlas, config=recipe, progress=False
+            )
             tuned = run.lm
             shift = measured_shift(tuned, probes, atlas, names, base_projection=base_probe)
             row = {

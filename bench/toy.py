@@ -17,7 +17,7 @@ import time
 import torch
 
 from _common import RESULTS, machine, write_json
-from geomsafe.toy import ToyModel, ToyOrthogonalGuard, TrainConfig, importance_vector, toy, train
+from geomsafe.toy import ToyModel, ToyOrthogonalGuard, ToyTrainConfig, importance_vector, toy, train
 from geomsafe.toy.entangle import protected_features
 
 
@@ -29,7 +29,7 @@ def guard_overhead(copies: int, m: int, n: int, protect: int, steps: int, reps: 
     target = torch.arange(copies) % n
     protected = protected_features(W0, target, torch.ones(copies, n, dtype=torch.bool), protect)
     guard = ToyOrthogonalGuard(W0, protected)
-    config = TrainConfig(steps, 1024, 2e-3, seed=1)
+    config = ToyTrainConfig(steps, 1024, 2e-3, seed=1)
     importance, probability = importance_vector(n), torch.tensor([[0.1]])
     times: dict[str, list[float]] = {"free": [], "guarded": []}
     for _ in range(reps):

@@ -264,7 +264,7 @@ def test_every_command_reads_a_file_the_same_way(
     outcomes = {
         "predict": _outcome(lambda: predict_module.predict("m", spec, progress=False)),
         "finetune": _outcome(
-            lambda: train_run.finetune("m", spec, tmp_path / "run", progress=False)
+            lambda: train_run.finetune("m", spec, out=tmp_path / "run", progress=False)
         ),
         "train.data": _outcome(lambda: load_data(spec, tok, max_length=100_000)),
         "bench": _outcome(lambda: _sample(Task(case, resolve_data(spec), "file"), bench_cfg)),

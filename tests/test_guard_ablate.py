@@ -83,7 +83,7 @@ def test_ablate_trains_and_leaves_no_hooks(tmp_path):
     res = finetune(
         lm,
         REPEAT,
-        tmp_path / "run",
+        out=tmp_path / "run",
         guard="ablate",
         atlas=atlas,
         guard_concepts="toxicity,deception",

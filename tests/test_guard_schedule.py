@@ -101,7 +101,7 @@ def test_trainer_sets_and_logs_the_strength_per_step(tmp_path):
     res = finetune(
         lm,
         REPEAT,
-        tmp_path / "run",
+        out=tmp_path / "run",
         guard="projection,steer",
         atlas=lm_atlas(lm),
         guard_concepts="toxicity",

@@ -76,7 +76,9 @@ def interrupted(tmp_path_factory):
         first = _wait_for(lambda: latest_checkpoint(work_dir(out) / "checkpoints"), 300, proc)
         holder = read_holder(out)
         try:
-            finetune(str(model), str(data), out, config=TrainConfig(max_steps=2), progress=False)
+            finetune(
+                str(model), str(data), out=out, config=TrainConfig(max_steps=2), progress=False
+            )
             second: GeomsafeError | None = None
         except GeomsafeError as exc:
             second = exc
@@ -123,13 +125,13 @@ def test_rerun_without_resume_refuses_to_discard_resumable_work(interrupted):
     kept = latest_checkpoint(work_dir(out) / "checkpoints")
     assert kept is not None and not out.exists()
     with pytest.raises(GeomsafeError) as err:
-        finetune(model, data, out, config=TrainConfig(max_steps=2), progress=False)
+        finetune(model, data, out=out, config=TrainConfig(max_steps=2), progress=False)
     assert "--resume" in str(err.value) and "--overwrite" in str(err.value)
     assert kept.name in str(err.value)
     assert latest_checkpoint(work_dir(out) / "checkpoints") == kept  # nothing discarded
     step = int(kept.name.split("-")[1])
     config = TrainConfig(max_steps=step + 1, save_steps=3, batch_size=2)
-    resumed = finetune(model, data, out, config=config, resume=True, progress=False)
+    resumed = finetune(model, data, out=out, config=config, resume=True, progress=False)
     assert resumed.metrics["resumed_from_step"] == step
     assert [r["step"] for r in resumed.geometry_log] == list(range(1, step + 2))
     assert read_holder(out) is None  # the lock was released
@@ -141,9 +143,9 @@ def test_overwrite_discards_interrupted_work(tmp_path: Path):
     ckpt.mkdir(parents=True)
     (ckpt / "trainer_state.json").write_text("{}")
     with pytest.raises(GeomsafeError, match="checkpoint-7 of an interrupted run"):
-        finetune(str(model), str(data), out, config=TrainConfig(max_steps=1), progress=False)
+        finetune(str(model), str(data), out=out, config=TrainConfig(max_steps=1), progress=False)
     config = TrainConfig(max_steps=1, batch_size=2)
-    run = finetune(str(model), str(data), out, config=config, overwrite=True, progress=False)
+    run = finetune(str(model), str(data), out=out, config=config, overwrite=True, progress=False)
     assert run.metrics["resumed_from_step"] == 0 and not work_dir(out).exists()
 
 

@@ -18,7 +18,7 @@ from geomsafe.toy import (
     ToyConfig,
     ToyModel,
     ToyOrthogonalGuard,
-    TrainConfig,
+    ToyTrainConfig,
     classify_phase,
     cosines,
     dimensionality,
@@ -101,7 +101,7 @@ def test_sparse_features_go_into_superposition():
 def test_training_is_seeded():
     def once() -> torch.Tensor:
         model = ToyModel(ToyConfig(6, 2, 2), torch.Generator().manual_seed(3))
-        train(model, importance_vector(6), torch.tensor([[0.1]]), TrainConfig(50, 64, seed=3))
+        train(model, importance_vector(6), torch.tensor([[0.1]]), ToyTrainConfig(50, 64, seed=3))
         return model.W.detach()
 
     assert torch.equal(once(), once())

@@ -200,14 +200,14 @@ def test_finetune_on_a_dataset_trains_as_on_its_file_and_records_the_file(tmp_pa
     path = write(tmp_path / "d.jsonl", [CHAT, MULTI, {"prompt": "2+2?", "completion": "4"}, CHAT])
     ds = load_dataset(path)
     config = TrainConfig(max_steps=2, batch_size=2, save_steps=10, logging_steps=1)
-    by_file = finetune(lm, path, tmp_path / "a", config=config, progress=False)
-    by_dataset = finetune(lm, ds, tmp_path / "b", config=config, progress=False)
+    by_file = finetune(lm, path, out=tmp_path / "a", config=config, progress=False)
+    by_dataset = finetune(lm, ds, out=tmp_path / "b", config=config, progress=False)
     assert [r["loss"] for r in by_dataset.geometry_log] == [r["loss"] for r in by_file.geometry_log]
     for prov in (by_file.provenance, by_dataset.provenance):
         assert prov["data"] == str(path.resolve()) and prov["data_hash"] == file_sha256(path)
         assert prov["examples_hash"] == ds.records_sha256
     sample = ds.sample(2, seed=1)  # what bench passes: a sample of the task's file
-    prov = finetune(lm, sample, tmp_path / "c", config=config, progress=False).provenance
+    prov = finetune(lm, sample, out=tmp_path / "c", config=config, progress=False).provenance
     assert prov["data"] == str(path.resolve()) and prov["data_hash"] == ds.sha256
     assert prov["examples_hash"] == sample.records_sha256 != ds.records_sha256
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c", "d.jsonl"]

@@ -65,7 +65,7 @@ def test_finetune_guards_the_pilot_shifts(tmp_path):
     res = finetune(
         lm,
         DATA,
-        tmp_path / "run",
+        out=tmp_path / "run",
         guard="ablate",
         atlas=atlas,
         guard_concepts="toxicity,deception",
@@ -98,7 +98,7 @@ def test_a_pilot_without_aligned_shifts_stops_before_training(tmp_path):
         finetune(
             lm,
             DATA,
-            tmp_path / "run",
+            out=tmp_path / "run",
             guard="ablate",
             atlas=atlas,
             guard_config=GuardConfig(source="pilot", pilot=PILOT),

@@ -23,7 +23,7 @@ def test_loss_falls_adapter_reloads(tmp_path, family):
     from peft import PeftModel
 
     lm = learnable(family)
-    res = finetune(lm, REPEAT, tmp_path / "run", config=cfg(max_steps=24), progress=False)
+    res = finetune(lm, REPEAT, out=tmp_path / "run", config=cfg(max_steps=24), progress=False)
     assert res.metrics["steps"] == 24 and len(res.geometry_log) == 24
     assert res.metrics["final_loss"] < 0.5 * res.metrics["first_loss"]
     assert [r["step"] for r in res.geometry_log] == list(range(1, 25))
@@ -57,7 +57,7 @@ def test_guard_objects_penalty_after_step_and_log(tmp_path):
     res = finetune(
         lm,
         REPEAT,
-        tmp_path / "run",
+        out=tmp_path / "run",
         guard=[guard],
         atlas=lm_atlas(lm),
         guard_concepts="toxicity,deception",
@@ -87,12 +87,12 @@ def test_guard_objects_penalty_after_step_and_log(tmp_path):
     # a huge weight keeps the LoRA update near zero: the penalty is really in the loss
     strong = StandIn(weight=1e4)
     res2 = finetune(
-        lm, REPEAT, tmp_path / "run2", guard=[strong], config=cfg(max_steps=10), progress=False
+        lm, REPEAT, out=tmp_path / "run2", guard=[strong], config=cfg(max_steps=10), progress=False
     )
     res3 = finetune(
         lm,
         REPEAT,
-        tmp_path / "run3",
+        out=tmp_path / "run3",
         guard=[StandIn(weight=0.0)],
         config=cfg(max_steps=10),
         progress=False,
@@ -144,8 +144,8 @@ def test_geometry_log_values_match_a_direct_computation(tmp_path):
         progress=False,
     )
     const = dict(lr_scheduler="constant")
-    run = finetune(lm, data, tmp_path / "run", config=cfg(max_steps=2, **const), **kw)
-    one = finetune(lm, data, tmp_path / "one", config=cfg(max_steps=1, **const), **kw)
+    run = finetune(lm, data, out=tmp_path / "run", config=cfg(max_steps=2, **const), **kw)
+    one = finetune(lm, data, out=tmp_path / "one", config=cfg(max_steps=1, **const), **kw)
     # step 2 runs on the weights after step 1, i.e. those of the one-step run
     row = run.geometry_log[1]
     for key, value in manual_step(one.lm.model, batch, atlas, 3.0).items():
@@ -165,13 +165,22 @@ def test_geometry_log_values_match_a_direct_computation(tmp_path):
 def test_resume_continues_step_count_and_matches_uninterrupted(tmp_path):
     lm = tiny_model("llama")
     const = dict(lr_scheduler="constant")  # the lr must not depend on max_steps here
-    full = finetune(lm, REPEAT, tmp_path / "full", config=cfg(max_steps=8, **const), progress=False)
-    first = finetune(lm, REPEAT, tmp_path / "run", config=cfg(max_steps=4, **const), progress=False)
+    full = finetune(
+        lm, REPEAT, out=tmp_path / "full", config=cfg(max_steps=8, **const), progress=False
+    )
+    first = finetune(
+        lm, REPEAT, out=tmp_path / "run", config=cfg(max_steps=4, **const), progress=False
+    )
     assert first.metrics["steps"] == 4
     with pytest.raises(GeomsafeError, match="--resume"):
-        finetune(lm, REPEAT, tmp_path / "run", config=cfg(max_steps=8, **const), progress=False)
+        finetune(lm, REPEAT, out=tmp_path / "run", config=cfg(max_steps=8, **const), progress=False)
     res = finetune(
-        lm, REPEAT, tmp_path / "run", config=cfg(max_steps=8, **const), resume=True, progress=False
+        lm,
+        REPEAT,
+        out=tmp_path / "run",
+        config=cfg(max_steps=8, **const),
+        resume=True,
+        progress=False,
     )
     assert res.metrics["resumed_from_step"] == 4 and res.metrics["steps"] == 8
     assert [r["step"] for r in res.geometry_log] == list(range(1, 9))
@@ -187,20 +196,20 @@ def test_failed_run_leaves_no_out_folder_and_can_resume(tmp_path):
     def fail_at(step: int) -> None:
         with pytest.raises(RuntimeError, match="boom"):
             guard = [StandIn(fail_at_step=step)]
-            finetune(lm, REPEAT, out, guard=guard, config=cfg(max_steps=6), progress=False)
+            finetune(lm, REPEAT, out=out, guard=guard, config=cfg(max_steps=6), progress=False)
 
     fail_at(1)  # before the first checkpoint
     assert sorted(tmp_path.iterdir()) == []
     fail_at(3)  # after checkpoint-2
     assert not out.exists() and (work_dir(out) / "checkpoints" / "checkpoint-2").is_dir()
     res = finetune(
-        lm, REPEAT, out, guard=[StandIn()], config=cfg(max_steps=6), resume=True, progress=False
+        lm, REPEAT, out=out, guard=[StandIn()], config=cfg(max_steps=6), resume=True, progress=False
     )
     assert res.metrics["resumed_from_step"] == 2 and res.metrics["steps"] == 6
     assert [r["step"] for r in res.geometry_log] == list(range(1, 7))
     assert out.is_dir() and not work_dir(out).exists()
     with pytest.raises(GeomsafeError, match="data_hash"):
-        finetune(lm, REPEAT[:3], out, config=cfg(max_steps=8), resume=True, progress=False)
+        finetune(lm, REPEAT[:3], out=out, config=cfg(max_steps=8), resume=True, progress=False)
 
 
 def test_on_the_fly_atlas_is_extracted_and_saved(tmp_path):
@@ -212,7 +221,7 @@ def test_on_the_fly_atlas_is_extracted_and_saved(tmp_path):
     res = finetune(
         lm,
         REPEAT,
-        tmp_path / "run",
+        out=tmp_path / "run",
         guard="steer",
         guard_concepts=str(concept),
         config=cfg(max_steps=2),
@@ -232,18 +241,18 @@ def test_on_the_fly_atlas_is_extracted_and_saved(tmp_path):
 def test_bad_guard_and_atlas_inputs(tmp_path):
     lm = tiny_model("llama")
     with pytest.raises(GeomsafeError, match="unknown guard"):
-        finetune(lm, REPEAT, tmp_path / "a", guard="nope", progress=False)
+        finetune(lm, REPEAT, out=tmp_path / "a", guard="nope", progress=False)
     with pytest.raises(GeomsafeError, match="no direction for"):
         finetune(
             lm,
             REPEAT,
-            tmp_path / "b",
+            out=tmp_path / "b",
             atlas=lm_atlas(lm),
             guard_concepts="hate",
             progress=False,
         )
     with pytest.raises(GeomsafeError, match="not a guard"):
-        finetune(lm, REPEAT, tmp_path / "c", guard=[object()], progress=False)
+        finetune(lm, REPEAT, out=tmp_path / "c", guard=[object()], progress=False)
     assert sorted(tmp_path.iterdir()) == []
 
 
@@ -278,7 +287,7 @@ def test_real_guards_plug_in(tmp_path, kind):
     res = finetune(
         lm,
         REPEAT,
-        tmp_path / "run",
+        out=tmp_path / "run",
         guard=kind,
         atlas=atlas,
         guard_concepts="toxicity,deception",
@@ -308,7 +317,7 @@ def test_a_registered_guard_works_in_finetune_and_the_cli(tmp_path):
         res = finetune(
             lm,
             REPEAT,
-            tmp_path / "api",
+            out=tmp_path / "api",
             guard="square,steer",
             atlas=atlas,
             config=cfg(max_steps=2),

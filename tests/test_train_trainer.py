@@ -51,7 +51,9 @@ def test_logged_loss_is_the_mean_response_loss(tmp_path, grad_accum):
     expected = heldout_loss(lm, data)  # token-mean CE of the base model on the 6 examples
     guard = StandIn(weight=0.0)
     config = cfg(batch_size=6 // grad_accum, grad_accum=grad_accum, max_steps=1)
-    res = finetune(lm, REPEAT[:6], tmp_path / "run", guard=[guard], config=config, progress=False)
+    res = finetune(
+        lm, REPEAT[:6], out=tmp_path / "run", guard=[guard], config=config, progress=False
+    )
     assert guard.forwards == grad_accum and guard.steps == 1
     assert res.geometry_log[0]["loss"] == pytest.approx(expected, rel=1e-4)
 
@@ -71,12 +73,12 @@ def test_penalty_weight_does_not_depend_on_grad_accum(tmp_path):
             extra_args=dict(optim="sgd"),
         )
         out = tmp_path / f"a{grad_accum}"
-        res = finetune(lm, REPEAT[:6], out, guard=[Probe(0.5)], config=config, progress=False)
+        res = finetune(lm, REPEAT[:6], out=out, guard=[Probe(0.5)], config=config, progress=False)
         a = [p for n, p in res.lm.model.named_parameters() if "lora_A" in n][0]
         move = (first_a[0] - a).detach()  # SGD: lr x weight x 1 per element, whatever the
         torch.testing.assert_close(move, torch.full_like(move, 1e-2 * 0.5), atol=1e-7, rtol=1e-4)
         out = tmp_path / f"b{grad_accum}"  # accumulation
-        counted = finetune(lm, REPEAT[:6], out, guard=[Probe()], config=config, progress=False)
+        counted = finetune(lm, REPEAT[:6], out=out, guard=[Probe()], config=config, progress=False)
         # the logged penalty is the mean over the step's micro-batches
         assert counted.geometry_log[0]["penalty"] == pytest.approx(tokens / grad_accum)
 
@@ -89,7 +91,7 @@ def test_one_forward_hook_per_watched_layer_during_training(tmp_path):
     finetune(
         lm,
         REPEAT,
-        tmp_path / "run",
+        out=tmp_path / "run",
         guard=["projection", "covariance", "steer", probe],
         atlas=atlas,
         guard_concepts="toxicity,deception",

@@ -189,7 +189,7 @@ def _run(
                 run = finetune(
                     lm,
                     ds,
-                    work / "runs" / f"{task.name}-{guard}",
+                    out=work / "runs" / f"{task.name}-{guard}",
                     guard=None if guard == "none" else guard,
                     guard_concepts=atlas.harmful,
                     atlas=atlas,

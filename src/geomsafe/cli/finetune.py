@@ -47,6 +47,9 @@ def print_summary(result: FinetuneResult) -> None:
     print_table(["finetune", "value"], rows)
 
 
+_TRAIN = TrainConfig()
+
+
 @click.command("finetune")
 @model_option
 @click.option(
@@ -161,38 +164,44 @@ def print_summary(result: FinetuneResult) -> None:
     show_default=True,
     help="Training examples held out of the pilot and compared base vs pilot.",
 )
-@click.option("--epochs", type=float, default=1.0, show_default=True)
+@click.option("--epochs", type=float, default=_TRAIN.epochs, show_default=True)
 @click.option(
     "--max-steps",
     type=int,
-    default=-1,
+    default=_TRAIN.max_steps,
     show_default=True,
     help="Optimiser steps; > 0 overrides --epochs.",
 )
-@click.option("--lr", type=float, default=2e-4, show_default=True, help="Learning rate.")
-@click.option("--batch-size", type=int, default=4, show_default=True)
 @click.option(
-    "--grad-accum", type=int, default=1, show_default=True, help="Gradient accumulation steps."
+    "--lr", type=float, default=_TRAIN.learning_rate, show_default=True, help="Learning rate."
+)
+@click.option("--batch-size", type=int, default=_TRAIN.batch_size, show_default=True)
+@click.option(
+    "--grad-accum",
+    type=int,
+    default=_TRAIN.grad_accum,
+    show_default=True,
+    help="Gradient accumulation steps.",
 )
 @click.option(
     "--max-length",
     type=int,
-    default=512,
+    default=_TRAIN.max_length,
     show_default=True,
     help="Longest example in tokens; longer ones are an error unless --truncate.",
 )
 @click.option("--truncate", is_flag=True, help="Cut over-long examples instead of failing.")
-@click.option("--lora-r", type=int, default=8, show_default=True, help="LoRA rank.")
+@click.option("--lora-r", type=int, default=_TRAIN.lora_r, show_default=True, help="LoRA rank.")
 @click.option("--lora-alpha", type=int, help="LoRA alpha (default: 2 x rank).")
 @click.option("--max-examples", type=int, help="Use the first N examples of --data.")
 @click.option(
     "--save-steps",
     type=int,
-    default=50,
+    default=_TRAIN.save_steps,
     show_default=True,
     help="Checkpoint every N steps (and at the end).",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=_TRAIN.seed, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint of --out.")
 @click.option(
     "--overwrite",
@@ -291,7 +300,7 @@ def _run(
     return run_finetune(
         model,
         data,
-        out,
+        out=out,
         guard=guard,
         guard_concepts=guard_concepts,
         atlas=atlas,

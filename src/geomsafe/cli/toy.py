@@ -38,13 +38,14 @@ _ROWS = (
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--quick", is_flag=True, help="Small grids and few steps (seconds; for tests).")
-def toy(out: Path, seed: int, quick: bool) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace the results already in --out.")
+def toy(out: Path, seed: int, quick: bool, overwrite: bool) -> None:
     """Toy models of superposition: polygons, sparsity sweep, phase diagram, entanglement."""
     from geomsafe.toy import toy as run_toy
 
     if seed < 0:
         raise GeomsafeError(f"--seed must be >= 0, got {seed}")
-    result = run_toy(out, seed=seed, quick=quick, progress=True)
+    result = run_toy(out, seed=seed, quick=quick, progress=True, overwrite=overwrite)
     numbers = result.headline()
     rows = [[label, _tidy(numbers[key])] for key, label in _ROWS]
     print_table(["quantity", "value"], rows)

@@ -77,6 +77,9 @@ class GuardConfig:
     # (geomsafe.guard.pilot; elsewhere build the guards on pilot_directions(...).atlas)
     pilot: PilotConfig = field(default_factory=PilotConfig)  # the pilot run (source="pilot")
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> GuardConfig:
         checks = [
             (self.weight >= 0, f"guard weight must be >= 0, not {self.weight}"),

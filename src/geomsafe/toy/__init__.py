@@ -4,7 +4,7 @@
 the pieces are importable on their own:
 
 * ``ToyModel`` / ``ToyConfig``: ``x' = ReLU(WᵀW x + b)``, many instances trained at once;
-* ``train`` / ``TrainConfig`` / ``sample_features``: sparse synthetic data and Adam training;
+* ``train`` / ``ToyTrainConfig`` / ``sample_features``: sparse synthetic data and Adam training;
 * ``dimensionality`` and friends: superposition statistics of ``W``;
 * ``run_sweep`` / ``run_phase_diagram``: the polygons, the sparsity sweep, the phase diagram;
 * ``run_entanglement`` / ``EntangleConfig`` / ``ToyOrthogonalGuard``: boosting one feature, the
@@ -39,7 +39,13 @@ from geomsafe.toy.sweep import (
     run_phase_diagram,
     run_sweep,
 )
-from geomsafe.toy.train import TrainConfig, evaluate, importance_vector, sample_features, train
+from geomsafe.toy.train import (
+    ToyTrainConfig,
+    importance_vector,
+    reconstruction_loss,
+    sample_features,
+    train,
+)
 
 __all__ = [
     "EntangleConfig",
@@ -52,12 +58,12 @@ __all__ = [
     "ToyModel",
     "ToyOrthogonalGuard",
     "ToyResult",
-    "TrainConfig",
+    "ToyTrainConfig",
     "classify_phase",
     "cosines",
     "dimensionality",
     "dims_per_feature",
-    "evaluate",
+    "reconstruction_loss",
     "gram",
     "importance_vector",
     "interference",

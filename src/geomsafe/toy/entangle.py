@@ -47,9 +47,9 @@ import torch
 from scipy import stats
 from torch import Tensor
 
-from geomsafe.toy.metrics import REPRESENTED, cosines, norms, unit
+from geomsafe.toy.metrics import REPRESENTED, cosines, norms, unit_columns
 from geomsafe.toy.model import ToyConfig, ToyModel
-from geomsafe.toy.train import TrainConfig, importance_vector, train
+from geomsafe.toy.train import ToyTrainConfig, importance_vector, train
 
 _GRID = torch.linspace(0.0, 1.0, 101)[1:]  # target values x_t for the output read-outs
 
@@ -187,7 +187,7 @@ def probe_readout(W: Tensor, W0: Tensor, target: Tensor) -> Tensor:
     """``[I, n]`` ``Ŵ⁰_j · W_t``: the target's hidden vector read along every feature's
     pre-fine-tuning direction."""
     w_t = W[torch.arange(W.shape[0]), :, target]
-    return torch.einsum("imn,im->in", unit(W0), w_t)
+    return torch.einsum("imn,im->in", unit_columns(W0), w_t)
 
 
 def protected_features(W0: Tensor, target: Tensor, represented: Tensor, k: int) -> Tensor:
@@ -216,7 +216,7 @@ def run_entanglement(
         base,
         importance,
         probability,
-        TrainConfig(c.base_steps, c.batch_size, c.base_lr, c.seed),
+        ToyTrainConfig(c.base_steps, c.batch_size, c.base_lr, c.seed),
         progress=update,
     )
     W_base, b_base = base.W.detach(), base.b.detach()
@@ -233,7 +233,7 @@ def run_entanglement(
     imp = importance.expand(copies, n) * c.other_importance
     imp[torch.arange(copies), target] = importance[target] * c.target_importance
     protected = protected_features(W0, target, rep, c.protect)
-    ft = TrainConfig(c.finetune_steps, c.batch_size, c.finetune_lr, c.seed + 1)
+    ft = ToyTrainConfig(c.finetune_steps, c.batch_size, c.finetune_lr, c.seed + 1)
 
     arms = {}
     finetuned: dict[str, Tensor] = {}

@@ -15,7 +15,7 @@ def norms(W: Tensor) -> Tensor:
     return W.norm(dim=-2)
 
 
-def unit(W: Tensor) -> Tensor:
+def unit_columns(W: Tensor) -> Tensor:
     """``Ŵ``: columns scaled to unit norm (zero columns stay ~zero)."""
     return W / (norms(W).unsqueeze(-2) + EPS)
 
@@ -27,7 +27,7 @@ def gram(W: Tensor) -> Tensor:
 
 def cosines(W: Tensor) -> Tensor:
     """``[I, n, n]`` cosines ``Ŵ_iᵀŴ_j`` between feature directions."""
-    u = unit(W)
+    u = unit_columns(W)
     return u.transpose(-1, -2) @ u
 
 
@@ -38,7 +38,7 @@ def dimensionality(W: Tensor) -> Tensor:
     a plane, ~0 for a feature that is not represented (set to exactly 0 below ``‖W_i‖ = 1e-4``).
     """
     n2 = norms(W) ** 2
-    proj = unit(W).transpose(-1, -2) @ W  # [I, n, n]: (Ŵ_i · W_j)
+    proj = unit_columns(W).transpose(-1, -2) @ W  # [I, n, n]: (Ŵ_i · W_j)
     denom = (proj**2).sum(-1)
     d = n2 / (denom + EPS)
     return torch.where(n2 > 1e-8, d, torch.zeros_like(d))
@@ -59,6 +59,6 @@ def n_represented(W: Tensor, threshold: float = REPRESENTED) -> Tensor:
 def interference(W: Tensor) -> Tensor:
     """``[I, n]`` ``Σ_{j≠i} (Ŵ_i·W_j)²``: how much other features leak into feature i's read-out
     direction (0 for a feature with a dedicated, orthogonal dimension)."""
-    proj = unit(W).transpose(-1, -2) @ W
+    proj = unit_columns(W).transpose(-1, -2) @ W
     eye = torch.eye(W.shape[-1], dtype=torch.bool)
     return (proj**2).masked_fill(eye, 0.0).sum(-1)

@@ -137,7 +137,9 @@ def wtw(result: SweepResult, out_dir: Path, name: str = "wtw") -> list[Path]:
         return save(fig, out_dir, name)
 
 
-def dimensionality(result: SweepResult, out_dir: Path, name: str = "dimensionality") -> list[Path]:
+def dimensionality_plot(
+    result: SweepResult, out_dir: Path, name: str = "dimensionality"
+) -> list[Path]:
     """Dimensions per feature ``m/‖W‖_F²`` and each feature's ``D_i`` against ``1/(1-S)``."""
     inv = 1.0 / (1.0 - np.asarray(result.config.sparsities))
     dims = result.dimensionality.numpy()

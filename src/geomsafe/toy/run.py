@@ -13,8 +13,7 @@ from typing import Any, TypeVar
 import torch
 from tqdm.auto import tqdm
 
-from geomsafe import __version__
-from geomsafe.artefacts import atomic_write_text
+from geomsafe.artefacts import TOY_JSON, atomic_write_text, prepare_out, stamp
 from geomsafe.errors import GeomsafeError
 from geomsafe.toy import plots
 from geomsafe.toy.entangle import EntangleResult, default_entangle, run_entanglement
@@ -32,7 +31,7 @@ from geomsafe.toy.sweep import (
 )
 
 T = TypeVar("T")
-JSON_NAME = "toy.json"
+JSON_NAME = TOY_JSON
 FIGURES = ("polygons", "wtw", "dimensionality", "phase_diagram", "collateral")
 
 
@@ -53,19 +52,21 @@ class ToyResult:
 
     def numbers(self) -> dict[str, Any]:
         """The JSON payload minus ``timing_s``: identical for the same seed and mode."""
-        return _clean(
-            {
-                "geomsafe": __version__,
-                "seed": self.seed,
-                "quick": self.quick,
-                "represented_threshold": REPRESENTED,
-                "polygons": _sweep_numbers(self.polygons, weights=True),
-                "wtw": _sweep_numbers(self.wtw, weights=False, with_gram=True),
-                "dimensionality": _sweep_numbers(self.dimensionality, weights=False),
-                "phase_diagram": _phase_numbers(self.phase),
-                "entanglement": _entangle_numbers(self.entangle),
-                "files": sorted(p.name for p in self.files),
-            }
+        return stamp(
+            _clean(
+                {
+                    "seed": self.seed,
+                    "quick": self.quick,
+                    "represented_threshold": REPRESENTED,
+                    "polygons": _sweep_numbers(self.polygons, weights=True),
+                    "wtw": _sweep_numbers(self.wtw, weights=False, with_gram=True),
+                    "dimensionality": _sweep_numbers(self.dimensionality, weights=False),
+                    "phase_diagram": _phase_numbers(self.phase),
+                    "entanglement": _entangle_numbers(self.entangle),
+                    "files": sorted(p.name for p in self.files),
+                }
+            ),
+            "toy",
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -103,18 +104,28 @@ class ToyResult:
 
 
 def toy(
-    out_dir: str | Path, seed: int = 0, quick: bool = False, progress: bool = False
+    out: str | Path,
+    *,
+    seed: int = 0,
+    quick: bool = False,
+    progress: bool = False,
+    overwrite: bool = False,
 ) -> ToyResult:
     """Run the toy experiments and write ``toy.json`` plus ``FIGURES`` (``.png`` and ``.svg``)
-    into ``out_dir`` (created if missing). ``quick``: smaller grids and fewer steps (seconds,
-    for tests); ``progress``: tqdm bars on stderr. Deterministic: the same ``seed`` and
-    ``quick`` give the same numbers (timings aside)."""
+    into ``out`` (created if missing; a non-empty one only with ``overwrite``). ``quick``:
+    smaller grids and fewer steps (seconds, for tests); ``progress``: tqdm bars on stderr.
+    Deterministic: the same ``seed`` and ``quick`` give the same numbers (timings aside)."""
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise GeomsafeError(f"seed must be a non-negative integer, got {seed!r}")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise GeomsafeError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    folder = prepare_out(out, "toy", overwrite=overwrite)
+    with folder.writing() as work:
+        result = _run(work, seed, quick, progress)
+    result.out_dir = folder.out
+    result.files = [folder.out / p.name for p in result.files]
+    return result
+
+
+def _run(out: Path, seed: int, quick: bool, progress: bool) -> ToyResult:
     timing: dict[str, float] = {}
     start = time.perf_counter()
 
@@ -142,7 +153,7 @@ def toy(
     files = [
         *plots.polygons(poly, out),
         *plots.wtw(wtw, out),
-        *plots.dimensionality(dims, out),
+        *plots.dimensionality_plot(dims, out),
         *plots.phase_diagram(phase, out),
         *plots.collateral(entangle, out),
     ]

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from geomsafe.toy.metrics import REPRESENTED, dimensionality, dims_per_feature, norms
 from geomsafe.toy.model import ToyConfig, ToyModel
-from geomsafe.toy.train import TrainConfig, evaluate, importance_vector, train
+from geomsafe.toy.train import ToyTrainConfig, importance_vector, reconstruction_loss, train
 
 Progress = Callable[[int], object] | None
 
@@ -69,10 +69,10 @@ def run_sweep(config: SweepConfig, progress: Progress = None) -> SweepResult:
         model,
         importance,
         probability,
-        TrainConfig(c.steps, c.batch_size, c.lr, c.seed),
+        ToyTrainConfig(c.steps, c.batch_size, c.lr, c.seed),
         progress=progress,
     )
-    loss = evaluate(model, importance, probability)
+    loss = reconstruction_loss(model, importance, probability)
     return SweepResult(c, model.W.detach().clone(), model.b.detach().clone(), loss)
 
 
@@ -130,10 +130,10 @@ def run_phase_diagram(config: PhaseConfig, progress: Progress = None) -> PhaseRe
         model,
         importance,
         probability,
-        TrainConfig(c.steps, c.batch_size, c.lr, c.seed),
+        ToyTrainConfig(c.steps, c.batch_size, c.lr, c.seed),
         progress=progress,
     )
-    loss = evaluate(model, importance, probability).reshape(r, cells)
+    loss = reconstruction_loss(model, importance, probability).reshape(r, cells)
     best = loss.argmin(0)
     w = model.W.detach()[:, 0, :].reshape(r, cells, 2)[best, torch.arange(cells)]
     w = w.reshape(k, k, 2)

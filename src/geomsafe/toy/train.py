@@ -20,7 +20,7 @@ from geomsafe.toy.model import ToyModel
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class ToyTrainConfig:
     """Optimiser settings: Adam, a fresh batch every step; with ``cosine`` the learning rate
     decays from ``lr`` to ``lr / 20`` along a half cosine (cleaner final weights)."""
 
@@ -81,7 +81,7 @@ def train(
     model: ToyModel,
     importance: Tensor,
     feature_probability: Tensor,
-    config: TrainConfig,
+    config: ToyTrainConfig,
     *,
     label_scale: Tensor | None = None,
     after_step: Callable[[ToyModel], None] | None = None,
@@ -133,7 +133,7 @@ def train(
 
 
 @torch.no_grad()
-def evaluate(
+def reconstruction_loss(
     model: ToyModel,
     importance: Tensor,
     feature_probability: Tensor,

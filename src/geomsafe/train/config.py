@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from geomsafe.config import with_options
 from geomsafe.errors import GeomsafeError
 
 ALL_LINEAR = "all-linear"
@@ -42,6 +43,13 @@ class TrainConfig:
     logging_steps: int = 10
     bf16: bool = False
     extra_args: dict[str, Any] = field(default_factory=dict)  # passed to TrainingArguments
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def with_options(self, **options: Any) -> TrainConfig:
+        """A copy with fields replaced (checked again); unknown names are an error."""
+        return with_options(self, "finetune", **options)
 
     def validate(self) -> TrainConfig:
         checks = [

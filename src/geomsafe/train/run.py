@@ -29,7 +29,7 @@ import torch
 from transformers import TrainerCallback
 
 import geomsafe
-from geomsafe.artefacts import atomic_write
+from geomsafe.artefacts import ATLAS_DIR, GEOMETRY_LOG, RUN_JSON, atomic_write_text, write_json
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.capture import HOOK_SITE
 from geomsafe.datasets import Dataset, ExampleLike, as_dataset
@@ -44,7 +44,6 @@ from geomsafe.train.data import TrainData, build
 from geomsafe.train.lora import make_peft_model, peft_layer_template
 from geomsafe.train.pilot import pilot_directions, pilot_guard_config
 from geomsafe.train.trainer import (
-    GEOMETRY_LOG,
     GeometryCallback,
     GuardedTrainer,
     PadCollator,
@@ -54,7 +53,6 @@ from geomsafe.train.trainer import (
     training_arguments,
 )
 
-RUN_JSON = "run.json"
 PILOT_DIR = "pilot"
 RUN_META = "geomsafe_run.json"  # written into every checkpoint; checked on resume
 
@@ -113,10 +111,6 @@ def _read_log(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    atomic_write(path, lambda p: Path(p).write_text(json.dumps(payload, indent=1, default=str)))
 
 
 def _check_resume(ckpt: Path, meta: dict[str, Any]) -> None:
@@ -182,19 +176,21 @@ def _with_pilot(
 def finetune(
     model: str | LoadedModel = "default",
     data: str | Path | Dataset | Sequence[ExampleLike] | None = None,
+    *,
     out: str | Path | None = None,
-    guard: GuardSpec = None,
-    guard_concepts: str | Sequence[str] | None = None,
     atlas: FeatureAtlas | str | Path | None = None,
     config: TrainConfig | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    *,
+    guard: GuardSpec = None,
+    guard_concepts: str | Sequence[str] | None = None,
     guard_config: GuardConfig | None = None,
+    progress: bool = True,
+    resume: bool = False,
     overwrite: bool = False,
     atlas_max_pairs: int | None = 64,
+    **options: Any,
 ) -> FinetuneResult:
-    """LoRA fine-tuning of ``model`` on ``data`` into ``out``.
+    """LoRA fine-tuning of ``model`` on ``data`` into ``out``; ``options`` override
+    :class:`TrainConfig` fields (``max_steps=20``, ``learning_rate=1e-3``, ...).
 
     ``data``: a JSONL file, ``task:NAME``, a :class:`~geomsafe.datasets.Dataset` or in-memory
     examples, read by :func:`geomsafe.datasets.as_dataset` (``config.max_examples``: its
@@ -213,7 +209,7 @@ def finetune(
     :class:`~geomsafe.folder_lock.FolderBusy` naming the first.
     """
     t_start = time.perf_counter()
-    config = (config or TrainConfig()).validate()
+    config = (config or TrainConfig()).with_options(**options)
     if data is None:
         raise GeomsafeError("no training data: pass --data FILE.jsonl")
     if out is None:
@@ -296,7 +292,7 @@ def _train(
 ) -> FinetuneResult:
     lm, config, guards = setup.lm, setup.config, setup.guards
     if guards.extracted and main and guards.atlas is not None:
-        guards.atlas.save(run.work / "atlas")
+        guards.atlas.save(run.work / ATLAS_DIR)
     if guards.pilot is not None and main:
         guards.pilot.save(run.work / PILOT_DIR)
     peft_model = make_peft_model(lm.model, config)
@@ -328,7 +324,7 @@ def _train(
     if main:
         peft_model.save_pretrained(str(run.work))
         text = "".join(json.dumps(r) + "\n" for r in rows)
-        atomic_write(run.work / GEOMETRY_LOG, lambda p: Path(p).write_text(text))
+        atomic_write_text(run.work / GEOMETRY_LOG, text)
         payload = {
             "provenance": provenance,
             "metrics": metrics,
@@ -336,7 +332,7 @@ def _train(
             "projection_change": projection_change(rows, guards.concepts),
             "geometry_log": rows,
         }
-        _write_json(run.work / RUN_JSON, payload)
+        write_json(run.work / RUN_JSON, payload, "run", default=str)
         outdir.finalize(run)
     _wait_for_everyone()
     tuned = dataclasses.replace(lm, model=peft_model, layer_template=template)

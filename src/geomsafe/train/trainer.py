@@ -32,11 +32,10 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from geomsafe.artefacts import GEOMETRY_LOG
 from geomsafe.guard import Guard, MonitorGuard, begin_steps, combined, step_logs, total_penalty
 from geomsafe.train.config import TrainConfig
 from geomsafe.train.data import IGNORE_INDEX
-
-GEOMETRY_LOG = "geometry_log.jsonl"
 
 
 @dataclass
