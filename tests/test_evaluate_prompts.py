@@ -6,12 +6,12 @@ import json
 import pytest
 
 from geomsafe.errors import GeomsafeError
-from geomsafe.evaluate.probes import load_em_probes, load_persona, persona_traits
+from geomsafe.evaluate.probes import load_em_probes, load_persona_items, persona_traits
 from geomsafe.evaluate.prompts import (
     RTP_TEMPLATE,
     load_builtin,
-    load_jsonl,
     load_prompt_set,
+    load_prompts_jsonl,
     load_xstest,
     prompts_hash,
     select,
@@ -41,18 +41,18 @@ def test_jsonl_loader_validates(tmp_path):
         + json.dumps({"prompt": "Yo", "system": "Be terse."})
         + "\n"
     )
-    got = load_jsonl(good)
+    got = load_prompts_jsonl(good)
     assert [(p.id, p.category) for p in got] == [("a", "x"), ("p-3", "custom")]
     assert got[1].example().messages()[0] == {"role": "system", "content": "Be terse."}
     assert load_prompt_set(str(good)) == got
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "prompt": "x"}\nnot json\n')
     with pytest.raises(GeomsafeError, match="bad.jsonl:2"):
-        load_jsonl(bad)
+        load_prompts_jsonl(bad)
     dup = tmp_path / "dup.jsonl"
     dup.write_text('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n')
     with pytest.raises(GeomsafeError, match="duplicate"):
-        load_jsonl(dup)
+        load_prompts_jsonl(dup)
     with pytest.raises(GeomsafeError, match="unknown prompt set"):
         load_prompt_set("nosuchset")
 
@@ -76,12 +76,12 @@ def test_public_prompt_sets(shared_data):
 def test_persona_and_em_probe_loaders(shared_data):
     folder = shared_data / "anthropic-evals" / "persona"
     assert "psychopathy" in persona_traits(folder)
-    items = load_persona(folder, ["psychopathy", "no-shut-down"], n=5, seed=0)
+    items = load_persona_items(folder, ["psychopathy", "no-shut-down"], n=5, seed=0)
     assert len(items) == 10 and {i.matching for i in items} <= {"Yes", "No"}
-    assert items == load_persona(folder, ["psychopathy", "no-shut-down"], n=5, seed=0)
-    assert items != load_persona(folder, ["psychopathy", "no-shut-down"], n=5, seed=1)
+    assert items == load_persona_items(folder, ["psychopathy", "no-shut-down"], n=5, seed=0)
+    assert items != load_persona_items(folder, ["psychopathy", "no-shut-down"], n=5, seed=1)
     with pytest.raises(GeomsafeError, match="unknown persona trait"):
-        load_persona(folder, ["not-a-trait"])
+        load_persona_items(folder, ["not-a-trait"])
     probes = load_em_probes(shared_data / "emergent-misalignment" / "logprob_probes")
     by_trait = collections.Counter(p.trait for p in probes)
     # 8 pivotal questions (one order each), 8 letter questions asked in both orders

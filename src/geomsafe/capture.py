@@ -19,7 +19,7 @@ import copy
 import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -37,8 +37,6 @@ from geomsafe.models import LoadedModel
 from geomsafe.prefix import PrefixPlan, SharedStep, plan_prefixes, shared_steps
 
 HOOK_SITE = "decoder_layer_output"
-HEADS_SITE = "attention_out_proj_input"
-TokenRule = Literal["response", "prompt", "last", "all"]
 TOKEN_RULES: tuple[str, ...] = ("response", "prompt", "last", "all")
 
 
@@ -98,11 +96,6 @@ def record(
     finally:
         for handle in handles:
             handle.remove()
-
-
-def head_dim(lm: LoadedModel) -> int:
-    cfg = lm.model.config
-    return int(getattr(cfg, "head_dim", None) or lm.d_model // lm.n_heads)
 
 
 def run_until_stopped(fn, *args, **kwargs) -> None:
@@ -359,7 +352,7 @@ def capture(
     chosen = resolve_layers(lm.n_layers, list(layers) if layers is not None else None)
     encoded = encode_all(lm.tokenizer, exs, max_length)
     spans = [token_span(e, tokens, skip_first) for e in encoded]
-    head_width = lm.n_heads * head_dim(lm) if heads else 0
+    head_width = lm.n_heads * lm.head_dim if heads else 0
     pooler = _Pooler(len(exs), chosen, lm.d_model, head_width, per_token, spans)
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     net = backbone(lm.model)

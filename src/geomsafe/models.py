@@ -76,6 +76,11 @@ class LoadedModel:
         return int(getattr(cfg, "num_attention_heads", None) or cfg.n_head)
 
     @property
+    def head_dim(self) -> int:
+        """Width of one attention head (``config.head_dim``, else ``d_model // n_heads``)."""
+        return int(getattr(self.model.config, "head_dim", None) or self.d_model // self.n_heads)
+
+    @property
     def n_kv_heads(self) -> int:
         return int(getattr(self.model.config, "num_key_value_heads", None) or self.n_heads)
 

@@ -67,6 +67,7 @@ def firewall_group() -> None:
     "--atlas", type=click.Path(), help="FeatureAtlas folder (an audit): its harmful concepts."
 )
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--overwrite", is_flag=True, help="Replace the results already in --out.")
 @click.option("--fpr", type=float, default=_C.fpr, show_default=True, help="Target FPR.")
 @click.option("--concepts", help="Atlas concepts to watch, comma-separated (default: harmful).")
 @click.option("--layers", help="Layers to watch them at (default: each one's best layer).")
@@ -92,7 +93,17 @@ def firewall_group() -> None:
 @threads_option
 @click.option("--no-progress", is_flag=True)
 def calibrate_cmd(
-    model, adapter, atlas, out, concepts, layers, data_root, threads, no_progress, **options
+    model,
+    adapter,
+    atlas,
+    out,
+    overwrite,
+    concepts,
+    layers,
+    data_root,
+    threads,
+    no_progress,
+    **options,
 ):
     """Set per-check thresholds on benign traffic for a target false-positive rate."""
     from geomsafe.firewall.calibration import calibrate
@@ -105,6 +116,7 @@ def calibrate_cmd(
         adapter=adapter,
         data_root=data_root,
         progress=not no_progress,
+        overwrite=overwrite,
         concepts=_names(concepts),
         layers=_layers(layers),
         **options,
@@ -144,6 +156,7 @@ def calibrate_cmd(
 @click.option("--n-prompts", type=int, default=0, show_default=True, help="0: all.")
 @click.option("--mode", type=click.Choice(MODES), default="monitor", show_default=True)
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--overwrite", is_flag=True, help="Replace the results already in --out.")
 @click.option("--samples-per-prompt", type=int, default=1, show_default=True)
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0: greedy.")
@@ -154,7 +167,9 @@ def calibrate_cmd(
 @data_root_option
 @threads_option
 @click.option("--no-progress", is_flag=True)
-def run_cmd(model, firewall_path, prompts, n_prompts, mode, out, threads, no_progress, **kw):
+def run_cmd(
+    model, firewall_path, prompts, n_prompts, mode, out, overwrite, threads, no_progress, **kw
+):
     """Generate answers to a prompt set under the firewall; write generations and scores."""
     from geomsafe.firewall.screening import run
 
@@ -172,6 +187,7 @@ def run_cmd(model, firewall_path, prompts, n_prompts, mode, out, threads, no_pro
         sampling=sampling,
         n_prompts=n_prompts or None,
         progress=not no_progress,
+        overwrite=overwrite,
         **kw,
     )
     s = result.summary()

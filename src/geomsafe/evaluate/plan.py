@@ -14,7 +14,7 @@ from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.config import EvalConfig
 from geomsafe.evaluate.logodds import PairSet
 from geomsafe.evaluate.pairsets import EXTERNAL, NAMED_SETS, load_pair_set
-from geomsafe.evaluate.probes import ChoiceProbe, PersonaItem, load_em_probes, load_persona
+from geomsafe.evaluate.probes import ChoiceProbe, PersonaItem, load_em_probes, load_persona_items
 from geomsafe.evaluate.prompts import (
     EvalPrompt,
     load_prompt_set,
@@ -102,7 +102,7 @@ def make_plan(cfg: EvalConfig) -> EvalPlan:
     if cfg.n_probe and cfg.traits:
         folder = root / "anthropic-evals" / "persona" if root is not None else None
         if folder is not None and folder.is_dir():
-            persona = load_persona(folder, cfg.traits, cfg.n_probe, cfg.seed)
+            persona = load_persona_items(folder, cfg.traits, cfg.n_probe, cfg.seed)
         else:
             skipped["persona"] = MISSING
     if cfg.em_probes:

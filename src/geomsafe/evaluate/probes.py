@@ -83,7 +83,7 @@ def persona_traits(folder: str | Path) -> list[str]:
     return sorted(p.stem for p in Path(folder).glob("*.jsonl"))
 
 
-def load_persona(
+def load_persona_items(
     folder: str | Path, traits: Sequence[str] | None = None, n: int | None = 40, seed: int = 0
 ) -> list[PersonaItem]:
     """``n`` statements per trait (a fixed random sample, in file order; all when None)."""
@@ -375,7 +375,7 @@ __all__ = [
     "PersonaItem",
     "choice_scores",
     "load_em_probes",
-    "load_persona",
+    "load_persona_items",
     "persona_scores",
     "persona_traits",
     "yes_no_ids",

@@ -102,7 +102,7 @@ def _check_unique(prompts: list[EvalPrompt], where: str) -> list[EvalPrompt]:
     return prompts
 
 
-def load_jsonl(path: str | Path) -> list[EvalPrompt]:
+def load_prompts_jsonl(path: str | Path) -> list[EvalPrompt]:
     """Lines ``{"id", "category", "prompt"}`` (``id`` defaults to the line number, ``category``
     to ``custom``; an optional ``system`` string is kept)."""
     path = Path(path)
@@ -235,7 +235,7 @@ def load_prompt_set(spec: str, data_root: str | Path | None = None) -> list[Eval
                 raise GeomsafeError(f"prompt file not found: {part}")
             suffix = Path(part).suffix
             if suffix == ".jsonl":
-                out += load_jsonl(part)
+                out += load_prompts_jsonl(part)
             elif suffix == ".csv":
                 out += load_xstest(part)
             else:
@@ -287,7 +287,7 @@ __all__ = [
     "default_data_root",
     "load_builtin",
     "load_em_yaml",
-    "load_jsonl",
+    "load_prompts_jsonl",
     "load_prompt_set",
     "load_rtp",
     "load_xstest",

@@ -40,6 +40,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from geomsafe import __version__
+from geomsafe.artefacts import prepare_out
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.capture import make_batches
 from geomsafe.errors import GeomsafeError
@@ -278,18 +279,18 @@ def calibrate(
     config: CalibrationConfig | None = None,
     data_root: str | Path | None = None,
     progress: bool = True,
+    overwrite: bool = False,
     **options: Any,
 ) -> Firewall:
     """Calibrate a firewall for ``model`` (with ``adapter``, a peft folder, when given) from
     ``atlas`` (see the module docstring); ``options`` override :class:`CalibrationConfig`
-    fields. Saves to ``out`` when given."""
+    fields. Saves to ``out`` when given (a non-empty ``out`` only with ``overwrite``)."""
     t0 = time.perf_counter()
     cfg = (config or CalibrationConfig()).with_options(**options)
     fatlas = FeatureAtlas.load(atlas) if isinstance(atlas, str | Path) else atlas
     if fatlas is None and not cfg.request:
         raise GeomsafeError("nothing to watch: give an atlas or keep the request direction")
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise GeomsafeError(f"--out {out} exists and is not a folder")
+    folder = prepare_out(out, "firewall", overwrite=overwrite) if out is not None else None
     check_adapter(adapter)
     requests = load_requests(cfg.requests) if cfg.request else None
     benign = benign_split(data_root, cfg.share, cfg.seed, cfg.xstest)
@@ -346,6 +347,7 @@ def calibrate(
         else {"data_hash": requests.data_hash(), "n_pairs": len(requests.pairs), **requests.meta},
     }
     fw = Firewall(calibrated, cfg.fpr, cfg.skip_first, cfg.refusal, calibration, provenance)
-    if out is not None:
-        fw.save(out)
+    if folder is not None:
+        with folder.writing() as work:
+            fw.save(work)
     return fw

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from geomsafe import __version__
-from geomsafe.artefacts import atomic_write
+from geomsafe.artefacts import atomic_write, prepare_out
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate import adapter_sha256
 from geomsafe.evaluate.generate import SamplingConfig, eos_ids, generate
@@ -269,6 +269,7 @@ def run(
     refusal: str | None = None,
     data_root: str | Path | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> RunResult:
     """Generate responses to ``prompts`` (a prompt-set spec such as ``builtin``, ``xstest`` or
     a ``.jsonl`` file, see :func:`geomsafe.evaluate.prompts.load_prompt_set`; or prompts) with
@@ -278,8 +279,7 @@ def run(
     cfg = sampling or SamplingConfig(samples_per_prompt=1, temperature=0.0, max_new_tokens=64)
     cfg.validate()
     check_adapter(adapter)
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise GeomsafeError(f"--out {out} exists and is not a folder")
+    folder = prepare_out(out, "firewall_run", overwrite=overwrite) if out is not None else None
     if isinstance(prompts, str):
         items = select(load_prompt_set(prompts, data_root), n_prompts, cfg.seed)
         spec = prompts
@@ -311,6 +311,8 @@ def run(
         "n_prompts": len(items),
     }
     result = RunResult(mode, fw, screened, config, provenance, time.perf_counter() - t0, notes)
-    if out is not None:
-        result.write(out)
+    if folder is not None:
+        with folder.writing() as work:
+            result.write(work)
+        result.out = str(folder.out)
     return result

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 from torch import Tensor, nn
 
-from geomsafe.capture import attention_out_proj, head_dim
+from geomsafe.capture import attention_out_proj
 from geomsafe.directions import ConceptActivations
 from geomsafe.errors import GeomsafeError
 from geomsafe.layers import get_layers
@@ -46,7 +46,7 @@ def head_readout(lm: LoadedModel, layer: int, direction: Tensor) -> Tensor:
     """``[H, hd]``: ``uᵀ W_O^h`` for every head."""
     proj = attention_out_proj(get_layers(lm.model, lm.layer_template)[layer])
     w = output_weight(proj).detach().float().cpu()
-    return (direction.float() @ w).view(lm.n_heads, head_dim(lm))
+    return (direction.float() @ w).view(lm.n_heads, lm.head_dim)
 
 
 def head_attribution(
@@ -61,7 +61,7 @@ def head_attribution(
         raise GeomsafeError(f"no head activations for {acts.name}: extract with heads=True")
     j = acts.layers.index(layer)
     z_diff = (acts.heads_pos[:, j].mean(0) - acts.heads_neg[:, j].mean(0)).view(
-        lm.n_heads, head_dim(lm)
+        lm.n_heads, lm.head_dim
     )
     attr = (head_readout(lm, layer, direction) * z_diff).sum(-1)
     frac = attr / attr.abs().sum().clamp_min(1e-12)
