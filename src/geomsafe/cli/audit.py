@@ -6,8 +6,7 @@ import click
 
 from geomsafe.audit import AuditConfig, AuditResult, audit
 from geomsafe.audit.config import TOKEN_RULES
-from geomsafe.cli.common import model_option, print_table
-from geomsafe.config import help_of
+from geomsafe.cli.common import config_option, model_option, print_table
 
 
 def print_audit(result: AuditResult) -> None:
@@ -49,11 +48,7 @@ _D = AuditConfig()
 
 
 def _opt(name: str, *decls: str, **kwargs):
-    """A click option for AuditConfig field ``name``: default and help from the dataclass."""
-    default = getattr(_D, name)
-    if isinstance(default, tuple):
-        default = ",".join(map(str, default))
-    return click.option(*decls, default=default, help=help_of(AuditConfig, name), **kwargs)
+    return config_option(_D, name, *decls, **kwargs)
 
 
 @click.command("audit")

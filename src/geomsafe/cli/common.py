@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import click
 
 model_option = click.option(
@@ -11,6 +14,18 @@ model_option = click.option(
     show_default=True,
     help="'default' (embedded SmolLM2-135M-Instruct), a .gguf file, a model folder or a hub id.",
 )
+
+
+def config_option(config: Any, name: str, *decls: str, **kwargs: Any):
+    """A click option for field ``name`` of the config object ``config``: its default (a tuple
+    joined with commas) and, unless ``help`` is given, the field's ``metadata["help"]``."""
+    default = getattr(config, name)
+    if isinstance(default, tuple):
+        default = ",".join(map(str, default))
+    if "help" not in kwargs:
+        field = next(f for f in dataclasses.fields(config) if f.name == name)
+        kwargs["help"] = field.metadata.get("help")
+    return click.option(*decls, default=default, **kwargs)
 
 
 def print_table(headers: list[str], rows: list[list[object]]) -> None:

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from geomsafe.cli.common import model_option, print_table
+from geomsafe.cli.common import config_option, model_option, print_table
 from geomsafe.guard import GuardConfig, PilotConfig
 from geomsafe.guard.base import GUARD_SOURCES, STEER_SCALES
 from geomsafe.guard.schedule import SCHEDULES
@@ -164,44 +164,43 @@ _TRAIN = TrainConfig()
     show_default=True,
     help="Training examples held out of the pilot and compared base vs pilot.",
 )
-@click.option("--epochs", type=float, default=_TRAIN.epochs, show_default=True)
-@click.option(
+@config_option(_TRAIN, "epochs", "--epochs", type=float, show_default=True)
+@config_option(
+    _TRAIN,
+    "max_steps",
     "--max-steps",
     type=int,
-    default=_TRAIN.max_steps,
     show_default=True,
     help="Optimiser steps; > 0 overrides --epochs.",
 )
-@click.option(
-    "--lr", type=float, default=_TRAIN.learning_rate, show_default=True, help="Learning rate."
+@config_option(
+    _TRAIN, "learning_rate", "--lr", type=float, show_default=True, help="Learning rate."
 )
-@click.option("--batch-size", type=int, default=_TRAIN.batch_size, show_default=True)
-@click.option(
-    "--grad-accum",
-    type=int,
-    default=_TRAIN.grad_accum,
-    show_default=True,
-    help="Gradient accumulation steps.",
+@config_option(_TRAIN, "batch_size", "--batch-size", type=int, show_default=True)
+@config_option(
+    _TRAIN, "grad_accum", "--grad-accum", type=int, show_default=True, help="Accumulation steps."
 )
-@click.option(
+@config_option(
+    _TRAIN,
+    "max_length",
     "--max-length",
     type=int,
-    default=_TRAIN.max_length,
     show_default=True,
     help="Longest example in tokens; longer ones are an error unless --truncate.",
 )
 @click.option("--truncate", is_flag=True, help="Cut over-long examples instead of failing.")
-@click.option("--lora-r", type=int, default=_TRAIN.lora_r, show_default=True, help="LoRA rank.")
+@config_option(_TRAIN, "lora_r", "--lora-r", type=int, show_default=True, help="LoRA rank.")
 @click.option("--lora-alpha", type=int, help="LoRA alpha (default: 2 x rank).")
 @click.option("--max-examples", type=int, help="Use the first N examples of --data.")
-@click.option(
+@config_option(
+    _TRAIN,
+    "save_steps",
     "--save-steps",
     type=int,
-    default=_TRAIN.save_steps,
     show_default=True,
     help="Checkpoint every N steps (and at the end).",
 )
-@click.option("--seed", type=int, default=_TRAIN.seed, show_default=True)
+@config_option(_TRAIN, "seed", "--seed", type=int, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint of --out.")
 @click.option(
     "--overwrite",

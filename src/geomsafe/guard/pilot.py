@@ -32,7 +32,6 @@ meaning), plus the allowed concepts' directions (kind ``target``) for the allow-
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,14 +40,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from geomsafe.artefacts import atomic_write
+from geomsafe.artefacts import PILOT_JSON, read_json, write_json
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.errors import GeomsafeError
 from geomsafe.guard.allow import MIN_RESIDUAL
 from geomsafe.guard.basis import orthonormal_basis
 
 PILOT_KIND = "pilot"
-PILOT_JSON = "pilot.json"
 
 
 @dataclass
@@ -131,8 +129,7 @@ class PilotDirections:
         folder.mkdir(parents=True, exist_ok=True)
         if self.atlas is not None:
             self.atlas.save(folder)
-        text = json.dumps(self.to_dict(), indent=1)
-        atomic_write(folder / PILOT_JSON, lambda p: Path(p).write_text(text))
+        write_json(folder / PILOT_JSON, self.to_dict(), "pilot")
         return folder
 
     @classmethod
@@ -140,7 +137,7 @@ class PilotDirections:
         folder = Path(folder)
         if not (folder / PILOT_JSON).is_file():
             raise GeomsafeError(f"no pilot in {folder} (expected {PILOT_JSON})")
-        payload = json.loads((folder / PILOT_JSON).read_text())
+        payload = read_json(folder / PILOT_JSON, "pilot")
         atlas = FeatureAtlas.load(folder) if payload["kept"] else None
         return cls(
             [PilotComponent(**c) for c in payload["components"]],
