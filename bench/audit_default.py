@@ -58,7 +58,9 @@ def main() -> None:
     t0 = time.perf_counter()
     lm = load(args.model)
     load_s = time.perf_counter() - t0
-    result = audit(lm, out=args.out, max_pairs=args.max_pairs, batch_size=BATCH_SIZE)
+    result = audit(
+        lm, out=args.out, overwrite=True, max_pairs=args.max_pairs, batch_size=BATCH_SIZE
+    )
     seconds = time.perf_counter() - t0
     print_audit(result)
     rep, atlas = result.report, result.atlas

@@ -80,9 +80,13 @@ def main() -> None:
     args = ap.parse_args()
     ref, new = Path(args.reference), Path(args.new)
     diff = Diff(args.rtol, args.atol)
-    for name in ("audit.json", "atlas.json"):
-        diff.tree(name, json.loads((ref / name).read_text()), json.loads((new / name).read_text()))
-    a, b = load_file(str(ref / "atlas.safetensors")), load_file(str(new / "atlas.safetensors"))
+    diff.tree("audit.json", *(json.loads((f / "audit.json").read_text()) for f in (ref, new)))
+    ref_atlas, new_atlas = (f / "atlas" if (f / "atlas").is_dir() else f for f in (ref, new))
+    diff.tree(
+        "atlas.json", *(json.loads((f / "atlas.json").read_text()) for f in (ref_atlas, new_atlas))
+    )
+    a = load_file(str(ref_atlas / "atlas.safetensors"))
+    b = load_file(str(new_atlas / "atlas.safetensors"))
     if set(a) != set(b):
         diff.bad.append(f"atlas.safetensors: tensors {sorted(a)} vs {sorted(b)}")
     for k in sorted(set(a) & set(b)):

@@ -36,7 +36,12 @@ def main() -> None:
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     result = evaluate(
-        args.model, adapter=args.adapter, atlas=args.atlas, out=args.out, progress=not args.quiet
+        args.model,
+        adapter=args.adapter,
+        atlas=args.atlas,
+        out=args.out,
+        overwrite=True,
+        progress=not args.quiet,
     )
     seconds = time.perf_counter() - t0
     load_after = os.getloadavg()

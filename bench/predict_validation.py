@@ -75,7 +75,7 @@ def main() -> None:
     tasks = resolve_tasks(tuple(args.datasets.split(",")))  # a bad name fails before any work
     t0 = time.perf_counter()
     lm = load(args.model)
-    if (Path(args.atlas) / "atlas.json").is_file():
+    if any((Path(args.atlas) / sub / "atlas.json").is_file() for sub in (".", "atlas")):
         atlas = FeatureAtlas.load(args.atlas)
     else:
         atlas = harmful_atlas(lm)

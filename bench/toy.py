@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "toy"))
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
-    result = toy(args.out, seed=args.seed, quick=False, progress=True)
+    result = toy(args.out, seed=args.seed, quick=False, progress=True, overwrite=True)
     numbers = result.headline()
     c = result.entangle.config
     copies = len(result.entangle.targets)

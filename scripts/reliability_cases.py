@@ -1290,7 +1290,7 @@ DETERMINISM = [  # id, command ({} = the --out folder), the files compared
     (
         "D_audit_tiny",
         "$A --out $W/{} --max-pairs 8 --n-perm 20 --n-boot 20",
-        "audit.json atlas.json",
+        "audit.json atlas/atlas.json",
     ),
     ("D_predict_tiny", "$P $GD --atlas $W/a00 $SP --out $W/{}", "risk.json"),
     (
@@ -1330,7 +1330,7 @@ def determinism(ctx: Ctx) -> list[Result]:
     if ctx.full:
         a, b = w / "det_audit1", w / "det_audit2"
         problems = []
-        for name in ("audit.json", "atlas.json"):
+        for name in ("audit.json", "atlas/atlas.json"):
             if not (a / name).is_file() or not (b / name).is_file():
                 problems.append(f"{name} missing")
             elif diff := same_numbers(
