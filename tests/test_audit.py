@@ -81,3 +81,47 @@ def test_cli_audit_errors_are_one_line(tmp_path):
 def test_default_band():
     assert default_band(30) == list(range(10, 20))
     assert default_band(3) == [1]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--n-perm", "0"], "n_perm must be >= 1"),
+        (["--n-perm", "-5"], "n_perm must be >= 1"),
+        (["--n-boot", "0"], "n_boot must be >= 1"),
+        (["--max-pairs", "-1"], "max_pairs must be >= 2"),
+        (["--layers", "a:b"], "bad layers 'a:b'"),
+        (["--band", "2:0"], "the band is empty"),
+        (["--concepts", "nope"], "unknown concept 'nope'"),
+    ],
+)
+def test_cli_bad_numbers_fail_before_the_model_loads(args, message):
+    # the model does not exist: an error about it would mean the model was loaded first
+    result = CliRunner().invoke(main, ["audit", "--model", "missing.gguf", *args])
+    assert result.exit_code == 2 and message in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_audit_refuses_a_folder_with_other_results(concept_files, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "risk.json").write_text("{}")
+    result = CliRunner().invoke(main, ["audit", "--model", "missing.gguf", "--out", str(out)])
+    assert result.exit_code == 2 and "risk.json (predict)" in result.output
+    lm = tiny_model("llama", n_layers=3)
+    res = audit(
+        lm,
+        concepts=concept_files,
+        out=out,
+        overwrite=True,
+        max_pairs=8,
+        n_perm=5,
+        n_boot=5,
+        heads=False,
+        progress=False,
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["atlas", "audit.json"]
+    assert json.loads((out / "audit.json").read_text())["format"] == "geomsafe.audit/1"
+    assert res.report["format"] == "geomsafe.audit/1"
+    usage = CliRunner().invoke(main, ["audit", "--out", str(out / "audit.json")])
+    assert usage.exit_code == 2 and len(usage.output.strip().splitlines()) == 1
