@@ -65,18 +65,22 @@ def test_registry_and_bad_input():
     assert build_guards([], atlas) == []
     assert guard_kinds(None) == []
     assert guard_kinds(["steer", " projection "]) == ["steer", "projection"]
-    bad = [
-        (["bogus"], GuardConfig(), "unknown guard 'bogus'; use one of orthogonal, steer"),
-        (["steer"], GuardConfig(concepts=[]), "concepts list is empty"),
-        (["steer"], GuardConfig(layers=[]), "layers list is empty"),
-        (["steer"], GuardConfig(steer_scale="huge"), "steer_scale"),
-        (["projection"], GuardConfig(projection_mode="x"), "projection_mode"),
-        (["projection"], GuardConfig(weight=-1), "weight"),
-        (["orthogonal"], GuardConfig(orthogonal_scope="all"), "orthogonal_scope"),
+    bad = [  # a GuardConfig checks itself when made (and build_guards checks it again)
+        (["bogus"], {}, "unknown guard 'bogus'; use one of orthogonal, steer"),
+        (["steer"], {"concepts": []}, "concepts list is empty"),
+        (["steer"], {"layers": []}, "layers list is empty"),
+        (["steer"], {"steer_scale": "huge"}, "steer_scale"),
+        (["projection"], {"projection_mode": "x"}, "projection_mode"),
+        (["projection"], {"weight": -1}, "weight"),
+        (["orthogonal"], {"orthogonal_scope": "all"}, "orthogonal_scope"),
     ]
-    for names, cfg, message in bad:
+    for names, fields, message in bad:
         with pytest.raises(GeomsafeError, match=message):
-            build_guards(names, atlas, cfg)
+            build_guards(names, atlas, GuardConfig(**fields))
+    cfg = GuardConfig()
+    cfg.weight = -1  # a mutated config is checked again where it is used
+    with pytest.raises(GeomsafeError, match="weight"):
+        build_guards(["projection"], atlas, cfg)
 
 
 def test_a_registered_guard_is_a_kind():

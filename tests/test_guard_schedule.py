@@ -31,13 +31,13 @@ def test_schedule_values():
 
 def test_bad_schedule_config_and_strength():
     atlas = random_atlas()
-    for cfg_, message in [
-        (GuardConfig(schedule="cosine"), "guard schedule"),
-        (GuardConfig(schedule_steps=0), "schedule_steps"),
-        (GuardConfig(schedule_floor=1.5), "schedule_floor"),
+    for fields, message in [
+        ({"schedule": "cosine"}, "guard schedule"),
+        ({"schedule_steps": 0}, "schedule_steps"),
+        ({"schedule_floor": 1.5}, "schedule_floor"),
     ]:
         with pytest.raises(GeomsafeError, match=message):
-            build_guards(["steer"], atlas, cfg_)
+            build_guards(["steer"], atlas, GuardConfig(**fields))
     (guard,) = build_guards(["steer"], atlas)
     with pytest.raises(GeomsafeError, match=r"strength must be in \[0, 1\]"):
         guard.set_strength(1.5)
