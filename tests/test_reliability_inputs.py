@@ -129,7 +129,8 @@ def test_overlong_prompt_is_cut_to_the_context_with_one_warning():
         out = generate(lm, ["hi", huge], cfg, progress=False)
     assert len(out.texts) == 2 and all(1 <= n <= 8 for row in out.n_tokens for n in row)
     kept = encode(lm.tokenizer, Example(huge), max_length=context - 8).input_ids
-    assert len(kept) == context - 8 and kept[-3:] == encode(lm.tokenizer, Example("x")).input_ids[-3:]
+    header = encode(lm.tokenizer, Example("x")).input_ids[-3:]  # the assistant turn's opening
+    assert len(kept) == context - 8 and kept[-3:] == header
 
 
 def test_prompt_that_fits_is_not_cut():
@@ -188,9 +189,9 @@ def test_adapter_folder_without_weights_says_so(adapter_dir: Path, tmp_path: Pat
     folder.mkdir()
     shutil.copy(adapter_dir / "adapter_config.json", folder)
     lm = tiny_model("llama")
-    with pytest.raises(GeomsafeError, match=r"has adapter_config.json but no adapter weights"):
-        with attach_adapter(lm, folder):
-            pass
+    no_weights = r"has adapter_config.json but no adapter weights"
+    with pytest.raises(GeomsafeError, match=no_weights), attach_adapter(lm, folder):
+        pass
 
 
 def test_adapter_load_prints_no_future_warning(adapter_dir: Path):

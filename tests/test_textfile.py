@@ -7,9 +7,10 @@ from geomsafe.textfile import decode_text, read_text
 
 
 def test_utf8_with_and_without_bom_reads_the_same(tmp_path: Path):
-    (tmp_path / "a.txt").write_bytes("caf\u00e9\nna\u00efve\n".encode())
-    (tmp_path / "b.txt").write_bytes(b"\xef\xbb\xbf" + "caf\u00e9\nna\u00efve\n".encode())
-    assert read_text(tmp_path / "a.txt") == read_text(tmp_path / "b.txt") == "caf\u00e9\nna\u00efve\n"
+    text = "caf\u00e9\nna\u00efve\n"
+    (tmp_path / "a.txt").write_bytes(text.encode())
+    (tmp_path / "b.txt").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert read_text(tmp_path / "a.txt") == read_text(tmp_path / "b.txt") == text
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from geomsafe.diskfull import writing
 from geomsafe.errors import GeomsafeError
 
 ATLAS_WEIGHTS = "atlas.safetensors"
@@ -125,7 +126,13 @@ class FeatureAtlas:
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``, so readers never see half a file."""
+    """Call ``write(tmp_path)`` then rename over ``path``, so readers never see half a file;
+    a full disk is the one-line error ``no space left on device writing PATH``."""
+    with writing(path):
+        _atomic_write(path, write)
+
+
+def _atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
