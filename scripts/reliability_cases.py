@@ -1455,7 +1455,7 @@ def readme_files(ctx: Ctx) -> list[Result]:
     readme = (REPO / "README.md").read_text()
     row = next((ln for ln in readme.splitlines() if ln.startswith("| `geomsafe predict")), "")
     named = re.findall(r"`([\w.]+\.jsonl?)`", row.split("|")[-2]) if row else []
-    run = ctx.run(ctx.expand("$P $GD --out $W/x41 $SP --filter 2"), log="X41_readme")
+    run = ctx.run(ctx.expand("$P $GD --out $W/x41 $SP --filter 2 --attack 2"), log="X41_readme")
     missing = [n for n in named if not (ctx.root / "work" / "x41" / n).exists()]
     problems = [f"rc {run.rc}"] if run.rc else []
     problems += [f"README names {', '.join(missing)}, not written"] if missing else []
