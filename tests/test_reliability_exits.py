@@ -22,11 +22,11 @@ from safetensors import SafetensorError
 
 import geomsafe
 from geomsafe.cli import main
-from geomsafe.testing import tiny_model
+from geomsafe.testing import save_tiny
+from reliability_helpers import lines_of, one_error_line
 
 SRC = Path(geomsafe.__file__).resolve().parents[1]
 TORCH = re.compile(rb"\|\s+torch\b")  # -X importtime: a torch module was imported
-PROGRESS = re.compile(r"\d+%\||it/s\]|s/it\]")
 RUST_ENOSPC = "Error while serializing: I/O error: No space left on device (os error 28)"
 # Ctrl-C at the moment transformers starts importing (as a real one lands during the imports)
 CTRL_C_AT_IMPORT = """
@@ -46,18 +46,9 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
 
 
-def _lines(text: str) -> list[str]:
-    text = text.replace("\r", "\n")
-    return [ln for ln in text.splitlines() if ln.strip() and not PROGRESS.search(ln)]
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("model")
-    lm = tiny_model("llama")
-    lm.model.save_pretrained(folder)
-    lm.tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny(tmp_path_factory.mktemp("model"))
 
 
 # --- Ctrl-C while starting (X01, X02) ---------------------------------------------------------
@@ -73,7 +64,7 @@ def test_ctrl_c_while_importing_is_one_line_and_exit_130(command: list[str]):
         timeout=300,
     )
     assert proc.returncode == 130, proc.stderr
-    assert _lines(proc.stderr) == ["geomsafe: interrupted"], proc.stderr
+    assert lines_of(proc.stderr) == ["geomsafe: interrupted"], proc.stderr
 
 
 def test_real_ctrl_c_during_the_imports_is_one_line_and_exit_130(model_dir: Path, tmp_path):
@@ -91,7 +82,7 @@ def test_real_ctrl_c_during_the_imports_is_one_line_and_exit_130(model_dir: Path
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=300)
     reader.join(timeout=30)
-    lines = [ln for ln in _lines(err.decode()) if not ln.startswith("import time:")]
+    lines = [ln for ln in lines_of(err.decode()) if not ln.startswith("import time:")]
     assert proc.returncode == 130, err.decode()[-2000:]
     assert lines == ["geomsafe: interrupted"], lines
     assert not (tmp_path / "out").exists()
@@ -108,18 +99,10 @@ def test_ctrl_c_while_parsing_is_one_line_and_exit_130(monkeypatch):
 
     monkeypatch.setattr(type(main), "parse_args", interrupted)
     result = CliRunner().invoke(main, ["--help"])
-    assert result.exit_code == 130 and _lines(result.output) == ["geomsafe: interrupted"]
+    assert result.exit_code == 130 and lines_of(result.output) == ["geomsafe: interrupted"]
 
 
 # --- a full disk (X10-X12) --------------------------------------------------------------------
-
-
-def _one_error_line(result, *parts: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = _lines(result.output)
-    assert len(lines) == 1 and lines[0].startswith("geomsafe: error: "), result.output
-    for part in parts:
-        assert part in lines[0], lines[0]
 
 
 def test_a_full_disk_that_no_writer_caught_is_one_line(monkeypatch, model_dir: Path):
@@ -128,7 +111,7 @@ def test_a_full_disk_that_no_writer_caught_is_one_line(monkeypatch, model_dir: P
 
     monkeypatch.setattr("geomsafe.cli.info.load", full)
     result = CliRunner().invoke(main, ["info", "--model", str(model_dir)])
-    _one_error_line(result, "no space left on device")
+    one_error_line(result, "no space left on device")
 
 
 def test_audit_atlas_write_on_a_full_disk_is_one_line(monkeypatch, model_dir: Path, tmp_path):
@@ -140,7 +123,7 @@ def test_audit_atlas_write_on_a_full_disk_is_one_line(monkeypatch, model_dir: Pa
     out = tmp_path / "a"
     args = ["audit", "--model", str(model_dir), "--out", str(out), "--max-pairs", "8"]
     result = CliRunner().invoke(main, args + ["--n-perm", "10", "--n-boot", "10", "--no-heads"])
-    _one_error_line(result, "no space left on device writing", "atlas.safetensors")
+    one_error_line(result, "no space left on device writing", "atlas.safetensors")
     assert not list(tmp_path.rglob("*.tmp"))
 
 
@@ -177,14 +160,14 @@ def _chat(path: Path) -> Path:
 def test_predict_into_a_full_disk(full_disk: Path, model_dir: Path, tmp_path: Path):
     args = ["predict", "--model", str(model_dir), "--data", str(_chat(tmp_path / "d.jsonl"))]
     args += ["--out", str(full_disk / "p"), "--max-examples", "8", "--max-new-tokens", "8"]
-    _one_error_line(CliRunner().invoke(main, args), "no space left on device writing")
+    one_error_line(CliRunner().invoke(main, args), "no space left on device writing")
     _nothing_half_written(full_disk)
 
 
 def test_audit_into_a_full_disk(full_disk: Path, model_dir: Path):
     args = ["audit", "--model", str(model_dir), "--out", str(full_disk / "a"), "--max-pairs", "8"]
     result = CliRunner().invoke(main, args + ["--n-perm", "10", "--n-boot", "10", "--no-heads"])
-    _one_error_line(result, "no space left on device writing")
+    one_error_line(result, "no space left on device writing")
     _nothing_half_written(full_disk)
 
 
@@ -192,5 +175,5 @@ def test_finetune_into_a_full_disk(full_disk: Path, model_dir: Path, tmp_path: P
     args = ["finetune", "--model", str(model_dir), "--data", str(_chat(tmp_path / "d.jsonl"))]
     args += ["--out", str(full_disk / "ft"), "--max-steps", "4", "--save-steps", "2"]
     result = CliRunner().invoke(main, args + ["--batch-size", "2", "--no-progress"])
-    _one_error_line(result, "no space left on device writing", str(full_disk))
+    one_error_line(result, "no space left on device writing", str(full_disk))
     _nothing_half_written(full_disk)

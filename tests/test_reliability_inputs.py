@@ -5,7 +5,6 @@ adapter FutureWarning), on tiny models through the command line in this process.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import warnings
 from pathlib import Path
@@ -21,9 +20,9 @@ from geomsafe.evaluate.generate import SamplingConfig, generate
 from geomsafe.evaluate.pairsets import load_pair_set
 from geomsafe.firewall.requests import load_requests
 from geomsafe.formatting import Example, encode
-from geomsafe.testing import tiny_model
+from geomsafe.testing import save_tiny, tiny_model
+from reliability_helpers import one_error_line
 
-PROGRESS = re.compile(r"\d+%\||it/s\]|s/it\]")
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256))  # an image renamed .jsonl
 PAIR = {"prompt": "Say it.", "positive": "Yes, sure.", "negative": "No."}
 EVAL_SMALL = ["--n-prompts", "2", "--samples-per-prompt", "1", "--max-new-tokens", "4"]
@@ -34,22 +33,7 @@ RAISING_TEMPLATE = "{{ raise_exception('this template refuses every conversation
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("model")
-    lm = tiny_model("llama")
-    lm.model.save_pretrained(folder)
-    lm.tokenizer.save_pretrained(folder)
-    return folder
-
-
-def _one_error_line(result, *parts: str) -> str:
-    assert result.exit_code == 2, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    text = result.output.replace("\r", "\n")  # without progress bars
-    lines = [ln for ln in text.splitlines() if ln.strip() and not PROGRESS.search(ln)]
-    assert len(lines) == 1 and lines[0].startswith("geomsafe: error: "), result.output
-    for part in parts:
-        assert part in lines[0], lines[0]
-    return lines[0]
+    return save_tiny(tmp_path_factory.mktemp("model"))
 
 
 def _latin1_concept(path: Path) -> Path:
@@ -61,37 +45,31 @@ def _latin1_concept(path: Path) -> Path:
 # --- non-UTF-8 and binary files: one line naming the file and line (A05, A06b, E05, E06b) ------
 
 
-def test_audit_concept_file_not_utf8_names_file_and_line(model_dir: Path, tmp_path: Path):
-    bad = _latin1_concept(tmp_path / "concept_nonutf8.jsonl")
-    args = ["audit", "--model", str(model_dir), "--out", str(tmp_path / "a05")]
-    args += ["--concepts", f"toxicity,{bad}", "--max-pairs", "8", "--n-perm", "10"]
-    result = CliRunner().invoke(main, args + ["--n-boot", "10"])
-    _one_error_line(result, f"{bad}:3: not UTF-8 text")
+LATIN1_PROMPTS = b'{"prompt": "hello"}\n{"prompt": "caf\xe9"}\n'
+AUDIT = ["audit", "--max-pairs", "8", "--n-perm", "10", "--n-boot", "10", "--concepts"]
 
 
-def test_audit_concept_png_named_jsonl_names_file_and_line(model_dir: Path, tmp_path: Path):
-    bad = tmp_path / "png_as.jsonl"
-    bad.write_bytes(PNG)
-    args = ["audit", "--model", str(model_dir), "--out", str(tmp_path / "a06b")]
-    args += ["--concepts", f"toxicity,{bad}", "--max-pairs", "8", "--n-perm", "10"]
-    result = CliRunner().invoke(main, args + ["--n-boot", "10"])
-    _one_error_line(result, f"{bad}:1: not UTF-8 text")
-
-
-def test_evaluate_prompts_not_utf8_names_file_and_line(model_dir: Path, tmp_path: Path):
-    bad = tmp_path / "prompts_nonutf8.jsonl"
-    bad.write_bytes(b'{"prompt": "hello"}\n{"prompt": "caf\xe9"}\n')
-    args = ["evaluate", "--model", str(model_dir), "--out", str(tmp_path / "e05")]
-    result = CliRunner().invoke(main, args + EVAL_SMALL + ["--prompts", str(bad)])
-    _one_error_line(result, f"{bad}:2: not UTF-8 text")
-
-
-def test_evaluate_prompts_png_named_jsonl_names_file_and_line(model_dir: Path, tmp_path: Path):
-    bad = tmp_path / "png_as.jsonl"
-    bad.write_bytes(PNG)
-    args = ["evaluate", "--model", str(model_dir), "--out", str(tmp_path / "e06b")]
-    result = CliRunner().invoke(main, args + EVAL_SMALL + ["--prompts", str(bad)])
-    _one_error_line(result, f"{bad}:1: not UTF-8 text")
+@pytest.mark.parametrize(
+    "case, command, data, line",
+    [
+        ("A05", AUDIT, "latin-1", 3),
+        ("A06b", AUDIT, PNG, 1),
+        ("E05", ["evaluate", *EVAL_SMALL, "--prompts"], LATIN1_PROMPTS, 2),
+        ("E06b", ["evaluate", *EVAL_SMALL, "--prompts"], PNG, 1),
+    ],
+)
+def test_concept_and_prompt_files_not_utf8_name_file_and_line(
+    case: str, command: list[str], data: str | bytes, line: int, model_dir: Path, tmp_path: Path
+):
+    bad = tmp_path / f"{case}.jsonl"
+    if data == "latin-1":
+        _latin1_concept(bad)
+    else:
+        bad.write_bytes(data)  # type: ignore[arg-type]
+    spec = f"toxicity,{bad}" if command is AUDIT else str(bad)
+    args = [*command, spec, "--model", str(model_dir), "--out", str(tmp_path / case)]
+    one_error_line(CliRunner().invoke(main, args), f"{bad}:{line}: not UTF-8 text")
+    assert not (tmp_path / case).exists()
 
 
 def test_pair_set_file_not_utf8_names_file_and_line(tmp_path: Path):
@@ -113,7 +91,7 @@ def test_finetune_data_not_utf8_names_the_line(model_dir: Path, tmp_path: Path):
     bad.write_bytes(((good + "\n") * 3).encode() + b'{"prompt": "caf\xe9", "completion": "c"}\n')
     args = ["finetune", "--model", str(model_dir), "--data", str(bad)]
     result = CliRunner().invoke(main, args + ["--out", str(tmp_path / "f09"), "--max-steps", "1"])
-    _one_error_line(result, f"{bad}:4: not UTF-8 text")
+    one_error_line(result, f"{bad}:4: not UTF-8 text")
     assert not (tmp_path / "f09").exists()
 
 
@@ -166,7 +144,7 @@ def test_evaluate_with_a_raising_chat_template_is_one_line(tmp_path: Path):
     lm.tokenizer.save_pretrained(folder)
     args = ["evaluate", "--model", str(folder), "--out", str(tmp_path / "ev")]
     result = CliRunner().invoke(main, args + EVAL_SMALL)
-    _one_error_line(result, "chat template failed", "this template refuses")
+    one_error_line(result, "chat template failed", "this template refuses")
     assert not (tmp_path / "ev").exists()
 
 
