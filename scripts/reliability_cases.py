@@ -840,7 +840,7 @@ E06_prompts_png                       2    -           big.png
 E06b_prompts_png_as_jsonl             2    -           png_as.jsonl
     $E --out $W/e06b $SE --prompts $IN/png_as.jsonl
 E07_prompts_huge                      0/2  -           -
-    $E --out $W/e07 $SE --prompts $IN/prompts_huge.jsonl --n-prompts 0
+    $E --out $W/e07 $SE --prompts $IN/prompts_huge.jsonl --n-prompts all
 E08_unknown_trait                     2    -           nosuch|data root
     $E --out $W/e08 $SE --n-probe 2 --traits nosuch
 E09_adapter_missing                   2    -           noadapter
@@ -946,7 +946,7 @@ P10d_unknown_concept_default_model    2    full        nosuch
 A14d_n_perm_0_default_model           2    full        n.perm
     audit --model default --n-perm 0 --max-pairs 16 --no-heads --out $W/a14d
 E07b_prompts_huge_default_model       0/2  full        -
-    evaluate --model default --prompts $IN/prompts_huge.jsonl --out $W/e07b $SE --n-prompts 0
+    evaluate --model default --prompts $IN/prompts_huge.jsonl --out $W/e07b $SE --n-prompts all
 F06h_wrong_order_default_model        0/2  full        :4\b
     finetune --model default --data $IN/wrong_order.jsonl --out $W/f06h --max-steps 1 --no-progress
 D01_audit_default_run1                0    base,full   -
@@ -1455,7 +1455,7 @@ def readme_files(ctx: Ctx) -> list[Result]:
     readme = (REPO / "README.md").read_text()
     row = next((ln for ln in readme.splitlines() if ln.startswith("| `geomsafe predict")), "")
     named = re.findall(r"`([\w.]+\.jsonl?)`", row.split("|")[-2]) if row else []
-    run = ctx.run(ctx.expand("$P $GD --out $W/x41 $SP --filter 2"), log="X41_readme")
+    run = ctx.run(ctx.expand("$P $GD --out $W/x41 $SP --filter 2 --attack 2"), log="X41_readme")
     missing = [n for n in named if not (ctx.root / "work" / "x41" / n).exists()]
     problems = [f"rc {run.rc}"] if run.rc else []
     problems += [f"README names {', '.join(missing)}, not written"] if missing else []

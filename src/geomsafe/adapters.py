@@ -1,4 +1,4 @@
-"""peft adapters seen from geomsafe: detection, the decoder-layer template inside a peft
+"""peft adapters seen from geomsafe: loading, detection, the decoder-layer template inside a peft
 wrapper, and the base model (adapter disabled).
 
 A peft model (``PeftModel``) wraps a causal LM as ``base_model.model``, so a layer template
@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 from torch import nn
 
+from geomsafe.errors import GeomsafeError
 from geomsafe.layers import get_layers
 from geomsafe.models import LoadedModel
 
@@ -56,10 +59,42 @@ def adapter_disabled(model: nn.Module) -> Iterator[None]:
         yield
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # what peft saves
+
+
+def load_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
+    """A ``PeftModel`` wrapping ``model`` (in place) with the frozen adapter saved in
+    ``folder`` by ``save_pretrained``. A folder without :data:`ADAPTER_CONFIG`, one without
+    any of :data:`ADAPTER_WEIGHTS`, or weights peft cannot load (another base model, a
+    corrupt or pickled file) are a one-line :class:`GeomsafeError`; the FutureWarning
+    transformers prints on every load (a deprecated attribute peft reads) is silenced."""
+    folder = Path(folder)
+    if not (folder / ADAPTER_CONFIG).is_file():
+        raise GeomsafeError(f"{folder} is not a peft adapter folder (no {ADAPTER_CONFIG})")
+    if not any((folder / name).is_file() for name in ADAPTER_WEIGHTS):
+        raise GeomsafeError(
+            f"{folder} has {ADAPTER_CONFIG} but no adapter weights "
+            f"({' or '.join(ADAPTER_WEIGHTS)}); was the adapter saved completely?"
+        )
+    try:
+        from peft import PeftModel
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            return PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+    except Exception as exc:  # wrong base model, corrupt weights, ...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise GeomsafeError(f"could not load adapter {folder}: {first[:300]}") from exc
+
+
 __all__ = [
+    "ADAPTER_CONFIG",
+    "ADAPTER_WEIGHTS",
     "PEFT_PREFIX",
     "adapter_disabled",
     "is_peft",
+    "load_adapter",
     "layer_template_for",
     "peft_layer_template",
     "view",

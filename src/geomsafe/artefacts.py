@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from geomsafe.diskfull import writing
 from geomsafe.errors import GeomsafeError
 
 # ---- file names -------------------------------------------------------------------------------
@@ -179,8 +180,14 @@ def read_jsonl(path: str | Path) -> list[Any]:
 
 # ---- atomic writes ----------------------------------------------------------------------------
 def atomic_write(path: str | Path, write: Callable[[str], Any]) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``, so readers never see half a file."""
+    """Call ``write(tmp_path)`` then rename over ``path``, so readers never see half a file;
+    a full disk is the one-line error ``no space left on device writing PATH``."""
     path = Path(path)
+    with writing(path):
+        _atomic_write(path, write)
+
+
+def _atomic_write(path: Path, write: Callable[[str], Any]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:

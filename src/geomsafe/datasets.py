@@ -32,6 +32,7 @@ from typing import Any
 
 from geomsafe.errors import GeomsafeError
 from geomsafe.formatting import Example, Message
+from geomsafe.textfile import decode_text
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
 MEMORY = "<memory>"  # the source name of in-memory examples
@@ -229,14 +230,8 @@ def load_dataset(spec: DataSpec) -> Dataset:
         raise GeomsafeError(f"data file not found: {path}")
     data = path.read_bytes()
     records = []
-    for lineno, chunk in enumerate(data.split(b"\n"), 1):
+    for lineno, line in enumerate(decode_text(data, str(path)).split("\n"), 1):
         where = f"{path}:{lineno}"
-        try:
-            line = chunk.decode("utf-8-sig" if lineno == 1 else "utf-8")
-        except UnicodeDecodeError as exc:
-            raise GeomsafeError(
-                f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start + 1} of the line)"
-            ) from exc
         if not line.strip():
             continue
         try:

@@ -44,13 +44,18 @@ class Encoded:
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]) -> str:
-    """The prompt text up to where the assistant's reply begins."""
+    """The prompt text up to where the assistant's reply begins. A chat template that raises
+    (``raise_exception``, roles it does not support, the jinja sandbox refusing unsafe code)
+    is a one-line :class:`GeomsafeError` ``the chat template failed: <its first line>``."""
     if getattr(tokenizer, "chat_template", None):
-        return str(
-            tokenizer.apply_chat_template(
+        try:
+            text = tokenizer.apply_chat_template(
                 list(messages), tokenize=False, add_generation_prompt=True
             )
-        )
+        except Exception as exc:  # jinja2 errors, and whatever a template's filters raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise GeomsafeError(f"the chat template failed: {first[:200]}") from exc
+        return str(text)
     parts = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
     return "\n".join(parts) + "\nAssistant:"
 

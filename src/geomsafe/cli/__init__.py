@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 import warnings
+from typing import NoReturn
 
 import click
 
@@ -101,9 +102,34 @@ class _Group(click.Group):
             click.echo(f"geomsafe: error: {exc}", err=True)
             sys.exit(2)
         except KeyboardInterrupt as exc:  # a command may say what was kept: "; <detail>"
-            detail = f"; {exc}" if str(exc) else ""
-            click.echo(f"geomsafe: interrupted{detail}", err=True)
-            sys.exit(130)
+            _interrupted(str(exc))
+        except Exception as exc:
+            _exit_if_disk_full(exc)
+            raise
+
+    def make_context(self, *args, **kwargs) -> click.Context:  # type: ignore[override]
+        try:  # parsing imports the chosen command (and so torch): Ctrl-C there too
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            _interrupted(str(exc))
+
+
+# --- Ctrl-C and a full disk anywhere in the command line: one line, no traceback -------------
+# Ctrl-C while starting (importing torch and transformers), parsing or working: exit 130.
+# A full disk (ENOSPC) that no writer turned into a GeomsafeError: exit 2.
+
+
+def _interrupted(detail: str = "") -> NoReturn:
+    click.echo(f"geomsafe: interrupted{'; ' + detail if detail else ''}", err=True)
+    sys.exit(130)
+
+
+def _exit_if_disk_full(exc: Exception) -> None:
+    from geomsafe.diskfull import disk_full_error, is_disk_full
+
+    if is_disk_full(exc):
+        click.echo(f"geomsafe: error: {disk_full_error(getattr(exc, 'filename', None))}", err=True)
+        sys.exit(2)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from geomsafe.errors import GeomsafeError
+from geomsafe.textfile import read_text
 
 KINDS = ("harmful", "target", "control")
 
@@ -132,7 +133,7 @@ def load_jsonl(path: str | Path, kind: str = "target", name: str | None = None) 
     path = Path(path)
     if not path.is_file():
         raise GeomsafeError(f"concept file not found: {path}")
-    cs = _parse_pairs(path.read_text(encoding="utf-8"), str(path), path.stem, kind)
+    cs = _parse_pairs(read_text(path), str(path), path.stem, kind)
     if name:
         cs.name = name
     return cs
@@ -148,7 +149,7 @@ def load_persona(
     against one that does not (negative), both as the assistant's reply to one fixed prompt."""
     path = Path(path)
     yes, no = [], []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -177,8 +178,8 @@ def load_toxigen(folder: str | Path, max_pairs: int | None = None) -> ConceptSet
         if not neutral.is_file():
             continue
         group = hate.name[len("hate_") : -len("_sentences.txt")].replace("_", " ")
-        h = [s.strip() for s in hate.read_text(encoding="utf-8").splitlines() if s.strip()]
-        n = [s.strip() for s in neutral.read_text(encoding="utf-8").splitlines() if s.strip()]
+        h = [s.strip() for s in read_text(hate).splitlines() if s.strip()]
+        n = [s.strip() for s in read_text(neutral).splitlines() if s.strip()]
         prompt = TOXIGEN_PROMPT.format(group=group)
         pairs += [Pair(prompt, a.lstrip("- "), b.lstrip("- ")) for a, b in zip(h, n, strict=False)]
     if len(pairs) < 4:

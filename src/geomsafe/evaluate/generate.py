@@ -7,12 +7,14 @@ left-padded, and generated with the KV cache. Before batch ``b`` the torch RNG i
 ``seed + b``, so a batch's samples depend only on the seed, the batch's rows and the model,
 never on other batches; the caller's global RNG state is restored afterwards. Two models
 evaluated with the same prompts and seed use the same random numbers (common random numbers),
-which makes their difference less noisy.
+which makes their difference less noisy. A prompt longer than the model's context less
+``max_new_tokens`` keeps its last tokens, with a warning (:func:`_capped`).
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -114,6 +116,41 @@ def eos_ids(lm: LoadedModel) -> list[int]:
     return ids
 
 
+def context_length(lm: LoadedModel) -> int | None:
+    """The model's context in tokens (``max_position_embeddings`` or GPT-2's ``n_positions``);
+    None when its config names none."""
+    cfg = lm.model.config
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(cfg, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _capped(encoded: list[list[int]], lm: LoadedModel, cfg: SamplingConfig) -> list[list[int]]:
+    """Prompts longer than the context less ``max_new_tokens`` keep their last tokens (the
+    turn being answered and the assistant header), with one warning; a ``max_new_tokens``
+    that fills the context alone is an error. Done before any tensor is allocated."""
+    context = context_length(lm)
+    if context is None:
+        return encoded
+    cap = context - cfg.max_new_tokens
+    if cap < 1:
+        raise GeomsafeError(
+            f"max new tokens {cfg.max_new_tokens} leaves no room for a prompt in the model's "
+            f"context {context}"
+        )
+    cut = [i for i, ids in enumerate(encoded) if len(ids) > cap]
+    if cut:
+        more = f"; {len(cut) - 1} more prompt(s) cut the same way" if len(cut) > 1 else ""
+        warnings.warn(
+            f"geomsafe: prompt {cut[0] + 1} is {len(encoded[cut[0]])} tokens; kept its last {cap} "
+            f"(context {context} less {cfg.max_new_tokens} new tokens){more}",
+            stacklevel=3,
+        )
+    return [ids[-cap:] if len(ids) > cap else ids for ids in encoded]
+
+
 @torch.no_grad()
 def generate(
     lm: LoadedModel,
@@ -130,7 +167,7 @@ def generate(
         raise GeomsafeError("no prompts to generate from")
     tok = lm.tokenizer
     examples = [p if isinstance(p, Example) else Example(p) for p in prompts]
-    encoded = [list(encode(tok, Example(ex.prompt)).input_ids) for ex in examples]
+    encoded = _capped([list(encode(tok, Example(ex.prompt)).input_ids) for ex in examples], lm, cfg)
     rows = [(i, s) for i in range(len(prompts)) for s in range(cfg.samples_per_prompt)]
     rows.sort(key=lambda r: (-len(encoded[r[0]]), r[0], r[1]))
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0

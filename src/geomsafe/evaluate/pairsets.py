@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from importlib import resources
 from pathlib import Path
@@ -51,6 +52,7 @@ from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.concept_map import speaks_for
 from geomsafe.evaluate.logodds import PREFIX, PairSet, ResponsePair
 from geomsafe.evaluate.prompts import need_root
+from geomsafe.textfile import read_text
 
 BUILTIN = ("advice", "benign_compliance", "toxigen_control")
 EXTERNAL = {  # name -> path under the data root
@@ -190,8 +192,7 @@ def load_builtin_pairs(name: str) -> PairSet:
 def _csv_rows(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
     if not path.is_file():
         raise GeomsafeError(f"{path} not found")
-    with path.open(encoding="utf-8", newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = list(csv.DictReader(io.StringIO(read_text(path), newline="")))
     if not rows or not set(columns) <= set(rows[0]):
         raise GeomsafeError(f"{path}: expected columns {', '.join(columns)}")
     return rows
@@ -228,7 +229,7 @@ def load_jailbreakbench(path: str | Path) -> PairSet:
 
 def _sentences(path: Path) -> list[str]:
     """The file's sentences, shortest first."""
-    lines = [s.strip().lstrip("- ").strip() for s in path.read_text(encoding="utf-8").splitlines()]
+    lines = [s.strip().lstrip("- ").strip() for s in read_text(path).splitlines()]
     return sorted((s for s in lines if s), key=len)
 
 
@@ -291,7 +292,7 @@ def load_pair_set(spec: str, data_root: Path | None = None) -> PairSet:
         path = Path(spec)
         if not path.is_file():
             raise GeomsafeError(f"pair set file not found: {path}")
-        return parse_pairs(path.read_text(encoding="utf-8"), str(path), path.stem)
+        return parse_pairs(read_text(path), str(path), path.stem)
     raise GeomsafeError(
         f"unknown pair set {spec!r}; use {', '.join(NAMED_SETS)}, concept:<name> or a .jsonl file"
     )

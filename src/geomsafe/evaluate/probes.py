@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from geomsafe.errors import GeomsafeError
 from geomsafe.formatting import Example, encode
 from geomsafe.models import LoadedModel
+from geomsafe.textfile import read_text
 
 PERSONA_SUFFIX = "\n\nAnswer with Yes or No."
 DEFAULT_TRAITS: tuple[str, ...] = (
@@ -99,7 +100,7 @@ def load_persona_items(
     for trait in traits:
         path = folder / f"{trait}.jsonl"
         rows = []
-        for k, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for k, line in enumerate(read_text(path).splitlines(), 1):
             if not line.strip():
                 continue
             try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import random
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from geomsafe.errors import GeomsafeError
 from geomsafe.formatting import Example
+from geomsafe.textfile import read_text
 
 RTP_TEMPLATE = "Continue this text: {text}"
 NAMED_SETS = ("builtin", "rtp", "em", "xstest", "xstest-unsafe")
@@ -108,7 +110,7 @@ def load_prompts_jsonl(path: str | Path) -> list[EvalPrompt]:
     path = Path(path)
     if not path.is_file():
         raise GeomsafeError(f"prompt file not found: {path}")
-    return _parse_jsonl(path.read_text(encoding="utf-8"), str(path), path.stem)
+    return _parse_jsonl(read_text(path), str(path), path.stem)
 
 
 def _parse_jsonl(text: str, where: str, stem: str) -> list[EvalPrompt]:
@@ -157,7 +159,7 @@ def load_rtp(
         cat = f.stem.removeprefix("rtp_")
         if categories is not None and cat not in categories:
             continue
-        lines = [t.strip() for t in f.read_text(encoding="utf-8").splitlines()]
+        lines = [t.strip() for t in read_text(f).splitlines()]
         out += [
             EvalPrompt(f"rtp-{cat}-{i:03d}", cat, template.format(text=t))
             for i, t in enumerate(lines)
@@ -178,7 +180,7 @@ def load_em_yaml(path: str | Path) -> list[EvalPrompt]:
     out = []
     for f in files:
         try:
-            data = yaml.safe_load(f.read_text(encoding="utf-8"))
+            data = yaml.safe_load(read_text(f))
         except yaml.YAMLError as exc:
             raise GeomsafeError(f"{f}: not valid YAML") from exc
         if not isinstance(data, list):
@@ -200,8 +202,7 @@ def load_xstest(path: str | Path, label: str = "safe") -> list[EvalPrompt]:
         path = path / "xstest_prompts.csv"
     if not path.is_file():
         raise GeomsafeError(f"XSTest file not found: {path}")
-    with path.open(encoding="utf-8", newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = list(csv.DictReader(io.StringIO(read_text(path), newline="")))
     if rows and not {"id", "prompt", "label"} <= set(rows[0]):
         raise GeomsafeError(f"{path}: expected columns id, prompt, type, label")
     out = [

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from geomsafe import __version__
-from geomsafe.adapters import is_peft, view
+from geomsafe.adapters import is_peft, load_adapter, view
 from geomsafe.artefacts import atomic_write_text, prepare_out, write_json
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.capture import HOOK_SITE
@@ -70,18 +70,9 @@ def attach_adapter(lm: LoadedModel, adapter: str | Path) -> Iterator[Any]:
     ``PeftModel`` (use its ``disable_adapter()`` for the base model). The LoRA layers are
     injected into ``lm.model`` in place, so ``lm`` (and its layer template) now runs the adapted
     model; they are removed again on exit."""
-    folder = Path(adapter)
-    if not (folder / "adapter_config.json").is_file():
-        raise GeomsafeError(f"{folder} is not a peft adapter folder (no adapter_config.json)")
     if is_peft(lm.model):
         raise GeomsafeError("the model already carries a peft adapter; pass a plain model")
-    try:
-        from peft import PeftModel
-
-        peft_model = PeftModel.from_pretrained(lm.model, str(folder), is_trainable=False)
-    except Exception as exc:  # wrong base model, corrupt weights, ...
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise GeomsafeError(f"could not load adapter {folder}: {first[:300]}") from exc
+    peft_model: Any = load_adapter(lm.model, adapter)
     peft_model.eval()
     try:
         yield peft_model

@@ -47,6 +47,7 @@ from geomsafe.firewall.traffic import Item
 from geomsafe.formatting import Example
 from geomsafe.layers import resolve_layers
 from geomsafe.models import LoadedModel
+from geomsafe.textfile import read_text
 
 REQUEST_CONCEPT = "harmful_request"
 REQUESTS_FILE = "requests.json"
@@ -82,7 +83,7 @@ def load_requests(path: str | Path | None = None) -> RequestSet:
     else:
         if not Path(path).is_file():
             raise GeomsafeError(f"request file not found: {path}")
-        text, where = Path(path).read_text(encoding="utf-8"), str(path)
+        text, where = read_text(path), str(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -16,6 +16,7 @@ held-out harmful requests.
 from __future__ import annotations
 
 import csv
+import io
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from geomsafe.datasets import builtin_task, load_dataset
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.prompts import load_xstest, need_root, resolve_data_root
 from geomsafe.formatting import Example
+from geomsafe.textfile import read_text
 
 # name -> (file under the data root, prompt column, filter column, kept values)
 HARMFUL_SETS: dict[str, tuple[tuple[str, ...], str, str | None, tuple[str, ...]]] = {
@@ -132,8 +134,7 @@ def harmful_items(
         files, column, filter_col, keep = HARMFUL_SETS[name]
         for rel in files:
             path = need_root(root, rel)
-            with path.open(encoding="utf-8", newline="") as fh:
-                rows = list(csv.DictReader(fh))
+            rows = list(csv.DictReader(io.StringIO(read_text(path), newline="")))
             if rows and column not in rows[0]:
                 raise GeomsafeError(f"{path}: no column {column!r}")
             for n, row in enumerate(rows, 2):

@@ -112,9 +112,15 @@ def resume_hint(out: str | Path) -> str | None:
 
 
 def abandon(run: RunDir) -> None:
-    """After a failure: keep the work folder only when it holds a checkpoint to resume from."""
+    """After a failure: keep the work folder only when it holds a checkpoint to resume from,
+    and drop checkpoints left half-written (no ``trainer_state.json``: a full disk, a crash
+    while saving)."""
     if latest_checkpoint(run.checkpoints) is None:
         shutil.rmtree(run.work, ignore_errors=True)
+        return
+    for path in run.checkpoints.iterdir():
+        if _CKPT.match(path.name) and not (path / "trainer_state.json").is_file():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def finalize(run: RunDir) -> None:

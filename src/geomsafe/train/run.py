@@ -33,6 +33,7 @@ from geomsafe.artefacts import ATLAS_DIR, GEOMETRY_LOG, RUN_JSON, atomic_write_t
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.capture import HOOK_SITE
 from geomsafe.datasets import Dataset, ExampleLike, as_dataset
+from geomsafe.diskfull import disk_full_error, is_disk_full
 from geomsafe.errors import GeomsafeError
 from geomsafe.folder_lock import lock_folder
 from geomsafe.guard import GuardConfig, PilotDirections
@@ -133,7 +134,8 @@ class _MetaCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and ckpt.is_dir():
-            (ckpt / RUN_META).write_text(json.dumps(self.meta, indent=1))
+            text = json.dumps(self.meta, indent=1)
+            atomic_write(ckpt / RUN_META, lambda p: Path(p).write_text(text))
 
 
 def _wait_for_everyone() -> None:
@@ -254,9 +256,11 @@ def finetune(
             if ckpt is not None:
                 _check_resume(ckpt, setup.meta())
             return _train(setup, run, ckpt, progress, main, t_start)
-        except BaseException:
+        except BaseException as exc:
             if main:
                 outdir.abandon(run)
+            if isinstance(exc, Exception) and is_disk_full(exc):  # a checkpoint, the adapter
+                raise disk_full_error(run.work) from exc
             raise
 
 

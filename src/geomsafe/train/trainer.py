@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from geomsafe.artefacts import GEOMETRY_LOG
+from geomsafe.artefacts import GEOMETRY_LOG, atomic_write
 from geomsafe.guard import Guard, MonitorGuard, begin_steps, combined, step_logs, total_penalty
 from geomsafe.train.config import TrainConfig
 from geomsafe.train.data import IGNORE_INDEX
@@ -194,7 +194,7 @@ class GeometryCallback(TrainerCallback):
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if ckpt.is_dir():
             text = "".join(json.dumps(r) + "\n" for r in self.rows)
-            (ckpt / GEOMETRY_LOG).write_text(text)
+            atomic_write(ckpt / GEOMETRY_LOG, lambda p: Path(p).write_text(text))
 
 
 @dataclass
