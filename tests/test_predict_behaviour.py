@@ -47,9 +47,7 @@ def _full_grads(lm, data, mods):
 def test_behavioural_estimate_matches_a_real_lora_shaped_step(family):
     lm = tiny_model(family)
     pairs, data, lr, rank = _pairs(), _data("you idiot "), 1e-2, 4
-    est = behavioural_estimate(
-        lm, data, {"rude": pairs}, lr=lr, rank=rank, seed=3, progress=False
-    )
+    est = behavioural_estimate(lm, data, {"rude": pairs}, lr=lr, rank=rank, seed=3, progress=False)
     mods = block_linears(lm)
     mats = sketch_matrices(lm, rank, 3)
     grads = _full_grads(lm, data, mods)

@@ -69,9 +69,7 @@ def lm_gpt2():
     return tiny_model("gpt2")
 
 
-def test_behavioural_default_needs_no_atlas_and_names_a_concept_only_with_its_ci(
-    lm_gpt2, tmp_path
-):
+def test_behavioural_default_needs_no_atlas_and_names_a_concept_only_with_its_ci(lm_gpt2, tmp_path):
     cfg = PredictConfig(concepts=("toxicity", "deception"), pairs_per_concept=4, n_boot=200)
     path = write_data(tmp_path, "d", "you are an idiot ", n=10)
     res = predict(lm_gpt2, path, config=cfg, progress=False, out=tmp_path / "o")
@@ -166,7 +164,11 @@ def test_atlas_folder_is_recorded(setup, tmp_path):
     lm, atlas = setup
     atlas.save(tmp_path / "a")
     res = predict(
-        lm, write_data(tmp_path, "d", "hi "), atlas=tmp_path / "a", gradient=False,
-        generate=False, progress=False,
+        lm,
+        write_data(tmp_path, "d", "hi "),
+        atlas=tmp_path / "a",
+        gradient=False,
+        generate=False,
+        progress=False,
     )
     assert res.provenance["atlas_source"] == str((tmp_path / "a").resolve())

@@ -70,9 +70,7 @@ def print_predict(result: PredictResult) -> None:
     help="Chat or prompt/completion JSONL, or task:NAME for a built-in task set.",
 )
 @click.option("--out", "-o", help="Output folder.")
-@click.option(
-    "--atlas", help="Audit folder with an atlas (default: built-in harmful concepts)."
-)
+@click.option("--atlas", help="Audit folder with an atlas (default: built-in harmful concepts).")
 @click.option("--concepts", help="Harmful concepts to score, comma-separated (default: all).")
 @config_option("method", type=click.Choice(METHODS))
 @config_option("max_examples", type=int)
@@ -95,9 +93,7 @@ def print_predict(result: PredictResult) -> None:
 @config_option("attack_k", "--attack", type=int)
 @config_option("seed", type=int)
 @config_option("threads", type=int)
-def predict_cmd(
-    model, data, out, atlas, concepts, no_generate, no_gradient, **fields
-) -> None:
+def predict_cmd(model, data, out, atlas, concepts, no_generate, no_gradient, **fields) -> None:
     """Will fine-tuning on this data set amplify harmful traits? Which examples drive it?"""
     if no_gradient:
         fields["method"] = "projection_difference" if not no_generate else "prompt_anchored"

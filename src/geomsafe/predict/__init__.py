@@ -28,4 +28,5 @@ __all__ = [
     "predict",
     "probe_prompts",
     "riskiest_lines",
+    "write_predict",
 ]

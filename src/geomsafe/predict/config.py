@@ -44,7 +44,7 @@ class PredictConfig:
         default=64, metadata=_help("Examples in the gradient of method gradient_alignment.")
     )
     pairs_per_concept: int | None = field(
-        default=48,
+        default=24,
         metadata=_help("Concept pairs in each concept's log-odds gradient (behavioural)."),
     )
     sketch_rank: int = field(
@@ -90,8 +90,7 @@ class PredictConfig:
             (self.method in METHODS, f"unknown method {self.method!r}; use {', '.join(METHODS)}"),
             (
                 self.filter_score is None or self.filter_score in PER_EXAMPLE_SCORES,
-                f"unknown filter score {self.filter_score!r}; use "
-                f"{', '.join(PER_EXAMPLE_SCORES)}",
+                f"unknown filter score {self.filter_score!r}; use {', '.join(PER_EXAMPLE_SCORES)}",
             ),
             (_pos_or_none(self.max_examples), _n("max_examples", self.max_examples)),
             (_pos(self.max_new_tokens), _n("max_new_tokens", self.max_new_tokens)),
