@@ -102,6 +102,13 @@ def _by_concept(values: dict[str, Tensor], names: list[str]) -> Tensor:
     return torch.stack([values[n].double() for n in names], dim=1)
 
 
+def _scaled(method: str, shifts: dict[str, Tensor], x: Inputs) -> Estimate:
+    """A projection estimate: per-example shifts / scale; the column is the raw mean shift."""
+    raw = _by_concept(shifts, x.names)
+    per = raw / _scales(x)
+    return Estimate(method, _columns(per, x.names), per, {method: _columns(raw, x.names)})
+
+
 def prompt_anchored() -> Estimator:
     def estimate(x: Inputs) -> Estimate:
         p_last = prompt_projection(
@@ -114,10 +121,7 @@ def prompt_anchored() -> Estimator:
             desc="prompts",
         )
         p_data = _data_projection(x)
-        raw = _by_concept({n: p_data[n] - p_last[n] for n in x.names}, x.names)
-        per = raw / _scales(x)
-        cols = {"prompt_anchored": _columns(raw, x.names)}
-        return Estimate("prompt_anchored", _columns(per, x.names), per, cols)
+        return _scaled("prompt_anchored", {n: p_data[n] - p_last[n] for n in x.names}, x)
 
     return estimate
 
@@ -144,10 +148,7 @@ def projection_difference_estimator() -> Estimator:
             batch_size=cfg.batch_size,
             progress=x.progress,
         )
-        raw = _by_concept(diff, x.names)
-        per = raw / _scales(x)
-        cols = {"projection_difference": _columns(raw, x.names)}
-        return Estimate("projection_difference", _columns(per, x.names), per, cols)
+        return _scaled("projection_difference", diff, x)
 
     return estimate
 
