@@ -89,17 +89,3 @@ def test_per_example_scores_separate_the_examples_that_push():
     est = behavioural_estimate(lm, data, {"rude": _pairs()}, rank=32, progress=False)
     c = est.contributions[:, 0]
     assert float(c[:4].mean()) > float(c[4:].mean())
-
-
-def test_response_positions_only_equal_the_full_logits():
-    lm = tiny_model("qwen2")
-    data = _data("you idiot ") + [Example("a longer prompt here", "x")]
-    enc = [encode(lm.tokenizer, ex, 256) for ex in data]
-    tail = response_logps(lm, enc)
-    full = []
-    for e in enc:
-        ids = torch.tensor([list(e.input_ids)])
-        logp = torch.log_softmax(lm.model(input_ids=ids).logits[0].float(), -1)
-        t = torch.arange(e.prompt_len, e.length)
-        full.append(logp[t - 1, ids[0, t]].sum())
-    assert torch.allclose(tail, torch.stack(full), atol=1e-4)

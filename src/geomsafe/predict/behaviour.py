@@ -44,6 +44,7 @@ def logodds_sketch(
     *,
     cache_key: tuple = (),
     batch_size: int = 4,
+    max_tokens: int | None = 512,
     max_length: int = 256,
     progress: bool = True,
 ) -> dict[str, Tensor]:
@@ -60,7 +61,7 @@ def logodds_sketch(
         (1 if j % 2 == 0 else -1) / ((e.length - e.prompt_len) * n_pairs)
         for j, e in enumerate(encoded)
     ]
-    batches = list(length_batches(encoded, batch_size))
+    batches = list(length_batches(encoded, batch_size, max_tokens))
     with sketching(lm, matrices) as sk:
         for idx in tqdm(batches, desc=f"log-odds gradient {pairs.name}", disable=not progress):
             lp = response_logps(lm, [encoded[i] for i in idx])
@@ -91,6 +92,7 @@ def behavioural_estimate(
     rank: int = 16,
     seed: int = 0,
     batch_size: int = 4,
+    max_tokens: int | None = 512,
     max_length: int = 256,
     progress: bool = True,
 ) -> BehaviouralEstimate:
@@ -103,8 +105,9 @@ def behavioural_estimate(
             lm,
             concept_pairs[n],
             matrices,
-            cache_key=(rank, seed, batch_size),
+            cache_key=(rank, seed),
             batch_size=batch_size,
+            max_tokens=max_tokens,
             max_length=max_length,
             progress=progress,
         )
@@ -114,7 +117,7 @@ def behavioural_estimate(
     total_tokens = sum(e.length - e.prompt_len for e in encoded)
     dots = torch.zeros(len(data), len(names), dtype=torch.float64)
     with sketching(lm, matrices, stack(concept_sk, list(matrices))) as sk:
-        batches = list(length_batches(encoded, batch_size))
+        batches = list(length_batches(encoded, batch_size, max_tokens))
         for idx in tqdm(batches, desc="data gradient", disable=not progress):
             sk.new_batch(len(idx))
             nll = -response_logps(lm, [encoded[i] for i in idx])

@@ -76,6 +76,10 @@ class PredictConfig:
     ci_level: float = field(default=0.95, metadata=_help("Confidence level of the risk's CI."))
     batch_size: int = field(default=16, metadata=_help("Forward batch size."))
     grad_batch_size: int = field(default=4, metadata=_help("Backward batch size."))
+    grad_tokens: int = field(
+        default=512,
+        metadata=_help("Most tokens (rows x longest) in one backward batch; bounds memory."),
+    )
     max_length: int = field(default=256, metadata=_help("Tokens per example (longer: cut)."))
     seed: int = field(default=0, metadata=_help("Seed of the sample, sketch and bootstrap."))
     threads: int | None = field(
@@ -102,6 +106,7 @@ class PredictConfig:
             (_pos(self.n_boot), _n("n_boot", self.n_boot)),
             (_pos(self.batch_size), _n("batch_size", self.batch_size)),
             (_pos(self.grad_batch_size), _n("grad_batch_size", self.grad_batch_size)),
+            (_pos(self.grad_tokens), _n("grad_tokens", self.grad_tokens)),
             (_pos(self.max_length, 2), _n("max_length", self.max_length, 2)),
             (_pos_or_none(self.threads), _n("threads", self.threads)),
             (_num(self.lr) and self.lr > 0, f"lr must be > 0, not {self.lr}"),

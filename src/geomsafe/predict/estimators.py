@@ -188,6 +188,7 @@ def behavioural() -> Estimator:
             rank=cfg.sketch_rank,
             seed=cfg.seed,
             batch_size=cfg.grad_batch_size,
+            max_tokens=cfg.grad_tokens,
             max_length=cfg.max_length,
             progress=x.progress,
         )

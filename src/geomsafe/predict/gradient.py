@@ -62,6 +62,7 @@ def _loss_grad(
     batch_size: int,
     max_length: int,
     progress: bool,
+    max_tokens: int | None = 512,
 ) -> list[Tensor]:
     """Gradient of L (module docstring) for ``params``, from the logits of the response
     positions only (:func:`geomsafe.predict.likelihood.response_logps`)."""
@@ -71,7 +72,7 @@ def _loss_grad(
     for p in params:
         p.grad = None
     for idx in tqdm(
-        list(length_batches(enc, batch_size)),
+        list(length_batches(enc, batch_size, max_tokens)),
         desc="loss gradient",
         disable=not progress,
         leave=False,

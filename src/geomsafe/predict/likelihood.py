@@ -37,6 +37,16 @@ def response_logps(lm: LoadedModel, encoded: Sequence[Encoded]) -> Tensor:
     return torch.stack(out)
 
 
-def length_batches(encoded: Sequence[Encoded], batch_size: int) -> Iterator[list[int]]:
-    """Indices of ``encoded`` in batches of similar length, longest first."""
-    yield from _batches([e.input_ids for e in encoded], batch_size)
+def length_batches(
+    encoded: Sequence[Encoded], batch_size: int, max_tokens: int | None = None
+) -> Iterator[list[int]]:
+    """Indices of ``encoded`` in batches of similar length, longest first: at most
+    ``batch_size`` rows and (when given) at most ``max_tokens`` = rows x the batch's longest
+    sequence (a longer sequence is a batch of its own), which bounds a backward pass's memory."""
+    for idx in _batches([e.input_ids for e in encoded], batch_size):
+        if max_tokens is None:
+            yield idx
+            continue
+        rows = max(1, max_tokens // encoded[idx[0]].length)  # idx[0] is the longest
+        for s in range(0, len(idx), rows):
+            yield idx[s : s + rows]
