@@ -44,7 +44,7 @@ def logodds_sketch(
     *,
     cache_key: tuple = (),
     batch_size: int = 4,
-    max_tokens: int | None = 512,
+    max_tokens: int | None = 256,
     max_length: int = 256,
     progress: bool = True,
 ) -> dict[str, Tensor]:
@@ -92,7 +92,7 @@ def behavioural_estimate(
     rank: int = 16,
     seed: int = 0,
     batch_size: int = 4,
-    max_tokens: int | None = 512,
+    max_tokens: int | None = 256,
     max_length: int = 256,
     progress: bool = True,
 ) -> BehaviouralEstimate:

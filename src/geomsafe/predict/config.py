@@ -77,7 +77,7 @@ class PredictConfig:
     batch_size: int = field(default=16, metadata=_help("Forward batch size."))
     grad_batch_size: int = field(default=4, metadata=_help("Backward batch size."))
     grad_tokens: int = field(
-        default=512,
+        default=256,
         metadata=_help("Most tokens (rows x longest) in one backward batch; bounds memory."),
     )
     max_length: int = field(default=256, metadata=_help("Tokens per example (longer: cut)."))

@@ -62,7 +62,7 @@ def _loss_grad(
     batch_size: int,
     max_length: int,
     progress: bool,
-    max_tokens: int | None = 512,
+    max_tokens: int | None = 256,
 ) -> list[Tensor]:
     """Gradient of L (module docstring) for ``params``, from the logits of the response
     positions only (:func:`geomsafe.predict.likelihood.response_logps`)."""
