@@ -44,7 +44,13 @@ def test_guard_advice_only_from_measured_effects():
 
     def row(task, guard, low, high):
         change = {"value": (low + high) / 2, "ci_low": low, "ci_high": high}
-        return {"task": task, "guard": guard, "toxic_increase_pp": change}
+        return {
+            "task": task,
+            "guard": guard,
+            "toxic_increase_pp": change,
+            "measured_shift": 1.0,
+            "final_loss": 1.0,
+        }
 
     bench = {
         "rows": [
