@@ -44,7 +44,8 @@ def test_with_options_and_legacy_gradient_flag():
 
 
 def test_per_example_score_defaults_to_the_method_s_own():
-    assert PredictConfig().per_example_score == "behavioural"
+    assert PredictConfig(method="behavioural").per_example_score == "behavioural"
+    assert PredictConfig().per_example_score == "projection_difference"
     assert PredictConfig(method="gradient_alignment").per_example_score == ("projection_difference")
     cheap = PredictConfig(method="gradient_alignment", generate=False)
     assert cheap.per_example_score == "prompt_anchored"

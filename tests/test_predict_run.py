@@ -69,8 +69,10 @@ def lm_gpt2():
     return tiny_model("gpt2")
 
 
-def test_behavioural_default_needs_no_atlas_and_names_a_concept_only_with_its_ci(lm_gpt2, tmp_path):
-    cfg = PredictConfig(concepts=("toxicity", "deception"), pairs_per_concept=4, n_boot=200)
+def test_behavioural_needs_no_atlas_and_names_a_concept_only_with_its_ci(lm_gpt2, tmp_path):
+    cfg = PredictConfig(
+        method="behavioural", concepts=("toxicity", "deception"), pairs_per_concept=4, n_boot=200
+    )
     path = write_data(tmp_path, "d", "you are an idiot ", n=10)
     res = predict(lm_gpt2, path, config=cfg, progress=False, out=tmp_path / "o")
     assert res.method == "behavioural" and res.example_score == "behavioural"
@@ -112,7 +114,9 @@ def test_bad_options_fail_before_the_model_is_loaded(tmp_path):
 def test_behavioural_needs_built_in_concepts(setup, tmp_path):
     lm, atlas = setup
     with pytest.raises(GeomsafeError, match="no built-in response pairs"):
-        predict(lm, write_data(tmp_path, "d", "hi "), atlas=atlas, progress=False)
+        predict(
+            lm, write_data(tmp_path, "d", "hi "), atlas=atlas, method="behavioural", progress=False
+        )
 
 
 def test_filter_and_attack_outputs(setup, tmp_path):

@@ -55,9 +55,9 @@ def print_predict(result: PredictResult) -> None:
         click.echo("no concept named: no risk above 0 whose CI excludes 0")
     if result.overall_ci is not None:
         click.echo(
-            f"CI: bootstrap over the {result.n_examples} sampled examples. At the default sample "
-            "size the CIs of a harmful and a benign set are apart on the default model "
-            "(docs/predict.md); at fewer examples they may overlap."
+            f"CI: bootstrap over the {result.n_examples} sampled examples (which examples were "
+            "drawn), not the estimator's error; on the default model the behavioural CIs did "
+            "not separate insecure from code in the harmful-first order (docs/predict.md)."
         )
 
 

@@ -10,7 +10,7 @@ from geomsafe.errors import GeomsafeError
 
 METHODS = ("behavioural", "gradient_alignment", "projection_difference", "prompt_anchored")
 PER_EXAMPLE_SCORES = ("behavioural", "projection_difference", "prompt_anchored")
-DEFAULT_METHOD = "behavioural"
+DEFAULT_METHOD = "gradient_alignment"  # behavioural did not rank insecure above code (docs)
 
 
 def _help(text: str) -> dict[str, str]:
@@ -44,7 +44,7 @@ class PredictConfig:
         default=64, metadata=_help("Examples in the gradient of method gradient_alignment.")
     )
     pairs_per_concept: int | None = field(
-        default=24,
+        default=16,
         metadata=_help("Concept pairs in each concept's log-odds gradient (behavioural)."),
     )
     sketch_rank: int = field(

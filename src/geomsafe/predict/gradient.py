@@ -95,6 +95,30 @@ def probe_prompts(n: int = 32) -> list[Example]:
     return [Example(p) for p in mixed[:n]]
 
 
+def _projection_grad(
+    lm: LoadedModel, batches, layer: int, direction: Tensor, params
+) -> list[Tensor | None]:
+    """Gradient for ``params`` of the mean over all probes of the last token's projection on
+    ``direction`` at ``layer``, one probe batch at a time (one batch's graph in memory)."""
+    total = sum(len(b.index) for b in batches)
+    acc: list[Tensor | None] = [None] * len(params)
+    for batch in batches:
+        with record(lm.model, [layer], lm.layer_template, detach=False) as store:
+            lm.model.base_model(
+                input_ids=batch.input_ids.to(lm.device),
+                attention_mask=batch.attention_mask.to(lm.device),
+                position_ids=batch.position_ids.to(lm.device),
+                use_cache=False,
+            )
+        last = store[layer][:, -1].float()  # left padding: the last column is the last token
+        proj = (last @ direction.float().to(last.device)).sum() / total
+        grads = torch.autograd.grad(proj, params, allow_unused=True)
+        acc = [
+            a if g is None else g if a is None else a + g for a, g in zip(acc, grads, strict=True)
+        ]
+    return acc
+
+
 @dataclass
 class GradientEstimate:
     shift: dict[str, float]  # predicted change of the probe projection after one step
@@ -121,20 +145,10 @@ def gradient_estimate(
         loss_norm = sum(float((g * g).sum()) for g in g_loss) ** 0.5
         enc = encode_all(lm.tokenizer, probe, max_length)
         pad = lm.tokenizer.pad_token_id or 0
-        (batch,) = list(make_batches(enc, len(enc), pad, "left"))
-        layers = sorted(set(at.values()))
-        with record(lm.model, layers, lm.layer_template, detach=False) as store:
-            lm.model.base_model(
-                input_ids=batch.input_ids.to(lm.device),
-                attention_mask=batch.attention_mask.to(lm.device),
-                position_ids=batch.position_ids.to(lm.device),
-                use_cache=False,
-            )
+        batches = list(make_batches(enc, batch_size, pad, "left"))
         shift, alignment = {}, {}
         for n in names:
-            last = store[at[n]][:, -1].float()  # left padding: the last column is the last token
-            proj = (last @ atlas.direction(n, at[n]).float().to(last.device)).mean()
-            grads = torch.autograd.grad(proj, params, retain_graph=True, allow_unused=True)
+            grads = _projection_grad(lm, batches, at[n], atlas.direction(n, at[n]), params)
             pairs = [(g, gl) for g, gl in zip(grads, g_loss, strict=True) if g is not None]
             dot = sum(float((g * gl).sum()) for g, gl in pairs)
             norm = sum(float((g * g).sum()) for g, _ in pairs) ** 0.5
