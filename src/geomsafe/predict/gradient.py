@@ -79,7 +79,10 @@ def _loss_grad(
     ):
         loss = -response_logps(lm, [enc[i] for i in idx]).sum() / max(total, 1)
         loss.backward()
-    return [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+    out = [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in params]
+    for p in params:
+        p.grad = None  # handed over, not copied: one gradient in memory
+    return out
 
 
 def probe_prompts(n: int = 32) -> list[Example]:
@@ -113,9 +116,9 @@ def _projection_grad(
         last = store[layer][:, -1].float()  # left padding: the last column is the last token
         proj = (last @ direction.float().to(last.device)).sum() / total
         grads = torch.autograd.grad(proj, params, allow_unused=True)
-        acc = [
-            a if g is None else g if a is None else a + g for a, g in zip(acc, grads, strict=True)
-        ]
+        for i, g in enumerate(grads):
+            if g is not None:
+                acc[i] = g if acc[i] is None else acc[i].add_(g)
     return acc
 
 
