@@ -24,7 +24,7 @@ from geomsafe.formatting import Example
 from geomsafe.testing import tiny_model
 from geomsafe.train.data import load_data
 
-predict_module = importlib.import_module("geomsafe.predict")
+predict_module = importlib.import_module("geomsafe.predict.run")
 train_run = importlib.import_module("geomsafe.train.run")
 
 

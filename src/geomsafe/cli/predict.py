@@ -1,45 +1,64 @@
-"""`geomsafe predict`: pre-flight risk of a fine-tuning data set."""
+"""`geomsafe predict`: pre-flight risk of a fine-tuning data set.
+
+Defaults and help of the numeric options come from :class:`geomsafe.predict.PredictConfig`; the
+config is built (and checked) before the model is loaded."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import click
 
 from geomsafe.cli.common import model_option, print_table
+from geomsafe.errors import GeomsafeError
 from geomsafe.options import split_csv
-from geomsafe.predict import PredictResult, predict
+from geomsafe.predict import METHODS, PER_EXAMPLE_SCORES, PredictConfig, PredictResult, predict
+
+_FIELDS = {f.name: f for f in dataclasses.fields(PredictConfig)}
+_COLUMNS = [  # (header, ConceptRisk field)
+    ("behav. change", "behavioural_change"),
+    ("behav. align", "behavioural_alignment"),
+    ("proj. diff", "projection_difference"),
+    ("prompt-anchored", "prompt_anchored"),
+    ("gradient", "gradient"),
+    ("grad. align", "gradient_alignment"),
+]
+
+
+def config_option(name: str, *decls: str, **kw):
+    """A click option whose default and help are ``PredictConfig.<name>``'s."""
+    f = _FIELDS[name]
+    flag = "--" + name.replace("_", "-")
+    kw.setdefault("default", f.default)
+    kw.setdefault("show_default", f.default is not None)
+    return click.option(*(decls or (flag,)), name, help=f.metadata["help"], **kw)
+
+
+def _ci(ci) -> str:
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
 
 
 def print_predict(result: PredictResult) -> None:
+    cols = [(h, k) for h, k in _COLUMNS if any(getattr(c, k) is not None for c in result.concepts)]
     rows = [
-        [
-            c.concept,
-            c.layer,
-            c.risk,
-            c.projection_difference if c.projection_difference is not None else "-",
-            c.prompt_anchored,
-            c.gradient if c.gradient is not None else "-",
-            c.gradient_alignment if c.gradient_alignment is not None else "-",
-            c.method,
-        ]
+        [c.concept, c.layer if c.layer is not None else "-", c.risk, _ci(c.risk_ci)]
+        + [getattr(c, k) if getattr(c, k) is not None else "-" for _, k in cols]
         for c in sorted(result.concepts, key=lambda c: -c.risk)
     ]
-    print_table(
-        [
-            "concept",
-            "layer",
-            "risk",
-            "proj. diff",
-            "prompt-anchored",
-            "gradient",
-            "alignment",
-            "method",
-        ],
-        rows,
-    )
+    print_table(["concept", "layer", "risk", "95% CI", *(h for h, _ in cols)], rows)
     click.echo(
-        f"\noverall risk {result.overall_risk:.3f} ({result.overall_concept}); "
+        f"\noverall risk {result.overall_risk:.3f} {_ci(result.overall_ci)} "
+        f"({result.overall_concept}; method {result.method}); "
         f"scored {result.n_examples} of {result.n_total} examples"
     )
+    if result.overall_concept == "none":
+        click.echo("no concept named: no risk above 0 whose CI excludes 0")
+    if result.overall_ci is not None:
+        click.echo(
+            f"CI: bootstrap over the {result.n_examples} sampled examples (which examples were "
+            "drawn), not the estimator's error; on the default model the behavioural CIs did "
+            "not separate insecure from code in the harmful-first order (docs/predict.md)."
+        )
 
 
 @click.command("predict")
@@ -50,73 +69,40 @@ def print_predict(result: PredictResult) -> None:
     required=True,
     help="Chat or prompt/completion JSONL, or task:NAME for a built-in task set.",
 )
-@click.option("--out", "-o", type=click.Path(file_okay=False), help="Output folder.")
-@click.option(
-    "--atlas",
-    type=click.Path(exists=True),
-    help="Audit folder with an atlas (default: extract the built-in harmful concepts).",
-)
+@click.option("--out", "-o", help="Output folder.")
+@click.option("--atlas", help="Audit folder with an atlas (default: built-in harmful concepts).")
 @click.option("--concepts", help="Harmful concepts to score, comma-separated (default: all).")
-@click.option(
-    "--max-examples",
-    type=int,
-    default=200,
-    show_default=True,
-    help="Score a fixed random sample of this many examples.",
-)
+@config_option("method", type=click.Choice(METHODS))
+@config_option("max_examples", type=int)
 @click.option(
     "--no-generate",
     is_flag=True,
-    help="Skip the model's own responses: the cheap prompt-anchored estimate.",
+    help="Skip the model's own responses (no projection difference).",
 )
 @click.option(
     "--no-gradient",
     is_flag=True,
-    help="Skip the first-order gradient estimate (risk then from the projection difference).",
+    help="Legacy: --method projection_difference (prompt_anchored with --no-generate).",
 )
-@click.option("--max-new-tokens", type=int, default=48, show_default=True)
-@click.option(
-    "--filter", "filter_k", type=int, help="Write filtered.jsonl without the K riskiest examples."
-)
-@click.option(
-    "--attack",
-    "attack_k",
-    type=int,
-    help="Red-team: write attack.jsonl with the K benign-looking examples that push "
-    "hardest along a harmful direction.",
-)
-@click.option("--seed", type=int, default=0, show_default=True)
-def predict_cmd(
-    model,
-    data,
-    out,
-    atlas,
-    concepts,
-    max_examples,
-    no_generate,
-    no_gradient,
-    max_new_tokens,
-    filter_k,
-    attack_k,
-    seed,
-) -> None:
+@config_option("max_new_tokens", type=int)
+@config_option("pairs_per_concept", type=int)
+@config_option("sketch_rank", type=int)
+@config_option("lr", type=float)
+@config_option("filter_k", "--filter", type=int)
+@config_option("filter_score", type=click.Choice(PER_EXAMPLE_SCORES))
+@config_option("attack_k", "--attack", type=int)
+@config_option("seed", type=int)
+@config_option("threads", type=int)
+def predict_cmd(model, data, out, atlas, concepts, no_generate, no_gradient, **fields) -> None:
     """Will fine-tuning on this data set amplify harmful traits? Which examples drive it?"""
-    if (filter_k or attack_k) and not out:
-        raise click.UsageError("--filter and --attack write files: give --out")
-    result = predict(
-        model,
-        data,
-        out=out,
-        atlas=atlas,
-        concepts=split_csv(concepts) or None,
-        max_examples=max_examples,
-        generate=not no_generate,
-        gradient=not no_gradient,
-        max_new_tokens=max_new_tokens,
-        filter_k=filter_k,
-        attack_k=attack_k,
-        seed=seed,
+    if no_gradient:
+        fields["method"] = "projection_difference" if not no_generate else "prompt_anchored"
+    config = PredictConfig(
+        concepts=tuple(split_csv(concepts)) or None, generate=not no_generate, **fields
     )
+    if (config.filter_k or config.attack_k) and not out:
+        raise GeomsafeError("--filter and --attack write files: give --out")
+    result = predict(model, data, out=out, atlas=atlas, config=config)
     print_predict(result)
     if out:
         click.echo(f"wrote {out}")

@@ -13,6 +13,7 @@ depend on a random LoRA initialisation.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from geomsafe.capture import make_batches, record
 from geomsafe.formatting import Example, encode_all
 from geomsafe.layers import attention_out_proj, get_layers, mlp_out_proj
 from geomsafe.models import LoadedModel
+from geomsafe.predict.likelihood import length_batches, response_logps
 from geomsafe.projection import concept_layers
 
 
@@ -60,37 +62,64 @@ def _loss_grad(
     batch_size: int,
     max_length: int,
     progress: bool,
+    max_tokens: int | None = 256,
 ) -> list[Tensor]:
+    """Gradient of L (module docstring) for ``params``, from the logits of the response
+    positions only (:func:`geomsafe.predict.likelihood.response_logps`)."""
     enc = encode_all(lm.tokenizer, data, max_length)
-    pad = lm.tokenizer.pad_token_id or 0
-    total = sum(max(e.length - e.prompt_len, 0) for e in enc)
+    enc = [e for e in enc if e.length > e.prompt_len]
+    total = sum(e.length - e.prompt_len for e in enc)
     for p in params:
         p.grad = None
-    for b in tqdm(
-        list(make_batches(enc, batch_size, pad, "right")),
+    for idx in tqdm(
+        list(length_batches(enc, batch_size, max_tokens)),
         desc="loss gradient",
         disable=not progress,
         leave=False,
     ):
-        labels = b.input_ids.clone()
-        for row, i in enumerate(b.index):
-            labels[row, : enc[i].prompt_len] = -100
-        labels[b.attention_mask == 0] = -100
-        logits = lm.model(
-            input_ids=b.input_ids.to(lm.device),
-            attention_mask=b.attention_mask.to(lm.device),
-            position_ids=b.position_ids.to(lm.device),
-            use_cache=False,
-        ).logits
-        shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(lm.device)
-        loss = nn.functional.cross_entropy(
-            shift_logits.reshape(-1, shift_logits.shape[-1]).float(),
-            shift_labels.reshape(-1),
-            ignore_index=-100,
-            reduction="sum",
-        ) / max(total, 1)
+        loss = -response_logps(lm, [enc[i] for i in idx]).sum() / max(total, 1)
         loss.backward()
-    return [p.grad.detach().clone() for p in params]
+    out = [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in params]
+    for p in params:
+        p.grad = None  # handed over, not copied: one gradient in memory
+    return out
+
+
+def probe_prompts(n: int = 32) -> list[Example]:
+    """A fixed probe set: the first ``n`` built-in evaluation prompts (all categories)."""
+    from importlib import resources
+
+    path = resources.files("geomsafe") / "data" / "eval_prompts.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    by_cat: dict[str, list[str]] = {}
+    for r in rows:
+        by_cat.setdefault(r["category"], []).append(r["prompt"])
+    mixed = [p for group in zip(*by_cat.values(), strict=False) for p in group]
+    return [Example(p) for p in mixed[:n]]
+
+
+def _projection_grad(
+    lm: LoadedModel, batches, layer: int, direction: Tensor, params
+) -> list[Tensor | None]:
+    """Gradient for ``params`` of the mean over all probes of the last token's projection on
+    ``direction`` at ``layer``, one probe batch at a time (one batch's graph in memory)."""
+    total = sum(len(b.index) for b in batches)
+    acc: list[Tensor | None] = [None] * len(params)
+    for batch in batches:
+        with record(lm.model, [layer], lm.layer_template, detach=False) as store:
+            lm.model.base_model(
+                input_ids=batch.input_ids.to(lm.device),
+                attention_mask=batch.attention_mask.to(lm.device),
+                position_ids=batch.position_ids.to(lm.device),
+                use_cache=False,
+            )
+        last = store[layer][:, -1].float()  # left padding: the last column is the last token
+        proj = (last @ direction.float().to(last.device)).sum() / total
+        grads = torch.autograd.grad(proj, params, allow_unused=True)
+        for i, g in enumerate(grads):
+            if g is not None:
+                acc[i] = g if acc[i] is None else acc[i].add_(g)
+    return acc
 
 
 @dataclass
@@ -119,20 +148,10 @@ def gradient_estimate(
         loss_norm = sum(float((g * g).sum()) for g in g_loss) ** 0.5
         enc = encode_all(lm.tokenizer, probe, max_length)
         pad = lm.tokenizer.pad_token_id or 0
-        (batch,) = list(make_batches(enc, len(enc), pad, "left"))
-        layers = sorted(set(at.values()))
-        with record(lm.model, layers, lm.layer_template, detach=False) as store:
-            lm.model.base_model(
-                input_ids=batch.input_ids.to(lm.device),
-                attention_mask=batch.attention_mask.to(lm.device),
-                position_ids=batch.position_ids.to(lm.device),
-                use_cache=False,
-            )
+        batches = list(make_batches(enc, batch_size, pad, "left"))
         shift, alignment = {}, {}
         for n in names:
-            last = store[at[n]][:, -1].float()  # left padding: the last column is the last token
-            proj = (last @ atlas.direction(n, at[n]).float().to(last.device)).mean()
-            grads = torch.autograd.grad(proj, params, retain_graph=True, allow_unused=True)
+            grads = _projection_grad(lm, batches, at[n], atlas.direction(n, at[n]), params)
             pairs = [(g, gl) for g, gl in zip(grads, g_loss, strict=True) if g is not None]
             dot = sum(float((g * gl).sum()) for g, gl in pairs)
             norm = sum(float((g * g).sum()) for g, _ in pairs) ** 0.5

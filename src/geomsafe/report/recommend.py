@@ -17,6 +17,7 @@ def recommend(
     bench: dict | None = None,
 ) -> list[str]:
     out: list[str] = []
+    flagged: list[dict] = []
     if audit:
         flagged = [
             r
@@ -28,9 +29,9 @@ def recommend(
             layers = sorted({r["layer"] for r in flagged})
             out.append(
                 f"Fine-tuning for '{worst['target']}' pushes '{worst['harmful']}' too (overlap "
-                f"{worst['score']:.2f}, above its null band, p={worst['p_value']:.3f}). Guard "
-                f"'{worst['harmful']}' with the 'orthogonal' guard (no extra forward pass) at "
-                f"layers {', '.join(map(str, layers))}; add 'projection' if the shift persists."
+                f"{worst['score']:.2f}, above its null band, p={worst['p_value']:.3f}, at "
+                f"layers {', '.join(map(str, layers))}). Overlap is geometry, not behaviour: "
+                "measure the behavioural change after fine-tuning (geomsafe evaluate)."
             )
         else:
             out.append(
@@ -44,20 +45,9 @@ def recommend(
                 "overlap p-values of this audit with caution."
             )
     if risk:
-        top = sorted(risk["concepts"], key=lambda c: -c["risk"])[0]
-        if risk["overall_risk"] >= 0.2:
-            k = max(1, round(0.05 * risk["n_examples"]))
-            out.append(
-                f"The data set is predicted to amplify '{top['concept']}' (risk "
-                f"{risk['overall_risk']:.2f}). Drop the {k} riskiest examples "
-                f"(geomsafe predict --filter {k}) and fine-tune with --guard orthogonal "
-                f"--guard-concepts {top['concept']}."
-            )
-        else:
-            out.append(
-                f"The data set's predicted risk is low ({risk['overall_risk']:.2f}, "
-                f"highest for '{top['concept']}')."
-            )
+        out.extend(_risk_lines(risk))
+    if flagged or (risk and risk.get("overall_concept") not in (None, "none")):
+        out.append(_guard_advice(bench))
     if evaluation:
         change = _toxic_change(evaluation)
         if change is not None and change[1] > 0:
@@ -125,6 +115,76 @@ def _bench_lines(bench: dict[str, Any]) -> list[str]:
             "direction, not a proof."
         )
     return out
+
+
+RISKY_FRACTION = 0.8  # at least this share of examples pushing: reject, do not filter
+CONCENTRATED = 0.5  # the riskiest 10% carry at least this share of the push: filter them
+
+
+def _risk_lines(risk: dict[str, Any]) -> list[str]:
+    """What the data says (risk.json): no named concept -> no action; (nearly) every example
+    pushing -> reject the set; the push concentrated in the riskiest 10% -> filter those;
+    spread over many examples -> filtering a few will not help."""
+    concept = risk.get("overall_concept")
+    ci = risk.get("overall_ci")
+    ci_text = f" [CI {ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+    level = f"risk {risk['overall_risk']:.2f}{ci_text}"
+    if not concept or concept == "none":
+        return [
+            f"No harmful concept has a predicted risk above 0 with its CI excluding 0 ({level}):"
+            " the data gives no reason to filter or reject it."
+        ]
+    conc = risk.get("concentration") or {}
+    frac, top = conc.get("risky_fraction"), conc.get("top10_share")
+    head = f"The data set is predicted to amplify '{concept}' ({level})."
+    if frac is None or top is None:
+        return [head + " Run geomsafe predict again to see how the risk spreads over examples."]
+    if frac >= RISKY_FRACTION:
+        return [
+            f"{head} Reject it rather than filter it: {frac:.0%} of the scored examples push "
+            "that way, so dropping the riskiest few leaves the rest pushing the same way."
+        ]
+    if top >= CONCENTRATED:
+        k = max(1, round(0.1 * risk["n_examples"]))
+        score = risk.get("example_score") or "behavioural"
+        return [
+            f"{head} The push is concentrated: the riskiest 10% of the scored examples carry "
+            f"{top:.0%} of it. Drop them (geomsafe predict --filter {k} --filter-score {score}) "
+            "and predict again on filtered.jsonl to check that the risk falls."
+        ]
+    return [
+        f"{head} The push is spread over the data ({frac:.0%} of examples push, the riskiest "
+        f"10% carry {top:.0%}): filtering a few examples will not remove it; rework or reject "
+        "the data set."
+    ]
+
+
+def _guard_advice(bench: dict[str, Any] | None) -> str:
+    """Guards only as measured: a guard is advised when, in the guard benchmark, it lowered the
+    toxic-output increase of a task whose unguarded increase has a CI above 0, with the two CIs
+    apart. The orthogonal guard is never advised (it was not found to work)."""
+    none_measured = (
+        "No guard has been measured to help here: run the guard benchmark (geomsafe bench) "
+        "before relying on one."
+    )
+    if not bench:
+        return none_measured
+    by = {(r["task"], r["guard"]): r for r in bench.get("rows", [])}
+    helped: dict[str, list[str]] = {}
+    for (task, guard), row in by.items():
+        base = by.get((task, "none"))
+        if guard in ("none", "orthogonal") or base is None:
+            continue
+        b, g = base.get("toxic_increase_pp"), row.get("toxic_increase_pp")
+        if b and g and b["ci_low"] > 0 and g["ci_high"] < b["ci_low"]:
+            helped.setdefault(guard, []).append(task)
+    if not helped:
+        return none_measured.replace("here", "here (the guard benchmark in this folder shows none)")
+    best = max(helped, key=lambda g: len(helped[g]))
+    return (
+        f"In the guard benchmark, guard '{best}' lowered the toxic-output increase with CIs apart "
+        f"on {', '.join(helped[best])}: fine-tune with --guard {best} and evaluate the result."
+    )
 
 
 def _toxic_change(evaluation: dict[str, Any]) -> tuple[float, float, float] | None:
