@@ -20,7 +20,7 @@ import torch
 
 import geomsafe
 from geomsafe.atlas import FeatureAtlas, atomic_write
-from geomsafe.concepts import ConceptSet, builtin_names, load_concept
+from geomsafe.concepts import ConceptSet, builtin_names, load_for_direction
 from geomsafe.directions import Extraction, extract
 from geomsafe.errors import GeomsafeError
 from geomsafe.geometry import (
@@ -55,7 +55,7 @@ def default_band(n_layers: int) -> list[int]:
 
 
 def _concepts(specs: Sequence[str] | None, max_pairs: int | None, seed: int) -> list[ConceptSet]:
-    sets = [load_concept(s) for s in (specs or builtin_names())]
+    sets = [load_for_direction(s) for s in (specs or builtin_names())]
     return [c.subset(max_pairs, seed) for c in sets]
 
 
