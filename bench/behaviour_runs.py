@@ -29,9 +29,9 @@ model's rows are the same for every data set: computed once and cached as an ``e
 pair sets' hashes) and passed to ``evaluate`` as its baseline. A data set whose
 ``behaviour.json`` exists is skipped (resumable) unless ``--rows`` is given: then the given rows
 are (re-)measured on its existing adapter, without training, and merged into its
-``behaviour.json`` (data sets without a run are trained and measured on those rows). ``<out>/summary.json``
-and ``summary.md``: change per data set x row with CIs. ``<out>`` defaults to
-``$GEOMSAFE_RESULTS/behaviour_runs``.
+``behaviour.json`` (data sets without a run are trained and measured on those rows).
+``<out>/summary.json`` and ``summary.md``: change per data set x row with CIs. ``<out>``
+defaults to ``$GEOMSAFE_RESULTS/behaviour_runs``.
 """
 
 from __future__ import annotations

@@ -90,7 +90,8 @@ def test_end_to_end_on_a_tiny_model_resumable(tmp_path):
     # resumable: without --rows a finished data set is skipped (nothing is rewritten) ...
     path = tmp_path / "task_code" / "behaviour.json"
     stamp = path.stat().st_mtime_ns
-    adapter = (tmp_path / "task_code" / "adapter" / "adapter_model.safetensors").read_bytes()
+    weights = tmp_path / "task_code" / "adapter" / "adapter_model.safetensors"
+    adapter = weights.read_bytes()
     rows_at = argv.index("--rows")
     br.main(argv[:rows_at] + argv[rows_at + 2 :], lm=lm)
     assert path.stat().st_mtime_ns == stamp
@@ -100,6 +101,4 @@ def test_end_to_end_on_a_tiny_model_resumable(tmp_path):
     again = json.loads(path.read_text())
     assert set(again["rows"]) == set(one["rows"]) | {"logodds:concept:toxicity"}
     assert again["rows"]["logodds:advice"] == one["rows"]["logodds:advice"]
-    assert (
-        tmp_path / "task_code" / "adapter" / "adapter_model.safetensors"
-    ).read_bytes() == adapter
+    assert weights.read_bytes() == adapter
