@@ -219,13 +219,16 @@ def pair_logodds(
 def refuse_overlap(sets: Sequence[PairSet], atlas_stats: Mapping[str, Mapping[str, Any]]) -> None:
     """Raise a one-line :class:`GeomsafeError` when a pair set holds a prompt that an atlas
     direction was extracted from (``atlas_stats``: ``FeatureAtlas.stats``, whose ``split``
-    record names the prompts used; :mod:`geomsafe.concepts.split`). A concept whose record is
-    missing (an atlas made before the split) cannot be checked: scoring its own concept's pairs
-    (``concept:<name>``) against it is refused, other sets pass."""
+    record names the prompts used; :mod:`geomsafe.concepts.split`). A concept extracted from
+    pairs (its stats have a ``data_hash``) without that record (an atlas made before the split,
+    which used all of a built-in concept's pairs) cannot be checked: scoring its own concept's
+    pairs (``concept:<name>``) against it is refused, other sets pass. Directions not extracted
+    from pairs (no ``data_hash``: imported, random) pass."""
     for concept, used in used_prompts(atlas_stats).items():
+        from_pairs = "data_hash" in atlas_stats[concept]
         for ps in sets:
             if used is None:
-                if ps.concept == concept and ps.name.startswith("concept"):
+                if from_pairs and ps.concept == concept and ps.name.startswith("concept"):
                     raise GeomsafeError(
                         f"pair set {ps.name}: the atlas does not record which pairs its "
                         f"{concept} direction used (made before the held-out split); "
