@@ -122,7 +122,7 @@ def test_evaluate_refuses_pairs_the_atlas_used_in_one_line():
 
 def test_default_rows_include_the_six_harmful_evaluation_halves():
     harmful = builtin_names("harmful")
-    assert CONCEPT_SETS == tuple(f"concept:{n}" for n in harmful)
+    assert tuple(f"concept:{n}" for n in harmful) == CONCEPT_SETS
     assert set(CONCEPT_SETS) <= set(DEFAULT_SETS)
     for spec in CONCEPT_SETS:
         ps = load_pair_set(spec)
