@@ -48,6 +48,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from _common import RESULTS, machine, write_json
@@ -210,6 +211,21 @@ def row_payload(result) -> dict[str, dict[str, Any]]:
             "concept": m.concept if m is not None else None,
         }
     return rows
+
+
+def pair_changes(result) -> dict[str, dict[str, float]]:
+    """Per log-odds row: each pair's change (after - before, nats/token) by pair id."""
+    out: dict[str, dict[str, float]] = {}
+    if result.before is None:
+        return out
+    for name, m in result.model.metrics.items():
+        b = result.before.metrics.get(name)
+        if m.kind != "logodds" or b is None:
+            continue
+        out[name] = {
+            u: float(np.mean(v) - np.mean(b.units[u])) for u, v in m.units.items() if u in b.units
+        }
+    return out
 
 
 def measure(lm, adapter: Path, base: Path, cfg: EvalConfig, progress: bool):
