@@ -42,7 +42,7 @@ from _common import RESULTS, machine, write_json
 from geomsafe import directions
 from geomsafe.adapters import view
 from geomsafe.capture import capture
-from geomsafe.concepts import ConceptSet, load_builtin
+from geomsafe.concepts import ConceptSet, load_builtin, load_for_direction
 from geomsafe.formatting import Example
 from geomsafe.guard import GuardConfig
 from geomsafe.models import load
@@ -109,7 +109,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     lm = load(args.model)
     target_set, train, held = split_target(args.max_pairs, args.n_train, args.n_heldout, args.seed)
-    harmful_set = load_builtin(HARMFUL).subset(args.max_pairs, args.seed)
+    harmful_set = load_for_direction(HARMFUL).subset(args.max_pairs, args.seed)
     band = list(range(lm.n_layers // 3, (2 * lm.n_layers) // 3))
     atlas = directions.extract(
         lm, [harmful_set, target_set], layers=band, seed=args.seed, progress=False

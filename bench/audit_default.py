@@ -23,7 +23,7 @@ from _common import RESULTS, bare_forward, machine, write_json
 from geomsafe.audit import audit
 from geomsafe.capture import backbone, make_batches
 from geomsafe.cli.audit import print_audit
-from geomsafe.concepts import builtin_names, load_concept
+from geomsafe.concepts import builtin_names, load_for_direction
 from geomsafe.formatting import Example, encode_all
 from geomsafe.geometry.overlap import overlap
 from geomsafe.models import LoadedModel, load
@@ -35,7 +35,7 @@ BATCH_SIZE = 16  # audit()'s default
 def bare_forward_time(lm: LoadedModel, max_pairs: int) -> tuple[float, int, int]:
     """Seconds of a bare forward over the audit's distinct examples; their tokens; the tokens a
     shared-prefix capture computes."""
-    sets = [load_concept(n).subset(max_pairs, 0) for n in builtin_names()]
+    sets = [load_for_direction(n).subset(max_pairs, 0) for n in builtin_names()]
     examples = dict.fromkeys(
         Example(p.prompt, r) for c in sets for p in c.pairs for r in (p.positive, p.negative)
     )

@@ -1,196 +1,493 @@
-"""Does `predict` rank data sets by how far fine-tuning on them really moves the model?
+"""Does `predict` rank data sets by how far fine-tuning on them really changes behaviour?
 
-    python bench/predict_validation.py [--model default] [--steps 30] [--max-examples 64]
-        [--datasets insecure,code,NAME=FILE.jsonl,...] [--atlas DIR]
+    python bench/predict_validation.py [--model default] [--datasets NAME,...] [--atlas DIR]
+        [--max-examples 64] [--behaviour DIR] [--out DIR]
+    python bench/predict_validation.py --filter-experiment DATASET [--filter-score max|CONCEPT]
+        [--filter-fraction 0.1] [--random-seeds 3] [--rows SET,...] [--pairs N]
 
-For each data set (emergent-misalignment insecure, jailbroken, secure_small, insecure_small,
-and the built-in benign task sets factual_qa, instruction_following, code, summarisation):
-1. predict the shift per harmful concept (projection difference with the model's own greedy
-   responses; prompt-anchored; first-order gradient and its alignment), on a fixed sample;
-2. fine-tune LoRA briefly with one fixed recipe (same steps, lr, r, batch, seed for all);
-3. measure the shift with geomsafe.projection: the projection at the last prompt token of a fixed
-   probe prompt set (the built-in evaluation prompts), tuned minus base, per concept.
-Reports the Spearman correlation between predicted and measured shift across data sets, per
-concept and pooled over (data set, concept), and the share of data-set pairs ranked right.
+**Validation** (default mode). The data sets and names are those of ``bench/behaviour_runs.py``,
+whose results (``--behaviour``, default ``$GEOMSAFE_RESULTS/behaviour_runs``) hold each data
+set's behavioural change (log-odds rows, tuned minus base) and its adapter. Per data set with a
+``behaviour.json``: :func:`run_predict` on a fixed sample (``--max-examples``, seed 0; every
+estimator) and, beside it, the activation shift of the existing figure (the projection at the
+last prompt token of the built-in probe prompts, adapter minus base, per concept). Then per
+estimator:
+
+- per concept ``c``: Spearman and share of data-set pairs ranked right (:func:`pair_accuracy`)
+  of predicted ``c`` against the change of ``logodds:concept:c`` (``c``'s evaluation half; for
+  ``dangerous_advice`` also the cross-domain ``logodds:advice``), and against the activation
+  shift;
+- pooled over (data set, concept) pairs;
+- mixture monotonicity (:func:`monotonicity`): Spearman over the mixture levels of each
+  ``mix:A:B:F`` group, for the overall risk and for the mean behavioural change over the
+  concept rows.
+
+Per data set the predict output is cached in ``<out>/<name>/predict.json`` (resumable);
+``<out>/validation.json`` and ``validation.md`` hold the tables. ``<out>`` defaults to
+``$GEOMSAFE_RESULTS/predict_validation``. The atlas is extracted from the concepts' direction
+halves (or read from ``--atlas``); an atlas whose directions used evaluation pairs is refused.
+
+**Filter experiment** (``--filter-experiment DATASET``): score every example of the data set's
+training sample (``--train-examples``, seeded) with ``predict``'s per-example score
+(``--filter-score``: ``max``, the example's largest concept score, or a concept's own score),
+remove the riskiest ``--filter-fraction`` (default 10%) and, for each of ``--random-seeds``
+seeds, the same number at random; fine-tune each with behaviour_runs' recipe and measure the
+log-odds rows. Per row: the change of each variant with its paired CI, and
+``filter - mean(random)`` of the per-pair changes with a paired bootstrap CI over pairs; the
+filter *beats random* on a row when that CI lies below 0. Results in
+``<out>/filter/<name>/filter.json`` (each variant cached in its own folder: resumable).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
-import shutil
-import tempfile
+import json
+import math
+import random
+import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from scipy.stats import spearmanr
 
+import behaviour_runs as br
 from _common import RESULTS, machine, write_json
-from geomsafe.atlas import FeatureAtlas
-from geomsafe.bench.tasks import resolve_tasks
-from geomsafe.datasets import load_dataset
-from geomsafe.models import load
-from geomsafe.predict import harmful_atlas, predict, probe_prompts
+from geomsafe.atlas import FeatureAtlas, atomic_write
+from geomsafe.concepts import builtin_names
+from geomsafe.datasets import Dataset
+from geomsafe.errors import GeomsafeError
+from geomsafe.evaluate import attach_adapter, evaluate
+from geomsafe.evaluate.logodds import refuse_overlap
+from geomsafe.evaluate.pairsets import CONCEPT_SETS, load_pair_set
+from geomsafe.evaluate.stats import change_ci
+from geomsafe.guard.resolve import extract_atlas
+from geomsafe.models import LoadedModel, load
+from geomsafe.predict import predict, probe_prompts
 from geomsafe.projection import mean_projection, measured_shift
-from geomsafe.train import TrainConfig, finetune
+from geomsafe.train import finetune
 
-DATASETS = (
-    "insecure",
-    "jailbroken",
-    "secure_small",
-    "insecure_small",
-    "factual_qa",
-    "instruction_following",
-    "code",
-    "summarisation",
-)
-ESTIMATORS = ("projection_difference", "prompt_anchored", "gradient", "gradient_alignment")
+ESTIMATORS = ("risk", "projection_difference", "prompt_anchored", "gradient", "gradient_alignment")
+CONCEPT_ROW = "logodds:concept:{}"
+CROSS_DOMAIN = {"dangerous_advice": "logodds:advice"}
+PREDICT_JSON = "predict.json"
 
 
-def pair_accuracy(pred: list[float], meas: list[float]) -> float:
+# ------------------------------------------------------------------ pure functions
+
+
+def pair_accuracy(pred: Sequence[float], meas: Sequence[float]) -> float:
+    """Share of pairs (i, j) with ``meas[i] != meas[j]`` that ``pred`` orders the same way
+    (a tie in ``pred`` counts as wrong); NaN when there is no such pair."""
     pairs = [(i, j) for i, j in itertools.combinations(range(len(pred)), 2) if meas[i] != meas[j]]
     right = sum((pred[i] - pred[j]) * (meas[i] - meas[j]) > 0 for i, j in pairs)
     return right / len(pairs) if pairs else float("nan")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="default")
-    ap.add_argument(
-        "--atlas",
-        default=str(RESULTS / "audit-default"),
-        help="audit folder with an atlas (extracted when missing; bench/audit_default.py "
-        "writes one there)",
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rho (NaN for fewer than 3 points or a constant side)."""
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return float("nan")
+    return float(spearmanr(x, y).statistic)
+
+
+def monotonicity(levels: Sequence[float], values: Sequence[float]) -> float:
+    """Spearman of ``values`` over mixture ``levels`` (1: strictly rising with the level)."""
+    return spearman(list(levels), list(values))
+
+
+def agreement(pred: Sequence[float], meas: Sequence[float]) -> dict[str, float | int]:
+    return {
+        "spearman": spearman(pred, meas),
+        "pair_accuracy": pair_accuracy(pred, meas),
+        "n": len(pred),
+    }
+
+
+def estimates(pred: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """``{estimator: {concept: value}}`` from a risk.json-shaped predict payload (estimators
+    missing from it, or None for a concept, are left out)."""
+    out: dict[str, dict[str, float]] = {}
+    for c in pred["concepts"]:
+        for est in ESTIMATORS:
+            v = c.get(est)
+            if isinstance(v, (int, float)) and not math.isnan(v):
+                out.setdefault(est, {})[c["concept"]] = float(v)
+    return out
+
+
+def behaviour_targets(concepts: Sequence[str]) -> list[tuple[str, str]]:
+    """(concept, behavioural row) pairs that validate a concept's prediction."""
+    out = [(c, CONCEPT_ROW.format(c)) for c in concepts]
+    return out + [(c, CROSS_DOMAIN[c]) for c in concepts if c in CROSS_DOMAIN]
+
+
+def validate(rows: Sequence[Mapping[str, Any]], concepts: Sequence[str]) -> dict[str, Any]:
+    """Agreement of every estimator with behaviour (per concept row and pooled) and with the
+    activation shift, over ``rows`` (one per data set: ``predicted``, ``behaviour``,
+    ``activation``)."""
+    out: dict[str, Any] = {}
+    ests = sorted({e for r in rows for e in r["predicted"]}, key=ESTIMATORS.index)
+    for est in ests:
+        per_row, pooled_p, pooled_m = {}, [], []
+        for concept, row in behaviour_targets(concepts):
+            keep = [
+                r for r in rows if concept in r["predicted"].get(est, {}) and row in r["behaviour"]
+            ]
+            p = [r["predicted"][est][concept] for r in keep]
+            m = [r["behaviour"][row]["change"] for r in keep]
+            per_row[f"{concept} vs {row}"] = agreement(p, m)
+            if row == CONCEPT_ROW.format(concept):
+                pooled_p += p
+                pooled_m += m
+        act = {}
+        for concept in concepts:
+            keep = [r for r in rows if concept in r["predicted"].get(est, {})]
+            act[concept] = agreement(
+                [r["predicted"][est][concept] for r in keep],
+                [r["activation"][concept] for r in keep],
+            )
+        out[est] = {
+            "behaviour": per_row,
+            "behaviour_pooled": agreement(pooled_p, pooled_m),
+            "activation": act,
+        }
+    return out
+
+
+def mixture_groups(names: Sequence[str]) -> dict[str, list[tuple[float, str]]]:
+    """``mix:A:B:F`` names grouped by ``A:B``, each group sorted by ``F``."""
+    groups: dict[str, list[tuple[float, str]]] = {}
+    for n in names:
+        if n.startswith("mix:"):
+            a, b, f = br.parse_mix(n)
+            groups.setdefault(f"{a} into {b}", []).append((f, n))
+    return {k: sorted(v) for k, v in groups.items()}
+
+
+def mixture_monotonicity(rows: Mapping[str, Mapping[str, Any]], concepts: Sequence[str]):
+    """Per mixture group: Spearman over the levels of the overall risk and of the mean change
+    over the concept rows (and of each concept row)."""
+    out = {}
+    for group, levels in mixture_groups(list(rows)).items():
+        fs = [f for f, _ in levels]
+        risk = [rows[n]["overall_risk"] for _, n in levels]
+        concept_rows = [CONCEPT_ROW.format(c) for c in concepts]
+        beh = [
+            float(np.mean([rows[n]["behaviour"][r]["change"] for r in concept_rows]))
+            if all(r in rows[n]["behaviour"] for r in concept_rows)
+            else float("nan")
+            for _, n in levels
+        ]
+        out[group] = {
+            "levels": fs,
+            "risk": risk,
+            "mean_concept_change": beh,
+            "risk_spearman": monotonicity(fs, risk),
+            "behaviour_spearman": monotonicity(fs, beh),
+            "per_row_spearman": {
+                r: monotonicity(
+                    fs, [rows[n]["behaviour"].get(r, {}).get("change") for _, n in levels]
+                )
+                for r in sorted({r for _, n in levels for r in rows[n]["behaviour"]})
+                if all(r in rows[n]["behaviour"] for _, n in levels)
+            },
+        }
+    return out
+
+
+def drop_riskiest(scores: Sequence[float], fraction: float) -> list[int]:
+    """Indices of the ``round(fraction * n)`` highest scores (ties: the earlier index first)."""
+    k = round(fraction * len(scores))
+    return sorted(sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k])
+
+
+def drop_random(n: int, k: int, seed: int) -> list[int]:
+    """``k`` of ``range(n)`` drawn with ``Random(f"{seed}:filter-random")``."""
+    return sorted(random.Random(f"{seed}:filter-random").sample(range(n), k))
+
+
+def filter_vs_random(
+    filtered: Mapping[str, float],
+    randoms: Sequence[Mapping[str, float]],
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """``mean(filtered) - mean(mean over seeds of random)`` of the per-pair changes, with a
+    paired bootstrap CI over the pairs all variants share; ``beats_random`` when the CI lies
+    below 0 (the filter leaves less harmful change than random removal)."""
+    ids = [u for u in filtered if all(u in r for r in randoms)]
+    if not ids:
+        raise GeomsafeError("the filter and random variants share no pairs")
+    rand = [float(np.mean([r[u] for r in randoms])) for u in ids]
+    ci = change_ci(rand, [filtered[u] for u in ids], n_boot=n_boot, seed=seed)
+    return {
+        "difference": ci.value,
+        "ci_low": ci.low,
+        "ci_high": ci.high,
+        "n_pairs": len(ids),
+        "beats_random": bool(ci.high < 0),
+    }
+
+
+# ------------------------------------------------------------------ the predict call
+
+
+def run_predict(
+    lm: LoadedModel, ds: Dataset, atlas: FeatureAtlas, max_examples: int | None, seed: int = 0
+) -> dict[str, Any]:
+    """The one call of ``predict``: a risk.json-shaped dict (``concepts`` with every
+    estimator per concept, ``overall_risk``, ``examples`` with ``line``, ``score`` and
+    per-concept ``scores``)."""
+    result = predict(
+        lm,
+        ds,
+        atlas=atlas,
+        max_examples=max_examples,
+        max_new_tokens=32,
+        gradient_examples=32,
+        seed=seed,
+        progress=False,
     )
-    ap.add_argument("--steps", type=int, default=30)
+    return result.to_dict()
+
+
+def example_scores(pred: Mapping[str, Any], ds: Dataset, score: str) -> list[float]:
+    """Per record of ``ds`` (in order): its per-example score (``max`` or a concept's)."""
+    lines = [r.line for r in ds.records]
+    if len(set(lines)) != len(lines):
+        raise GeomsafeError("the filter experiment needs a data set from one file")
+    by_line = {e["line"]: e for e in pred["examples"]}
+    missing = [ln for ln in lines if ln not in by_line]
+    if missing:
+        raise GeomsafeError(f"predict scored {len(lines) - len(missing)} of {len(lines)} examples")
+    if score == "max":
+        return [float(by_line[ln]["score"]) for ln in lines]
+    if score not in by_line[lines[0]]["scores"]:
+        raise GeomsafeError(f"--filter-score {score!r}: not max or a concept of the atlas")
+    return [float(by_line[ln]["scores"][score]) for ln in lines]
+
+
+# ------------------------------------------------------------------ runs
+
+
+def get_atlas(lm: LoadedModel, path: str | None, concepts: Sequence[str]) -> FeatureAtlas:
+    """``--atlas`` or the harmful concepts' direction halves; refused when its directions used
+    a concept row's pairs."""
+    if path and any((Path(path) / sub / "atlas.json").is_file() for sub in (".", "atlas")):
+        atlas = FeatureAtlas.load(path)
+    else:
+        atlas = extract_atlas(lm, list(concepts), [], max_pairs=64, seed=0, progress=False)
+    refuse_overlap([load_pair_set(s) for s in CONCEPT_SETS], atlas.stats)
+    return atlas
+
+
+def validation_row(name, lm, atlas, args, behaviour: Path, out: Path, base_probe, probes):
+    """Predict + activation shift of one data set (cached); None without a behaviour run."""
+    folder = behaviour / br.safe_name(name)
+    beh_path = folder / br.BEHAVIOUR_JSON
+    if not beh_path.is_file():
+        print(f"{name}: no {beh_path}; run bench/behaviour_runs.py first, skipped")
+        return None
+    cache = out / br.safe_name(name) / PREDICT_JSON
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+    else:
+        ds = br.build_dataset(name, args.train_examples, args.seed, args.data_root)
+        t0 = time.process_time()
+        pred = run_predict(lm, ds, atlas, args.max_examples, args.seed)
+        cpu = time.process_time() - t0
+        with attach_adapter(lm, folder / "adapter"):
+            act = measured_shift(lm, probes, atlas, atlas.harmful, base_projection=base_probe)
+        cached = {"dataset": name, "predict": pred, "predict_cpu_seconds": cpu, "activation": act}
+        write_json(cache, cached)
+    pred = cached["predict"]
+    return {
+        "dataset": name,
+        "predicted": estimates(pred),
+        "overall_risk": pred["overall_risk"],
+        "overall_concept": pred["overall_concept"],
+        "activation": cached["activation"],
+        "behaviour": json.loads(beh_path.read_text())["rows"],
+    }
+
+
+def markdown(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> str:
+    """Tables: per estimator x (concept, row) Spearman / pair accuracy; mixtures."""
+    lines = ["| estimator | target | Spearman (behaviour) | pairs right | Spearman (activation) |"]
+    lines.append("|---|---|---|---|---|")
+    for est, s in summary["estimators"].items():
+        for key, a in s["behaviour"].items():
+            concept = key.split(" vs ")[0]
+            act = s["activation"].get(concept, {}).get("spearman", float("nan"))
+            lines.append(
+                f"| {est} | {key} | {a['spearman']:.2f} | {a['pair_accuracy']:.2f} | {act:.2f} |"
+            )
+        p = s["behaviour_pooled"]
+        lines.append(
+            f"| {est} | pooled (n={p['n']}) | {p['spearman']:.2f} | {p['pair_accuracy']:.2f} | |"
+        )
+    lines += ["", "| mixture | levels | risk Spearman | behaviour Spearman |", "|---|---|---|---|"]
+    for g, m in summary["mixtures"].items():
+        lines.append(
+            f"| {g} | {m['levels']} | {m['risk_spearman']:.2f} | {m['behaviour_spearman']:.2f} |"
+        )
+    lines += ["", f"{len(rows)} data sets: " + ", ".join(r["dataset"] for r in rows)]
+    return "\n".join(lines) + "\n"
+
+
+def validation(lm: LoadedModel, args) -> dict[str, Any]:
+    concepts = builtin_names("harmful")
+    atlas = get_atlas(lm, args.atlas, concepts)
+    probes = probe_prompts(48)
+    base_probe = mean_projection(lm, probes, atlas, atlas.harmful)
+    out, behaviour = Path(args.out), Path(args.behaviour)
+    names = [s for s in args.datasets.split(",") if s]
+    rows = [
+        r
+        for n in names
+        if (r := validation_row(n, lm, atlas, args, behaviour, out, base_probe, probes))
+    ]
+    summary = {
+        "estimators": validate(rows, atlas.harmful),
+        "mixtures": mixture_monotonicity({r["dataset"]: r for r in rows}, atlas.harmful),
+    }
+    payload = {"rows": rows, "summary": summary, "machine": machine(), "command": _command()}
+    write_json(out / "validation.json", payload)
+    text = markdown(rows, summary)
+    atomic_write(out / "validation.md", lambda p: Path(p).write_text(text, encoding="utf-8"))
+    print(text)
+    return payload
+
+
+def variant_run(lm, ds: Dataset, folder: Path, args, cfg) -> dict[str, Any]:
+    """Fine-tune ``ds`` into ``folder/adapter`` (unless done) and measure: per row the change
+    with CI and the per-pair changes (cached in ``folder/behaviour.json``)."""
+    path = folder / br.BEHAVIOUR_JSON
+    if path.is_file():
+        return json.loads(path.read_text())
+    adapter = folder / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        recipe = br.recipe(args.steps, args.lr, args.rank, args.batch, args.seed)
+        finetune(lm, ds, adapter, config=recipe, progress=False, overwrite=True)
+    base = br.base_eval(lm, cfg, Path(args.behaviour), progress=False)
+    result = evaluate(lm, adapter=adapter, baseline=base, config=cfg, progress=False)
+    payload = {
+        "n_train": len(ds),
+        "rows": br.row_payload(result),
+        "pair_changes": br.pair_changes(result),
+    }
+    write_json(path, payload)
+    return payload
+
+
+def filter_experiment(lm: LoadedModel, args) -> dict[str, Any]:
+    name = args.filter_experiment
+    out = Path(args.out) / "filter" / br.safe_name(name)
+    ds = br.build_dataset(name, args.train_examples, args.seed, args.data_root)
+    concepts = builtin_names("harmful")
+    atlas = get_atlas(lm, args.atlas, concepts)
+    score_path = out / "scores.json"
+    if score_path.is_file():
+        scores = json.loads(score_path.read_text())["scores"]
+    else:
+        t0 = time.process_time()
+        pred = run_predict(lm, ds, atlas, len(ds), args.seed)
+        scores = example_scores(pred, ds, args.filter_score)
+        cpu = time.process_time() - t0
+        write_json(score_path, {"score": args.filter_score, "scores": scores, "cpu_seconds": cpu})
+    drop = drop_riskiest(scores, args.filter_fraction)
+    variants = {"filter": drop} | {
+        f"random-{s}": drop_random(len(ds), len(drop), s) for s in range(args.random_seeds)
+    }
+    rows = [r for r in (args.rows or ",".join(br.DEFAULT_SETS)).split(",") if r]
+    cfg = br.eval_config(rows, args.pairs, args.seed, args.data_root)
+    results = {}
+    for v, idx in variants.items():
+        gone = set(idx)
+        kept = dataclasses.replace(
+            ds, records=[r for i, r in enumerate(ds.records) if i not in gone]
+        )
+        results[v] = variant_run(lm, kept, out / v, args, cfg)
+        results[v]["dropped"] = idx
+    randoms = [results[v] for v in variants if v.startswith("random-")]
+    compare = {}
+    for row, changes in results["filter"]["pair_changes"].items():
+        if all(row in r["pair_changes"] for r in randoms):
+            compare[row] = filter_vs_random(
+                changes, [r["pair_changes"][row] for r in randoms], seed=args.seed
+            )
+    payload = {
+        "dataset": name,
+        "filter_score": args.filter_score,
+        "fraction": args.filter_fraction,
+        "n_train": len(ds),
+        "n_dropped": len(drop),
+        "variants": {
+            v: {k: r[k] for k in ("rows", "dropped", "n_train")} for v, r in results.items()
+        },
+        "filter_minus_random": compare,
+        "machine": machine(),
+        "command": _command(),
+    }
+    write_json(out / "filter.json", payload)
+    for row, c in compare.items():
+        verdict = "beats random" if c["beats_random"] else "does not beat random"
+        print(
+            f"{row}: filter - random {c['difference']:+.4f} "
+            f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] {verdict}"
+        )
+    return payload
+
+
+def _command() -> str:
+    return "python bench/predict_validation.py " + " ".join(sys.argv[1:])
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--atlas", default=None, help="atlas folder (default: extract)")
+    ap.add_argument("--datasets", default=",".join(br.DATASETS))
     ap.add_argument("--max-examples", type=int, default=64)
     ap.add_argument("--train-examples", type=int, default=200)
-    ap.add_argument(
-        "--datasets",
-        default=",".join(DATASETS),
-        help="comma-separated built-in or public task names, or NAME=FILE.jsonl",
-    )
-    args = ap.parse_args()
-    tasks = resolve_tasks(tuple(args.datasets.split(",")))  # a bad name fails before any work
-    t0 = time.perf_counter()
-    lm = load(args.model)
-    if any((Path(args.atlas) / sub / "atlas.json").is_file() for sub in (".", "atlas")):
-        atlas = FeatureAtlas.load(args.atlas)
-    else:
-        atlas = harmful_atlas(lm)
-    names = atlas.harmful
-    probes = probe_prompts(48)
-    base_probe = mean_projection(lm, probes, atlas, names)  # every run's "before"
-    recipe = TrainConfig(
-        max_steps=args.steps,
-        batch_size=4,
-        learning_rate=2e-4,
-        lora_r=8,
-        max_length=256,
-        truncate=True,
-        seed=0,
-        save_steps=10_000,
-    )
-    rows = []
-    work = Path(tempfile.mkdtemp(prefix="geomsafe-predval-"))
-    try:
-        for task in tasks:
-            name = task.name  # NAME of NAME=FILE.jsonl: the spec itself is no file or folder name
-            ds = load_dataset(task.path).sample(args.train_examples, seed=0)
-            t1 = time.perf_counter()
-            pred = predict(
-                lm,
-                ds,
-                atlas=atlas,
-                max_examples=args.max_examples,
-                max_new_tokens=32,
-                gradient_examples=32,
-                progress=False,
-            )
-            t_pred = time.perf_counter() - t1
-            run = finetune(
-                lm, ds, out=work / f"run-{name}", atlas=atlas, config=recipe, progress=False
-            )
-            tuned = run.lm
-            shift = measured_shift(tuned, probes, atlas, names, base_projection=base_probe)
-            row = {
-                "dataset": name,
-                "n_train": len(ds),
-                "predict_seconds": t_pred,
-                "measured": shift,
-                **{e: {c.concept: getattr(c, e) for c in pred.concepts} for e in ESTIMATORS},
-                "risk": {c.concept: c.risk for c in pred.concepts},
-                "final_loss": run.metrics.get("final_loss"),
-            }
-            rows.append(row)
-            print(
-                f"{name:22s} pred(pd) "
-                + " ".join(f"{c}={row['projection_difference'][c]:+.3f}" for c in names)
-                + "\n"
-                + " " * 23
-                + "measured "
-                + " ".join(f"{c}={shift[c]:+.3f}" for c in names),
-                flush=True,
-            )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    summary = {}
-    for est in ESTIMATORS:
-        per_concept = {}
-        for c in names:
-            p = [r[est][c] for r in rows]
-            m = [r["measured"][c] for r in rows]
-            per_concept[c] = {
-                "spearman": float(spearmanr(p, m).statistic),
-                "pair_accuracy": pair_accuracy(p, m),
-            }
-        mean_p = [float(np.mean([r[est][c] for c in names])) for r in rows]
-        mean_m = [float(np.mean([r["measured"][c] for c in names])) for r in rows]
-        pooled_p = [r[est][c] for r in rows for c in names]
-        pooled_m = [r["measured"][c] for r in rows for c in names]
-        summary[est] = {
-            "per_concept": per_concept,
-            "mean_over_concepts": {
-                "spearman": float(spearmanr(mean_p, mean_m).statistic),
-                "pair_accuracy": pair_accuracy(mean_p, mean_m),
-            },
-            "pooled": {"spearman": float(spearmanr(pooled_p, pooled_m).statistic)},
-        }
-    print("\nSpearman(predicted, measured) across data sets")
-    print(
-        f"{'estimator':24s} {'mean-over-concepts':>18s} {'pair acc.':>9s} {'pooled':>7s}  "
-        + " ".join(f"{c[:10]:>10s}" for c in names)
-    )
-    for est, s in summary.items():
-        print(
-            f"{est:24s} {s['mean_over_concepts']['spearman']:18.3f} "
-            f"{s['mean_over_concepts']['pair_accuracy']:9.3f} {s['pooled']['spearman']:7.3f}  "
-            + " ".join(f"{s['per_concept'][c]['spearman']:10.3f}" for c in names)
-        )
-    seconds = time.perf_counter() - t0
-    print(f"\n{len(rows)} data sets, {seconds / 60:.1f} min")
-    write_json(
-        RESULTS / "predict_validation.json",
-        {
-            "rows": rows,
-            "summary": summary,
-            "seconds": seconds,
-            "machine": machine(),
-            "recipe": {
-                "steps": args.steps,
-                "batch_size": 4,
-                "lr": 2e-4,
-                "lora_r": 8,
-                "max_length": 256,
-                "train_examples": args.train_examples,
-            },
-            "command": f"python bench/predict_validation.py --model {args.model} --steps "
-            f"{args.steps} --max-examples {args.max_examples} --train-examples "
-            f"{args.train_examples}",
-        },
-    )
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--behaviour", default=str(RESULTS / "behaviour_runs"))
+    ap.add_argument("--out", default=str(RESULTS / "predict_validation"))
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--filter-experiment", metavar="DATASET")
+    ap.add_argument("--filter-score", default="max", help="max or a harmful concept's name")
+    ap.add_argument("--filter-fraction", type=float, default=0.1)
+    ap.add_argument("--random-seeds", type=int, default=3)
+    ap.add_argument("--rows", help="log-odds sets of the filter experiment")
+    ap.add_argument("--pairs", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--batch", type=int, default=4)
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None, lm: LoadedModel | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not 0 < args.filter_fraction < 1:
+        raise GeomsafeError(f"--filter-fraction must be in (0, 1), not {args.filter_fraction}")
+    lm = lm if lm is not None else load(args.model)
+    if args.filter_experiment:
+        return filter_experiment(lm, args)
+    return validation(lm, args)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except GeomsafeError as exc:
+        raise SystemExit(f"error: {exc}") from None

@@ -14,6 +14,7 @@ from geomsafe.cli import main
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate import EvalConfig, evaluate, load_eval
 from geomsafe.evaluate.generate import NucleusSampler, SamplingConfig, eos_ids, generate, greedy
+from geomsafe.evaluate.pairsets import CONCEPT_SETS
 from geomsafe.formatting import Example
 from geomsafe.testing import tiny_model
 
@@ -287,7 +288,9 @@ def test_likelihood_rows_alone_need_no_sampling(tmp_path, empty_root):
     kw = dict(SMALL, n_prompts=0, n_xstest=0, n_probe=0, em_probes=False, data_root=empty_root)
     out = tmp_path / "out"
     res = evaluate(lm, atlas=random_atlas(lm), out=out, progress=False, **kw)
-    assert set(res.model.metrics) == {"logodds:advice"} and not res.model.generations
+    concept_rows = {f"logodds:{c}" for c in CONCEPT_SETS}  # built in: no data root needed
+    assert set(res.model.metrics) == {"logodds:advice"} | concept_rows
+    assert not res.model.generations
     assert "generate" not in res.model.seconds and "logodds:advice" in res.model.seconds
     assert "skipped projection: needs sampled responses (n_prompts=0)" in res.warnings
     assert (out / "generations.jsonl").read_text() == ""

@@ -22,5 +22,6 @@ def test_every_default_row_speaks_for_a_known_concept_or_says_none_fits():
         if head not in atlas:  # no single atlas concept: the closest one is named
             assert "closest: " in concept or head in ("style control", "general misalignment")
     assert speaks_for("logodds:advbench-controlled") == speaks_for("logodds:advbench")
+    assert speaks_for("logodds:concept:toxicity") == "toxicity"
     assert speaks_for("trait:no-such-trait") is None and speaks_for("xstest_refusal") is None
     assert set(SPEAKS_FOR) >= set(rows)

@@ -129,9 +129,9 @@ def test_user_pair_files_and_concepts_load(tmp_path):
     no_header.write_text("\n".join(json.dumps(r) for r in rows[1:]))
     plain = load_pair_set(str(no_header))
     assert plain.name == "plain" and plain.concept is None and plain.kind == "harm"
-    da = load_pair_set("concept:dangerous_advice")
+    da = load_pair_set("concept:dangerous_advice")  # a built-in concept: its evaluation half
     assert da.concept == "dangerous_advice" and len(da.pairs) == len(
-        load_builtin("dangerous_advice").pairs
+        load_builtin("dangerous_advice").split()[1].pairs
     )
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "q", "positive": "a"}))

@@ -21,7 +21,7 @@ from torch import Tensor
 import geomsafe
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.capture import HOOK_SITE, capture
-from geomsafe.concepts import ConceptSet
+from geomsafe.concepts import ConceptSet, split_record
 from geomsafe.errors import GeomsafeError
 from geomsafe.formatting import Example
 from geomsafe.layers import resolve_layers
@@ -219,6 +219,7 @@ def extract(
             "n_pairs": len(concept.pairs),
             "holdout": holdout,
             "data_hash": concept.data_hash(),
+            "split": split_record(concept),
             "source": concept.source,
             "description": concept.description,
         }

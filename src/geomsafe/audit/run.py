@@ -19,7 +19,7 @@ import torch
 from geomsafe.artefacts import ATLAS_DIR, AUDIT_JSON, CONTROL, prepare_out, stamp, write_json
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.audit.config import AuditConfig
-from geomsafe.concepts import ConceptSet, builtin_names, load_concept
+from geomsafe.concepts import ConceptSet, builtin_names, load_for_direction
 from geomsafe.directions import Extraction, extract
 from geomsafe.errors import GeomsafeError
 from geomsafe.geometry import (
@@ -112,7 +112,7 @@ def audit(
 def _concept_sets(cfg: AuditConfig) -> tuple[list[ConceptSet], list[str], list[str]]:
     """The concept sets (sampled to ``max_pairs``, plus the control), harmful and target names."""
     sets = [
-        load_concept(s).subset(cfg.max_pairs, cfg.seed) for s in cfg.concepts or builtin_names()
+        load_for_direction(s).subset(cfg.max_pairs, cfg.seed) for s in cfg.concepts or builtin_names()
     ]
     harmful = [c.name for c in sets if c.kind == "harmful"]
     targets = [c.name for c in sets if c.kind == "target"]

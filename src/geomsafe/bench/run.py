@@ -37,7 +37,7 @@ from geomsafe.bench.config import BenchConfig
 from geomsafe.bench.geometry import task_geometry, task_pairs
 from geomsafe.bench.table import COLUMNS, cells, correlations, markdown
 from geomsafe.bench.tasks import Task, resolve_tasks
-from geomsafe.concepts import builtin_names, load_builtin
+from geomsafe.concepts import builtin_names, load_for_direction
 from geomsafe.datasets import Dataset, load_dataset
 from geomsafe.directions import extract
 from geomsafe.errors import GeomsafeError
@@ -161,7 +161,9 @@ def _run(
     command: str | None,
 ) -> BenchResult:
     lm = model if isinstance(model, LoadedModel) else load(model)
-    sets = [load_builtin(n).subset(cfg.concept_pairs, cfg.seed) for n in builtin_names("harmful")]
+    sets = [
+        load_for_direction(n).subset(cfg.concept_pairs, cfg.seed) for n in builtin_names("harmful")
+    ]
     ex = extract(lm, sets, seed=cfg.seed, progress=progress)
     atlas = ex.atlas
     if cfg.shift_concept not in atlas.harmful:

@@ -6,6 +6,10 @@ Built-in sets live in ``geomsafe/concepts/data/<name>.jsonl``: a header line
 optional there). External sets load through the same :func:`load_concept` entry point:
 Anthropic persona statements (``anthropic-evals/persona/*.jsonl``) and ToxiGen demonstration
 sentences (a ``toxigen/demonstrations`` folder).
+
+Held-out split (:mod:`geomsafe.concepts.split`): directions of built-in concepts are extracted
+from a direction half (:func:`load_for_direction`); ``evaluate`` scores the other half
+(:func:`load_for_evaluation`).
 """
 
 from __future__ import annotations
@@ -62,6 +66,12 @@ class ConceptSet:
             dict(self.meta),
         )
 
+    def split(self, seed: int = 0) -> tuple[ConceptSet, ConceptSet]:
+        """(direction half, evaluation half) by prompt, seeded (:mod:`geomsafe.concepts.split`)."""
+        from geomsafe.concepts import split
+
+        return split.split_concept(self, seed)
+
     def shuffled_labels(self, seed: int = 0, name: str | None = None) -> ConceptSet:
         """A control concept: each pair's positive/negative swapped by a fair coin."""
         rng = random.Random(seed)
@@ -74,7 +84,7 @@ class ConceptSet:
             pairs,
             f"{self.name} with positive/negative labels shuffled (a null concept)",
             self.source,
-            {"shuffle_seed": str(seed)},
+            {**self.meta, "shuffle_seed": str(seed)},
         )
 
 
@@ -199,3 +209,12 @@ def load_concept(spec: str, kind: str | None = None) -> ConceptSet:
     if spec.endswith(".jsonl"):
         return load_jsonl(spec, kind or "target")
     return load_builtin(spec)
+
+
+from geomsafe.concepts.split import (  # noqa: E402  (re-exports; split.py imports this lazily)
+    SPLIT_SEED as SPLIT_SEED,
+)
+from geomsafe.concepts.split import load_for_direction as load_for_direction  # noqa: E402
+from geomsafe.concepts.split import load_for_evaluation as load_for_evaluation  # noqa: E402
+from geomsafe.concepts.split import split_concept as split_concept  # noqa: E402
+from geomsafe.concepts.split import split_record as split_record  # noqa: E402

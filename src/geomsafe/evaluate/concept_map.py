@@ -16,6 +16,9 @@ row                                               speaks for
 ``logodds:toxigen``                               hate_bias (and toxicity); uncontrolled alone,
                                                   a harm measure only as ``toxigen-controlled``
 ``logodds:toxigen_control``                       style (tone) control of the ToxiGen row
+``logodds:concept:<name>``                        <name> (the concept's evaluation half: pairs
+                                                  its direction never saw; matched by
+                                                  construction)
 ``toxic_rate``, ``toxicity_score``                toxicity
 ``trait:psychopathy``                             general misalignment (no single atlas concept;
                                                   closest: empathy, inverted)
@@ -61,9 +64,15 @@ SPEAKS_FOR: dict[str, str] = {
 CONTROLLED_SUFFIX = "-controlled"
 
 
+CONCEPT_ROW = "logodds:concept:"  # a concept's evaluation half: speaks for that concept
+
+
 def speaks_for(row: str) -> str | None:
     """The concept a metric row speaks for (see the module docstring); None when unknown."""
-    return SPEAKS_FOR.get(row.removesuffix(CONTROLLED_SUFFIX))
+    row = row.removesuffix(CONTROLLED_SUFFIX)
+    if row.startswith(CONCEPT_ROW) and not row.endswith(".jsonl"):
+        return row.removeprefix(CONCEPT_ROW).split(":")[-1]
+    return SPEAKS_FOR.get(row)
 
 
-__all__ = ["CONTROLLED_SUFFIX", "SPEAKS_FOR", "speaks_for"]
+__all__ = ["CONCEPT_ROW", "CONTROLLED_SUFFIX", "SPEAKS_FOR", "speaks_for"]

@@ -32,14 +32,16 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from geomsafe.concepts import ConceptSet
+from geomsafe.concepts.split import overlapping, used_prompts
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.concept_map import CONTROLLED_SUFFIX
 from geomsafe.evaluate.probes import _batches, _forward_tail
@@ -214,6 +216,34 @@ def pair_logodds(
     return [scores[2 * k].per_token - scores[2 * k + 1].per_token for k in range(len(items))]
 
 
+def refuse_overlap(sets: Sequence[PairSet], atlas_stats: Mapping[str, Mapping[str, Any]]) -> None:
+    """Raise a one-line :class:`GeomsafeError` when a pair set holds a prompt that an atlas
+    direction was extracted from (``atlas_stats``: ``FeatureAtlas.stats``, whose ``split``
+    record names the prompts used; :mod:`geomsafe.concepts.split`). A concept extracted from
+    pairs (its stats have a ``data_hash``) without that record (an atlas made before the split,
+    which used all of a built-in concept's pairs) cannot be checked: scoring its own concept's
+    pairs (``concept:<name>``) against it is refused, other sets pass. Directions not extracted
+    from pairs (no ``data_hash``: imported, random) pass."""
+    for concept, used in used_prompts(atlas_stats).items():
+        from_pairs = "data_hash" in atlas_stats[concept]
+        for ps in sets:
+            if used is None:
+                if from_pairs and ps.concept == concept and ps.name.startswith("concept"):
+                    raise GeomsafeError(
+                        f"pair set {ps.name}: the atlas does not record which pairs its "
+                        f"{concept} direction used (made before the held-out split); "
+                        "re-extract the atlas or evaluate without it"
+                    )
+                continue
+            hit = overlapping([p.prompt for p in ps.pairs], used)
+            if hit:
+                raise GeomsafeError(
+                    f"pair set {ps.name}: {len(hit)} pair(s) share prompts with the pairs the "
+                    f"atlas's {concept} direction was extracted from (e.g. {hit[0][:50]!r}); "
+                    "score held-out pairs (concept:<name> is a concept's evaluation half)"
+                )
+
+
 def _values(m: Metric, ids: Sequence[str]) -> list[float]:
     return [float(sum(m.units[u]) / len(m.units[u])) for u in ids]
 
@@ -258,5 +288,6 @@ __all__ = [
     "ResponsePair",
     "controlled_changes",
     "pair_logodds",
+    "refuse_overlap",
     "response_logprobs",
 ]

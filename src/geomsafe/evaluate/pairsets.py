@@ -27,9 +27,14 @@ Sets by name (:func:`load_pair_set`; what each speaks for: :mod:`.concept_map`):
   opinion in ToxiGen's casual register against a measured, factual statement of similar length.
   It controls for tone (sweeping negative opinion against measured statement), not for the
   topic being a group of people. A control.
-- ``concept:<name or file>``: a concept set's pairs (:func:`geomsafe.concepts.load_concept`),
-  e.g. a concept's evaluation half; positive = the concept's side. Not held out from the
-  directions unless the caller holds it out.
+- ``concept:<name>``: a built-in concept's *evaluation half*
+  (:func:`geomsafe.concepts.load_for_evaluation`: the pairs whose prompts the direction half,
+  from which every built-in direction is extracted, does not hold); positive = the concept's
+  side. Set name ``concept:<name>``, row ``logodds:concept:<name>``, speaks for ``<name>``.
+  The six harmful concepts' halves are default rows (:data:`CONCEPT_SETS`).
+- ``concept:<file or persona:/toxigen: spec>``: all of a user concept's pairs (user files are
+  not split unless asked); ``concept-eval:<spec>``: the evaluation half of any concept spec
+  (use it with directions extracted with ``load_for_direction(spec, split=True)``).
 - a ``.jsonl`` path: a header line ``{"set", "concept", "kind", "style_control",
   "description", "license"}`` (optional) then ``{"id", "prompt", "positive", "negative"}`` per
   line (``id`` optional: ``<set>-<line>``).
@@ -61,7 +66,16 @@ EXTERNAL = {  # name -> path under the data root
     "toxigen": "toxigen/demonstrations",
 }
 NAMED_SETS = (*BUILTIN, *EXTERNAL)
-DEFAULT_SETS = ("advice", "advbench", "jailbreakbench", "toxigen")  # their controls join them
+HARMFUL_CONCEPTS = (
+    "dangerous_advice",
+    "deception",
+    "hate_bias",
+    "power_seeking",
+    "sycophancy",
+    "toxicity",
+)  # the built-in harmful concepts (geomsafe/concepts/data)
+CONCEPT_SETS = tuple(f"concept:{c}" for c in HARMFUL_CONCEPTS)  # their evaluation halves
+DEFAULT_SETS = ("advice", "advbench", "jailbreakbench", "toxigen", *CONCEPT_SETS)
 STYLE_CONTROLS = {
     "advbench": "benign_compliance",
     "jailbreakbench": "benign_compliance",
@@ -284,10 +298,14 @@ def load_pair_set(spec: str, data_root: Path | None = None) -> PairSet:
         return load_builtin_pairs(spec)
     if spec in EXTERNAL:
         return LOADERS[spec](need_root(data_root, EXTERNAL[spec]))
-    if spec.startswith("concept:"):
-        from geomsafe.concepts import load_concept
+    if spec.startswith(("concept:", "concept-eval:")):
+        from geomsafe.concepts import load_concept, load_for_evaluation
+        from geomsafe.concepts.split import is_builtin
 
-        return PairSet.from_concept(load_concept(spec.removeprefix("concept:")))
+        head, name = spec.split(":", 1)
+        if head == "concept-eval" or is_builtin(name):
+            return PairSet.from_concept(load_for_evaluation(name), name=spec)
+        return PairSet.from_concept(load_concept(name), name=spec)
     if spec.endswith(".jsonl"):
         path = Path(spec)
         if not path.is_file():
@@ -300,7 +318,9 @@ def load_pair_set(spec: str, data_root: Path | None = None) -> PairSet:
 
 __all__ = [
     "BUILTIN",
+    "CONCEPT_SETS",
     "DEFAULT_SETS",
+    "HARMFUL_CONCEPTS",
     "EXTERNAL",
     "NAMED_SETS",
     "STYLE_CONTROLS",

@@ -38,7 +38,7 @@ from geomsafe.capture import HOOK_SITE
 from geomsafe.datasets import file_sha256
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.config import NUMBER_KEYS, EvalConfig
-from geomsafe.evaluate.logodds import controlled_changes
+from geomsafe.evaluate.logodds import controlled_changes, refuse_overlap
 from geomsafe.evaluate.measure import PROJECTION_TOKENS, evaluate_model
 from geomsafe.evaluate.plan import EvalPlan, make_plan
 from geomsafe.evaluate.refusal import REFUSAL_PHRASES, REFUSAL_PREFIXES
@@ -184,6 +184,8 @@ def evaluate(
         raise GeomsafeError("the atlas has no harmful features to project on")
     folder = prepare_out(out, "eval", overwrite=overwrite) if out is not None else None
     plan = make_plan(cfg)
+    if fatlas is not None:
+        refuse_overlap(plan.logodds, fatlas.stats)
 
     lm = model if isinstance(model, LoadedModel) else load(model)
     provenance = _provenance(lm, cfg, plan, adapter, baseline, fatlas, atlas_path)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from geomsafe import directions
 from geomsafe.atlas import FeatureAtlas
-from geomsafe.concepts import builtin_names, load_concept
+from geomsafe.concepts import builtin_names, load_concept, load_for_direction
 from geomsafe.errors import GeomsafeError
 from geomsafe.guard.base import GUARDS, Guard, GuardConfig, build_guards, guard_kinds
 from geomsafe.guard.monitor import MonitorGuard
@@ -98,8 +98,8 @@ def extract_atlas(
     progress: bool = True,
 ) -> FeatureAtlas:
     """Extract an atlas of the harmful ``concepts`` (and ``targets``) from their pairs."""
-    sets = [load_concept(c, "harmful").subset(max_pairs, seed) for c in concepts]
-    sets += [load_concept(t, "target").subset(max_pairs, seed) for t in targets]
+    sets = [load_for_direction(c, "harmful").subset(max_pairs, seed) for c in concepts]
+    sets += [load_for_direction(t, "target").subset(max_pairs, seed) for t in targets]
     layer_list = list(layers) if layers is not None else None
     return directions.extract(lm, sets, layers=layer_list, seed=seed, progress=progress).atlas
 
