@@ -21,8 +21,9 @@ total passes 10 minutes)::
 ``--data`` (default ``task:code``; with ``--smoke`` 16 short examples) is the fine-tuning and
 predict data (a chat JSONL such as the ``insecure`` set). ``--data-root`` (default
 ``$GEOMSAFE_DATA``) is the public data folder for evaluate's persona / XSTest / log-odds
-rows; without one, evaluate runs the built-in prompts only. ``--smoke`` runs every phase on a tiny random-init model on the CPU at toy sizes (what
-the test-suite runs); ``--model tiny`` does the same at full sizes.
+rows; without one, evaluate runs the built-in prompts only. ``--smoke`` runs every phase on a
+tiny random-init model on the CPU at toy sizes (what the test-suite runs); ``--model tiny``
+does the same at full sizes.
 
 Prints, per phase (load, audit, predict, finetune, evaluate): wall seconds, peak GPU memory
 (``torch.cuda.max_memory_allocated``, reset before each phase) and the process's peak RSS; and
