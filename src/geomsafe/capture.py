@@ -10,6 +10,9 @@ left or right padding (position ids follow the attention mask so both paddings g
 same activations), selects tokens by rule and pools them (mean) or keeps them per token.
 With ``share_prefix``, tokens that open several examples (a system prompt, a contrastive pair's
 prompt) run once, continued from a key/value cache (the plan is :mod:`geomsafe.prefix`).
+:func:`capture_projections` pools the same way but keeps only each example's projections on
+given directions (``[N, K]`` per layer, accumulated pass by pass), never the ``[N, L, D]``
+pooled activations: what :func:`geomsafe.projection.project` (predict, evaluate) needs.
 """
 
 from __future__ import annotations
