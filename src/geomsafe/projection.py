@@ -25,11 +25,12 @@ import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from geomsafe.adapters import adapter_disabled, is_peft, view
 from geomsafe.atlas import FeatureAtlas
-from geomsafe.capture import capture
+from geomsafe.capture import capture_projections
 from geomsafe.errors import GeomsafeError
 from geomsafe.formatting import Example
 from geomsafe.models import LoadedModel
@@ -105,8 +106,9 @@ def project(
 ) -> dict[str, Tensor]:
     """``[N]`` float32 cpu per concept: each example's projection (module docstring) on each
     concept of ``names`` (the atlas's harmful ones when None) at its layer. One capture at the
-    needed layers, with the model in eval mode (its mode is restored after). A peft model is
-    measured as it is (adapter on)."""
+    needed layers (:func:`~geomsafe.capture.capture_projections`: it keeps ``[N, K]``
+    projections, not the ``[N, L, D]`` pooled activations), with the model in eval mode (its
+    mode is restored after). A peft model is measured as it is (adapter on)."""
     names = list(names) if names is not None else atlas.harmful
     if not names:
         raise GeomsafeError("no concepts to project on")
@@ -114,21 +116,25 @@ def project(
         raise GeomsafeError("no examples to project")
     where = concept_layers(atlas, names, layers, lm)
     lm = view(lm)
+    at: dict[int, list[str]] = {}
+    for name, layer in where.items():
+        at.setdefault(layer, []).append(name)
+    directions = {
+        layer: torch.stack([atlas.direction(n, layer).float().cpu() for n in group])
+        for layer, group in at.items()
+    }
     with _eval_mode(lm.model):
-        acts = capture(
+        projections = capture_projections(  # running projections, never [N, L, D]
             lm,
             [e if isinstance(e, Example) else Example(e) for e in examples],
-            layers=sorted(set(where.values())),
+            directions,
             tokens=tokens,
             batch_size=batch_size,
             max_length=max_length,
             progress=progress,
             desc=desc,
         )
-    return {
-        name: acts.layer(layer).float() @ atlas.direction(name, layer).float().cpu()
-        for name, layer in where.items()
-    }
+    return {name: projections[layer][:, at[layer].index(name)] for name, layer in where.items()}
 
 
 def prompt_projection(

@@ -134,9 +134,48 @@ def _exit_if_disk_full(exc: Exception) -> None:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="geomsafe")
-def main() -> None:
+@click.option(
+    "--device",
+    help="Where models load: auto (cuda:<LOCAL_RANK> when CUDA is there), cpu, cuda, cuda:N, "
+    "mps (default: $GEOMSAFE_DEVICE or cpu; finetune: auto).",
+)
+@click.option(
+    "--dtype",
+    help="Model weights: auto (bf16 on a CUDA GPU that has it), float32, bfloat16, float16 "
+    "(default: $GEOMSAFE_DTYPE or float32).",
+)
+def main(device: str | None = None, dtype: str | None = None) -> None:
     """Geometry-centric safety for LLM fine-tuning."""
     warnings.formatwarning = _one_line_warning
+    if device is not None or dtype is not None:
+        _set_device_dtype(device, dtype)
+
+
+def _set_device_dtype(device: str | None, dtype: str | None) -> None:
+    """Check ``--device`` / ``--dtype`` (a bad value fails before any work) and pass them to
+    :func:`geomsafe.models.load` as ``GEOMSAFE_DEVICE`` / ``GEOMSAFE_DTYPE`` for this command
+    (restored when it ends, so a caller's environment is left as it was)."""
+    import os
+
+    from geomsafe.models import DEVICE_ENV, DTYPE_ENV, resolve_device, resolve_dtype
+
+    chosen = {}
+    if device is not None:
+        chosen[DEVICE_ENV] = "auto" if device == "auto" else resolve_device(device)
+    if dtype is not None:
+        resolve_dtype(dtype)
+        chosen[DTYPE_ENV] = dtype
+    before = {k: os.environ.get(k) for k in chosen}
+    os.environ.update(chosen)
+
+    def restore() -> None:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    click.get_current_context().call_on_close(restore)
 
 
 _formatwarning = warnings.formatwarning

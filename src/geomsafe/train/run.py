@@ -38,7 +38,7 @@ from geomsafe.errors import GeomsafeError
 from geomsafe.folder_lock import lock_folder
 from geomsafe.guard import GuardConfig, PilotDirections
 from geomsafe.guard.resolve import GuardSetup, GuardSpec, resolve_guards, split_guards
-from geomsafe.models import LoadedModel, load
+from geomsafe.models import DEVICE_ENV, LoadedModel, load, resolve_device
 from geomsafe.train import outdir
 from geomsafe.train.config import TrainConfig
 from geomsafe.train.data import TrainData, build
@@ -96,9 +96,8 @@ def projection_change(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> d
 
 
 def _device() -> str:
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return "cpu"
+    """``$GEOMSAFE_DEVICE``, else ``auto`` (each rank its own ``cuda:<LOCAL_RANK>``, or cpu)."""
+    return resolve_device(os.environ.get(DEVICE_ENV) or "auto")
 
 
 def _model(model: str | LoadedModel) -> LoadedModel:

@@ -12,8 +12,15 @@
   ``penalty``, the monitor's ``proj/<concept>``, ``lr``, ``step_time_s`` and every guard's log
   as ``<guard>/<key>`` (and as ``<key>`` where the row has no such key yet).
 
-Nothing here assumes one process: the Trainer (and so ``accelerate launch``) handles devices,
-DDP/FSDP and gradient accumulation; the guards see the unwrapped model.
+Nothing here assumes one process: the Trainer (and so ``torchrun`` / ``accelerate launch``)
+handles devices, DDP/FSDP and gradient accumulation; the guards see the unwrapped model and
+run on every rank. Under several processes each row is reduced over the ranks
+(:func:`reduce_row`): ``step_time_s`` is the slowest rank's, every other measured value
+(``loss``, ``penalty``, ``proj/<c>``, the guards' logs) the mean of the ranks' values. The
+``loss`` is then exactly the global batch's mean token loss (the Trainer's token averaging
+across devices makes each rank's value ``world_size * its token-loss sum / global tokens``);
+``proj/<c>`` is the mean of the ranks' per-batch means (equal to the global batch's mean when
+the ranks hold the same number of assistant tokens).
 """
 
 from __future__ import annotations
@@ -183,6 +190,8 @@ class GeometryCallback(TrainerCallback):
         # <guard>/<key>, and <key> where the row has none yet (loss, penalty, proj/<c> win).
         for key, value in step_logs(trainer.guards, bare=True).items():
             row.setdefault(key, value)
+        if args.world_size > 1:
+            row = reduce_row(row, trainer.accelerator)
         self.rows.append(row)
         if self.log_path is not None and state.is_world_process_zero:
             with self.log_path.open("a") as fh:
@@ -195,6 +204,34 @@ class GeometryCallback(TrainerCallback):
         if ckpt.is_dir():
             text = "".join(json.dumps(r) + "\n" for r in self.rows)
             atomic_write(ckpt / GEOMETRY_LOG, lambda p: Path(p).write_text(text))
+
+
+_NOT_REDUCED = ("step", "epoch", "lr")
+
+
+def reduce_row(row: dict[str, Any], accelerator: Any) -> dict[str, Any]:
+    """``row`` reduced over the processes (one all-reduce each of a packed tensor): the max of
+    ``step_time_s``, the mean of every other float/int value except ``step``, ``epoch`` and
+    ``lr`` (equal on all ranks). Every rank must call it with the same keys (same guards)."""
+    keys = sorted(
+        k
+        for k, v in row.items()
+        if k not in _NOT_REDUCED
+        and k != "step_time_s"
+        and isinstance(v, (int, float))
+        and not isinstance(v, bool)
+    )
+    out = dict(row)
+    device = accelerator.device
+    if keys:
+        values = torch.tensor([float(row[k]) for k in keys], dtype=torch.float64, device=device)
+        mean = accelerator.reduce(values, reduction="mean").cpu().tolist()
+        out.update(zip(keys, mean, strict=True))
+    if "step_time_s" in row:
+        slowest = torch.tensor([float(row["step_time_s"])], dtype=torch.float64, device=device)
+        gathered = accelerator.gather(slowest)
+        out["step_time_s"] = float(gathered.max())
+    return out
 
 
 @dataclass
