@@ -149,7 +149,7 @@ def run_cell(
     base_guard: GuardConfig,
 ) -> dict[str, Any]:
     """Train and measure one cell (module docstring); the payload of its file."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     tc = cfg.train_config()
     features = build(lm.tokenizer, data.train, max_length=cfg.max_length, truncate=True)
     gcfg = None
@@ -183,6 +183,7 @@ def run_cell(
         payload["time"] = {"ratio": 1.0, "train_step_s": train_step}
         payload["base_heldout_loss"] = heldout_loss(lm, data.heldout)
     payload["seconds"] = time.perf_counter() - t0
+    payload["cpu_seconds"] = time.process_time() - c0  # all threads of this process
     return payload
 
 

@@ -12,7 +12,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 import geomsafe
 from geomsafe.atlas import atomic_write
 from geomsafe.errors import GeomsafeError
-from geomsafe.report import firewall
+from geomsafe.report import firewall, pareto
 from geomsafe.report.recommend import recommend
 from geomsafe.report.sections import (
     audit_section,
@@ -26,6 +26,7 @@ from geomsafe.report.sections import (
 REPORT = "report.html"
 KNOWN = ("audit.json", "risk.json", "eval.json", "run.json", "bench.json", "geometry_log.jsonl")
 FIREWALL = ("firewall_run.json", "firewall.json")
+PARETO = "pareto.json"  # the guard Pareto benchmark (geomsafe.pareto)
 
 
 def _read(folder: Path, name: str) -> Any:
@@ -60,11 +61,12 @@ def report(folder: str | Path, out: str | Path | None = None) -> Path:
     # sub-folders are searched only when the folder is not a bench.
     nested = _read(folder, "bench.json") is None
     found = {
-        name: (_find(folder, name) if nested else _read(folder, name)) for name in KNOWN + FIREWALL
+        name: (_find(folder, name) if nested else _read(folder, name))
+        for name in (*KNOWN, *FIREWALL, PARETO)
     }
     if not any(v is not None for v in found.values()):
         raise GeomsafeError(
-            f"no geomsafe results in {folder} (looked for {', '.join(KNOWN + FIREWALL)})"
+            f"no geomsafe results in {folder} (looked for {', '.join((*KNOWN, *FIREWALL, PARETO))})"
         )
     audit, risk, evaluation = found["audit.json"], found["risk.json"], found["eval.json"]
     run, bench, log = found["run.json"], found["bench.json"], found["geometry_log.jsonl"]
@@ -89,6 +91,7 @@ def report(folder: str | Path, out: str | Path | None = None) -> Path:
         firewall_cal=firewall.calibration_section(found["firewall.json"])
         if found["firewall.json"]
         else None,
+        pareto=pareto.section(found[PARETO]) if found[PARETO] else None,
         recommendations=recommend(audit, risk, evaluation, run, bench),
         provenance=next(
             (
