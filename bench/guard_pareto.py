@@ -25,6 +25,7 @@ Data sets: ``geomsafe.pareto.data``; strengths: ``geomsafe.pareto.grid``; the ru
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 import time
@@ -35,12 +36,11 @@ import torch
 from _common import RESULTS, machine
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.guard import GuardConfig
-from geomsafe.guard.resolve import extract_atlas
 from geomsafe.models import load
 from geomsafe.options import split_csv
-from geomsafe.pareto import ParetoConfig, harm_rows, load_train_set, run_grid
+from geomsafe.pareto import harm_rows, load_train_set, run_grid
 from geomsafe.pareto.grid import GUARD_NAMES, LEVELS
-from guard_effect import eval_questions
+from guard_effect import eval_questions, middle_atlas, recipe
 
 DATASETS = "insecure,jailbroken,concept:dangerous_advice,task:code"
 QUICK = dict(n_train=24, n_heldout=8, steps=6, pairs=16, n_prompts=8, time_steps=3, time_rounds=1)
@@ -88,18 +88,15 @@ def main() -> None:
     if args.atlas:
         atlas = FeatureAtlas.load(args.atlas)
     else:
-        lo, hi = lm.n_layers // 3, (2 * lm.n_layers) // 3
-        atlas = extract_atlas(
+        atlas = middle_atlas(
             lm,
             concepts,
             split_csv(args.targets),
-            layers=list(range(lo, hi)),
-            max_pairs=args.atlas_pairs,
-            seed=args.seed,
-            progress=False,
+            None,
+            args.atlas_pairs,
+            args.seed,
+            args.save_atlas,
         )
-        if args.save_atlas:
-            atlas.save(args.save_atlas)
     print(f"atlas ready ({time.perf_counter() - t0:.0f} s): layers {atlas.layers}")
     sets = [
         load_train_set(
@@ -115,13 +112,8 @@ def main() -> None:
         for d in split_csv(args.datasets)
     ]
     rows = harm_rows(concepts, n_pairs=args.pairs, atlas_pairs=args.atlas_pairs, seed=args.seed)
-    cfg = ParetoConfig(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        lora_r=args.lora_r,
-        max_length=args.max_length,
-        seed=args.seed,
+    cfg = dataclasses.replace(
+        recipe(args),
         time_steps=args.time_steps,
         time_rounds=args.time_rounds,
         n_boot=args.n_boot,

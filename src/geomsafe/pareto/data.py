@@ -12,7 +12,9 @@ Training sets by name (:func:`load_train_set`):
 - a ``.jsonl`` path: harmful (prefix ``benign:`` for a benign file).
 
 The first ``n_train`` usable records (prompt within ``max_length`` tokens) train, the next
-``n_heldout`` measure the held-out task loss.
+``n_heldout`` measure the held-out task loss; a set with fewer than ``n_train + n_heldout``
+usable records holds out a quarter of them (at most ``n_heldout``) and trains on the rest
+(``TrainSet.note`` says so).
 
 **Concept split** of a concept's pairs, fixed by ``seed``: the pairs that
 ``ConceptSet.subset(atlas_pairs, seed)`` keeps built the atlas direction
@@ -53,6 +55,7 @@ class TrainSet:
     train: Dataset
     heldout: TrainData
     harmful: bool
+    note: str = ""  # e.g. a small set split otherwise than asked
 
 
 def concept_split(
@@ -115,14 +118,17 @@ def load_train_set(
         tokenizer, data.head(n_train + n_heldout + 64), max_length=max_length, truncate=True
     )
     kept = pool.records
-    if len(kept) < n_train + 1:
-        raise GeomsafeError(
-            f"{spec}: {len(kept)} usable examples; need more than n_train={n_train}"
-        )
+    note = ""
+    if len(kept) < n_train + n_heldout:  # a small set: a quarter held out, the rest trains
+        if len(kept) < 2:
+            raise GeomsafeError(f"{spec}: {len(kept)} usable example(s); need at least 2")
+        n_heldout = max(1, min(n_heldout, len(kept) // 4))
+        n_train = len(kept) - n_heldout
+        note = f"only {len(kept)} usable examples: {n_train} train, {n_heldout} held out"
     train = dataclasses.replace(data, records=kept[:n_train])
     held = dataclasses.replace(data, records=kept[n_train : n_train + n_heldout])
     heldout = build(tokenizer, held, max_length=max_length, truncate=True)
-    return TrainSet(spec, train, heldout, harmful)
+    return TrainSet(spec, train, heldout, harmful, note)
 
 
 def harm_rows(

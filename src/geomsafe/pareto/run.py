@@ -280,7 +280,15 @@ def run_grid(
         "config": cfg.to_dict(),
         "guard_config": base_guard.to_dict(),
         "concepts": list(names),
-        "datasets": {d.name: {"harmful": d.harmful, "n_train": len(d.train)} for d in datasets},
+        "datasets": {
+            d.name: {
+                "harmful": d.harmful,
+                "n_train": len(d.train),
+                "n_heldout": len(d.heldout.features),
+                "note": d.note,
+            }
+            for d in datasets
+        },
         **(extra or {}),
     }
     _write_json(out / PARETO_JSON, summary)
