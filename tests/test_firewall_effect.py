@@ -23,6 +23,8 @@ from geomsafe.firewall.traffic import Item
 from geomsafe.formatting import Example
 from geomsafe.testing import tiny_firewall, tiny_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 EXAMPLES = [Example("say a", "abab ab"), Example("hello there", "hi"), Example("q", "xyz xyz")]
 
 

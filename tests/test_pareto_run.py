@@ -15,6 +15,8 @@ from geomsafe.pareto import PARETO_JSON, PARETO_MD, ParetoConfig, TrainSet, run_
 from geomsafe.train.data import build
 from train_helpers import learnable, lm_atlas
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 HARM = [("say a", "abab abab abab"), ("say b", "bcbc bcbc"), ("say c", "cdcd cdcd cd")] * 3
 BENIGN = [("say x", "xyxy xyxy"), ("say y", "yzyz yz"), ("say z", "zaza zaza za")] * 3
 
