@@ -245,13 +245,14 @@ def run_grid(
     if base is not None and base.get("fingerprint") != base_fp:
         raise GeomsafeError(f"{base_path} was made with other settings; use another --out")
     if base is None:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         base = {
             "fingerprint": base_fp,
             "ids": {ps.name: [p.id for p in ps.pairs] for ps in rows},
             **measure(lm, rows, prompts, atlas, names, cfg.logodds_batch),
         }
         base["seconds"] = time.perf_counter() - t0
+        base["cpu_seconds"] = time.process_time() - c0
         _write_json(base_path, base)
         log(f"base model measured ({base['seconds']:.0f} s)")
     store = CellStore(out)
