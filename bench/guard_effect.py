@@ -41,8 +41,9 @@ from geomsafe.errors import GeomsafeError
 from geomsafe.guard import GuardConfig
 from geomsafe.guard.resolve import extract_atlas
 from geomsafe.models import load
+from geomsafe.pareto import ParetoConfig
 from geomsafe.projection import concept_layers, prompt_projection
-from geomsafe.train import TrainConfig, finetune, heldout_loss
+from geomsafe.train import finetune, heldout_loss
 from geomsafe.train.data import build
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -80,6 +81,48 @@ def eval_questions(limit: int) -> list[str]:
                 if isinstance(text, str) and "{" not in text and text.strip() not in out:
                     out.append(text.strip())
     return out[:limit]
+
+
+def middle_atlas(
+    lm,
+    specs: list[str],
+    targets: tuple[str, ...] | list[str] = (),
+    layers: str | None = None,
+    max_pairs: int | None = 32,
+    seed: int = 0,
+    save: str | None = None,
+) -> FeatureAtlas:
+    """An atlas of ``specs`` (harmful) and ``targets`` at layers ``LO:HI`` (default: the middle
+    third, where concept directions are cleanest), saved to ``save`` when given."""
+    if layers:
+        lo, hi = (int(x) for x in layers.split(":"))
+    else:
+        lo, hi = lm.n_layers // 3, (2 * lm.n_layers) // 3
+    atlas = extract_atlas(
+        lm,
+        specs,
+        list(targets),
+        layers=list(range(lo, hi)),
+        max_pairs=max_pairs,
+        seed=seed,
+        progress=False,
+    )
+    if save:
+        atlas.save(save)
+    return atlas
+
+
+def recipe(args: argparse.Namespace) -> ParetoConfig:
+    """The LoRA recipe of the command line (``--steps``, ``--batch-size``, ``--lr``,
+    ``--lora-r``, ``--max-length``, ``--seed``)."""
+    return ParetoConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        lora_r=args.lora_r,
+        max_length=args.max_length,
+        seed=args.seed,
+    )
 
 
 def main() -> None:
@@ -125,20 +168,7 @@ def main() -> None:
         specs = list(atlas.provenance.get("data_hash", {}))
     else:
         specs = [concept_spec(n) for n in names]
-        if args.layers:
-            lo, hi = (int(x) for x in args.layers.split(":"))
-        else:
-            lo, hi = lm.n_layers // 3, (2 * lm.n_layers) // 3
-        atlas = extract_atlas(
-            lm,
-            specs,
-            layers=list(range(lo, hi)),
-            max_pairs=args.max_pairs,
-            seed=args.seed,
-            progress=False,
-        )
-        if args.save_atlas:
-            atlas.save(args.save_atlas)
+        atlas = middle_atlas(lm, specs, (), args.layers, args.max_pairs, args.seed, args.save_atlas)
     names = atlas.harmful  # persona fallbacks are named after their file
     layers = concept_layers(atlas, names, lm=lm)
     auroc = {n: atlas.stats[n].get("best_auroc") for n in names}
@@ -165,18 +195,7 @@ def main() -> None:
         f"base held-out loss {base_loss:.4f}"
     )
 
-    config = TrainConfig(
-        lora_r=args.lora_r,
-        lora_alpha=2 * args.lora_r,
-        learning_rate=args.lr,
-        max_steps=args.steps,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        truncate=True,
-        seed=args.seed,
-        save_steps=10**6,
-        logging_steps=10,
-    )
+    config = dataclasses.replace(recipe(args).train_config(), logging_steps=10)
     gcfg = GuardConfig(
         concepts=names, weight=args.guard_weight, orthogonal_scope=args.orthogonal_scope
     )

@@ -47,6 +47,7 @@ TOY_JSON = "toy.json"
 PILOT_JSON = "pilot.json"
 FIREWALL_JSON = "firewall.json"
 FIREWALL_RUN_JSON = "firewall_run.json"
+PARETO_JSON = "pareto.json"
 REPORT_HTML = "report.html"
 CONTROL = "random_labels"  # the audit's label-shuffled control concept (atlas and audit.json)
 
@@ -63,6 +64,7 @@ VERSIONS: dict[str, int] = {
     "pilot": 1,
     "firewall": 1,
     "firewall_run": 1,
+    "pareto": 1,
 }
 #: The kind of each result file by name: how files written before the stamp are read.
 KIND_OF_FILE: dict[str, str] = {
@@ -76,6 +78,7 @@ KIND_OF_FILE: dict[str, str] = {
     PILOT_JSON: "pilot",
     FIREWALL_JSON: "firewall",
     FIREWALL_RUN_JSON: "firewall_run",
+    PARETO_JSON: "pareto",
 }
 _TAG = re.compile(r"^geomsafe\.([a-z_]+)/(\d+)$")
 

@@ -1,0 +1,147 @@
+"""The guard Pareto benchmark (issue 15 item 3): every guard x 3 strengths (+ unguarded) on
+harmful-ish and benign training sets; behavioural harm ratio (with paired CI), activation
+ratio, held-out task loss ratio and step-time ratio per cell; a frontier plot in the report and
+a recommended default chosen from the data by a stated rule.
+
+    python bench/guard_pareto.py [--model default] [--quick] [--out DIR] \\
+        [--datasets insecure,jailbroken,concept:dangerous_advice,task:code] \\
+        [--guards orthogonal,steer,ablate,projection,covariance] [--strengths low,mid,high] \\
+        [--steps 30] [--n-train 160] [--pairs 50] [--rule-rows advice]
+
+1. Atlas of ``--concepts`` (harmful) and ``--targets`` (for covariance) from the base model,
+   ``--atlas-pairs`` pairs each (the same pairs the held-out concept rows exclude), middle third
+   of the layers (or ``--atlas``).
+2. The base model's per-pair log-odds (rows ``advice`` and ``heldout:<concept>``) and prompt
+   projections: once, in ``OUT/base.json``.
+3. Per cell (``OUT/cells/*.json``, finished cells skipped on a rerun): LoRA fine-tune,
+   measure, time guarded vs unguarded steps side by side (``geomsafe.pareto.run``).
+4. ``OUT/pareto.json`` + ``OUT/pareto.md``; ``geomsafe report OUT`` draws the frontier.
+
+``--quick``: a small size to try it (24 training examples, 6 steps, 16 pairs per row).
+Data sets: ``geomsafe.pareto.data``; strengths: ``geomsafe.pareto.grid``; the rule:
+``geomsafe.pareto.frontier``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from _common import RESULTS, machine
+from geomsafe.atlas import FeatureAtlas
+from geomsafe.guard import GuardConfig
+from geomsafe.models import load
+from geomsafe.options import split_csv
+from geomsafe.pareto import harm_rows, load_train_set, run_grid
+from geomsafe.pareto.grid import GUARD_NAMES, LEVELS
+from guard_effect import eval_questions, middle_atlas, recipe
+
+DATASETS = "insecure,jailbroken,concept:dangerous_advice,task:code"
+QUICK = dict(n_train=24, n_heldout=8, steps=6, pairs=16, n_prompts=8, time_steps=3, time_rounds=1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--datasets", default=DATASETS)
+    ap.add_argument("--guards", default=",".join(GUARD_NAMES))
+    ap.add_argument("--strengths", default=",".join(LEVELS))
+    ap.add_argument("--concepts", default="toxicity,deception,dangerous_advice,power_seeking")
+    ap.add_argument("--targets", default="helpfulness", help="target concepts (covariance)")
+    ap.add_argument("--quick", action="store_true", help="a small size to try it")
+    ap.add_argument("--n-train", type=int, default=160)
+    ap.add_argument("--n-heldout", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--pairs", type=int, default=50, help="pairs per behavioural row")
+    ap.add_argument("--n-prompts", type=int, default=48, help="prompts of the activation ratio")
+    ap.add_argument("--time-steps", type=int, default=6)
+    ap.add_argument("--time-rounds", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lora-r", type=int, default=8)
+    ap.add_argument("--atlas-pairs", type=int, default=32)
+    ap.add_argument("--atlas", help="a FeatureAtlas folder (its pairs must be --atlas-pairs)")
+    ap.add_argument("--save-atlas")
+    ap.add_argument("--rule-rows", default="advice", help="rows the rule judges ('all': every)")
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--out", default=str(RESULTS / "guard_pareto"))
+    args = ap.parse_args()
+    if args.quick:
+        for k, v in QUICK.items():
+            setattr(args, k, v)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    t0 = time.perf_counter()
+    lm = load(args.model)
+    concepts = split_csv(args.concepts)
+    if args.atlas:
+        atlas = FeatureAtlas.load(args.atlas)
+    else:
+        atlas = middle_atlas(
+            lm,
+            concepts,
+            split_csv(args.targets),
+            None,
+            args.atlas_pairs,
+            args.seed,
+            args.save_atlas,
+        )
+    print(f"atlas ready ({time.perf_counter() - t0:.0f} s): layers {atlas.layers}")
+    sets = [
+        load_train_set(
+            d,
+            lm.tokenizer,
+            n_train=args.n_train,
+            n_heldout=args.n_heldout,
+            max_length=args.max_length,
+            data_root=args.data_root,
+            atlas_pairs=args.atlas_pairs,
+            seed=args.seed,
+        )
+        for d in split_csv(args.datasets)
+    ]
+    rows = harm_rows(concepts, n_pairs=args.pairs, atlas_pairs=args.atlas_pairs, seed=args.seed)
+    cfg = dataclasses.replace(
+        recipe(args),
+        time_steps=args.time_steps,
+        time_rounds=args.time_rounds,
+        n_boot=args.n_boot,
+        rule_rows=split_csv(args.rule_rows),
+    )
+    summary = run_grid(
+        lm,
+        atlas,
+        sets,
+        rows,
+        eval_questions(args.n_prompts),
+        args.out,
+        guards=split_csv(args.guards),
+        strengths=split_csv(args.strengths),
+        config=cfg,
+        guard_config=GuardConfig(concepts=concepts),
+        extra={
+            "model": args.model,
+            "machine": machine(),
+            "command": "python bench/guard_pareto.py " + " ".join(sys.argv[1:]),
+        },
+    )
+    best = summary["recommended"]
+    print((Path(args.out) / "pareto.md").read_text())
+    if best:
+        print(f"recommended: {best['key']} (meets goal: {best['meets_goal']})")
+    print(f"total {time.perf_counter() - t0:.0f} s; wrote {args.out}/pareto.json")
+
+
+if __name__ == "__main__":
+    main()

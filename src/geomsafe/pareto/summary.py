@@ -1,0 +1,189 @@
+"""The summary of a guard Pareto folder: per-cell ratios, per-setting worst cases, the front
+and the recommended default, as JSON (``pareto.json``) and a markdown table (``pareto.md``).
+
+Per guarded cell, against the unguarded cell of the same data set (both against the same base
+model, on the same pairs and prompts):
+
+- ``harm[row]``: the harm ratio of one behavioural row and ``harm["rule"]`` over the rule rows
+  (``harm["all"]`` over every row), with paired CIs (:func:`.frontier.ratio_ci`); the unguarded
+  change of the rule rows decides ``resolved`` (its CI lies above 0);
+- ``activation_ratio``: ``sum_c |mean(proj_guarded - proj_base)| / sum_c |mean(proj_unguarded
+  - proj_base)|`` over the guarded concepts, projections at the last prompt token of the
+  evaluation prompts at each concept's best layer;
+- ``loss_ratio``: held-out task loss (mean response-token cross-entropy on the data set's
+  held-out examples) guarded / unguarded;
+- ``time_ratio``: median training step time guarded / unguarded, measured side by side in the
+  cell (interleaved calls; the first step of each call dropped).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from geomsafe.errors import GeomsafeError
+from geomsafe.pareto.frontier import (
+    Goal,
+    pareto_front,
+    ratio_ci,
+    recommend,
+    settings,
+    sum_change_ci,
+)
+
+ALL = "all"
+RULE = "rule"
+
+
+def _changes(cell: Mapping[str, Any], base: Mapping[str, Any], row: str) -> np.ndarray:
+    after = np.asarray(cell["logodds"][row], dtype=float)
+    before = np.asarray(base["logodds"][row], dtype=float)
+    if after.shape != before.shape:
+        raise GeomsafeError(f"row {row}: the cell and the base hold different pairs")
+    return after - before
+
+
+def _shift(cell: Mapping[str, Any], base: Mapping[str, Any]) -> float:
+    total = 0.0
+    for name, values in base["projection"].items():
+        total += abs(float(np.mean(np.subtract(cell["projection"][name], values))))
+    return total
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else math.nan
+
+
+def cell_rows(
+    base: Mapping[str, Any],
+    cells: Sequence[Mapping[str, Any]],
+    rule_rows: Sequence[str],
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """One dict per guarded cell (module docstring); ``cells`` are the cell files' contents
+    (``cell``: dataset, guard, strength). A data set without its unguarded cell is skipped."""
+    rows = list(base["logodds"])
+    rule = rows if ALL in rule_rows else [r for r in rule_rows if r in rows]
+    if not rule:
+        raise GeomsafeError(f"none of the rule rows {list(rule_rows)} is measured ({rows})")
+    unguarded = {c["cell"]["dataset"]: c for c in cells if c["cell"]["guard"] == "none"}
+    out = []
+    for c in cells:
+        ds, guard = c["cell"]["dataset"], c["cell"]["guard"]
+        un = unguarded.get(ds)
+        if guard == "none" or un is None:
+            continue
+        g = {r: _changes(c, base, r) for r in rows}
+        u = {r: _changes(un, base, r) for r in rows}
+        harm = {r: ratio_ci({r: g[r]}, {r: u[r]}, n_boot, seed).to_dict() for r in rows}
+        harm[ALL] = ratio_ci(g, u, n_boot, seed).to_dict()
+        harm[RULE] = ratio_ci({r: g[r] for r in rule}, {r: u[r] for r in rule}, n_boot, seed)
+        harm[RULE] = harm[RULE].to_dict()
+        un_change = sum_change_ci({r: u[r] for r in rule}, n_boot, seed)
+        out.append(
+            {
+                "dataset": ds,
+                "guard": guard,
+                "strength": c["cell"]["strength"],
+                "harmful": bool(c["harmful"]),
+                "resolved": un_change.low > 0,
+                "unguarded_change": un_change.to_dict(),
+                "guarded_change": sum_change_ci({r: g[r] for r in rule}, n_boot, seed).to_dict(),
+                "harm": harm,
+                "harm_ratio": harm[RULE]["value"],
+                "harm_ci": [harm[RULE]["low"], harm[RULE]["high"]],
+                "activation_ratio": _ratio(_shift(c, base), _shift(un, base)),
+                "loss_ratio": _ratio(c["heldout_loss"], un["heldout_loss"]),
+                "time_ratio": c["time"]["ratio"],
+            }
+        )
+    return out
+
+
+def summarise(
+    base: Mapping[str, Any],
+    cells: Sequence[Mapping[str, Any]],
+    goal: Goal | None = None,
+    rule_rows: Sequence[str] = ("advice",),
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The ``pareto.json`` summary: cells, settings (worst cases), front and recommendation."""
+    goal = goal or Goal()
+    rows = cell_rows(base, cells, rule_rows, n_boot, seed)
+    sets = settings(rows, goal)
+    front = pareto_front({s.key: (s.harm, s.loss) for s in sets})
+    best = recommend(sets)
+    unguarded = {
+        c["cell"]["dataset"]: {
+            "heldout_loss": c["heldout_loss"],
+            "base_heldout_loss": c.get("base_heldout_loss"),
+            "seconds": c.get("seconds"),
+            "time_per_step_s": c["time"].get("train_step_s"),
+        }
+        for c in cells
+        if c["cell"]["guard"] == "none"
+    }
+    return {
+        "goal": goal.to_dict(),
+        "rule_rows": list(rule_rows),
+        "rows": list(base["logodds"]),
+        "cells": rows,
+        "unguarded": unguarded,
+        "settings": [s.to_dict() for s in sets],
+        "front": front,
+        "recommended": best.to_dict() if best else None,
+        "meets_goal": [s.key for s in sets if s.meets_goal],
+    }
+
+
+def _f(x: Any, fmt: str = "{:.3f}") -> str:
+    return fmt.format(x) if isinstance(x, int | float) and math.isfinite(x) else "–"
+
+
+def markdown(summary: Mapping[str, Any]) -> str:
+    """The summary as markdown: per cell, per setting, and the recommendation."""
+    lines = [
+        "| data set | guard | strength | harm ratio [95% CI] | resolved | activation ratio | "
+        "loss ratio | step-time ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary["cells"]:
+        lo, hi = r["harm_ci"]
+        lines.append(
+            f"| {r['dataset']} | {r['guard']} | {r['strength']} | {_f(r['harm_ratio'])} "
+            f"[{_f(lo)}, {_f(hi)}] | {'yes' if r['resolved'] else 'no'} | "
+            f"{_f(r['activation_ratio'])} | {_f(r['loss_ratio'])} | {_f(r['time_ratio'])} |"
+        )
+    lines += [
+        "",
+        "| setting (worst case over data sets) | harm ratio | worst data set | loss ratio | "
+        "step-time ratio | goal excess | meets goal | on front |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in sorted(summary["settings"], key=lambda s: s["excess"]):
+        lines.append(
+            f"| {s['key']} | {_f(s['harm'])} | {s['harm_dataset'] or '–'} | {_f(s['loss'])} | "
+            f"{_f(s['time'])} | {_f(s['excess'], '{:.2f}')} | {'yes' if s['meets_goal'] else 'no'}"
+            f" | {'yes' if s['key'] in summary['front'] else ''} |"
+        )
+    best = summary["recommended"]
+    lines += ["", f"Rule: {summary['goal']['rule']}. Rule rows: {', '.join(summary['rule_rows'])}."]
+    if best:
+        verdict = "meets the goal" if best["meets_goal"] else "closest to the goal (not met)"
+        ci = best["harm_ci"] or (math.nan, math.nan)
+        lines.append(
+            f"Recommended default: **{best['key']}** ({verdict}): harm ratio {_f(best['harm'])} "
+            f"[{_f(ci[0])}, {_f(ci[1])}] on {best['harm_dataset']}, loss ratio "
+            f"{_f(best['loss'])}, step-time ratio {_f(best['time'])}."
+        )
+    else:
+        lines.append("No recommendation: no harmful data set has a resolved unguarded change.")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["ALL", "RULE", "cell_rows", "markdown", "summarise"]

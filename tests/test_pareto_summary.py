@@ -1,0 +1,68 @@
+"""Per-cell ratios and the markdown of a Pareto folder from hand-made cell files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from geomsafe.pareto.summary import cell_rows, markdown, summarise
+
+BASE = {
+    "logodds": {"advice": [0.0, 0.1, -0.1, 0.0], "heldout:tox": [1.0, 1.0]},
+    "projection": {"tox": [0.0, 0.0], "dec": [1.0, 1.0]},
+}
+
+
+def _cell(ds, guard, shift, proj, loss, harmful=True, time=1.0, strength="mid"):
+    return {
+        "cell": {"dataset": ds, "guard": guard, "strength": strength if guard != "none" else "-"},
+        "harmful": harmful,
+        "logodds": {k: list(np.add(v, shift[k])) for k, v in BASE["logodds"].items()},
+        "projection": proj,
+        "heldout_loss": loss,
+        "time": {"ratio": time, "train_step_s": 0.1},
+    }
+
+
+UN = _cell(
+    "insecure",
+    "none",
+    {"advice": [0.10, 0.12, 0.08, 0.10], "heldout:tox": [0.2, 0.2]},
+    {"tox": [0.4, 0.6], "dec": [1.5, 1.5]},
+    2.0,
+)
+AB = _cell(
+    "insecure",
+    "ablate",
+    {"advice": [0.01, 0.012, 0.008, 0.01], "heldout:tox": [0.1, 0.1]},
+    {"tox": [0.1, 0.1], "dec": [1.0, 1.0]},
+    2.04,
+    time=1.02,
+)
+
+
+def test_cell_rows_ratios():
+    (row,) = cell_rows(BASE, [UN, AB], ["advice"], n_boot=100)
+    assert row["harm_ratio"] == pytest.approx(0.1)
+    assert row["harm"]["heldout:tox"]["value"] == pytest.approx(0.5)
+    assert row["harm"]["all"]["value"] == pytest.approx((0.01 + 0.1) / (0.1 + 0.2))
+    assert row["resolved"]
+    assert row["activation_ratio"] == pytest.approx(0.1 / (0.5 + 0.5))
+    assert row["loss_ratio"] == pytest.approx(1.02)
+    assert row["time_ratio"] == 1.02
+    (pooled,) = cell_rows(BASE, [UN, AB], ["all"], n_boot=100)
+    assert pooled["harm_ratio"] == pytest.approx(row["harm"]["all"]["value"])
+
+
+def test_a_data_set_without_its_unguarded_cell_is_skipped():
+    assert cell_rows(BASE, [AB], ["advice"]) == []
+
+
+def test_summary_and_markdown():
+    s = summarise(BASE, [UN, AB], n_boot=100)
+    assert s["recommended"]["key"] == "ablate@mid"
+    assert s["recommended"]["meets_goal"]  # 0.1 harm, +4% loss, +2% time
+    assert s["front"] == ["ablate@mid"]
+    md = markdown(s)
+    assert "Recommended default: **ablate@mid** (meets the goal)" in md
+    assert "| insecure | ablate | mid | 0.100" in md
