@@ -52,13 +52,14 @@ import numpy as np
 import torch
 
 from _common import RESULTS, machine, write_json
-from geomsafe.atlas import atomic_write
+from geomsafe.artefacts import atomic_write
 from geomsafe.bench.tasks import EXTERNAL, resolve_task
 from geomsafe.concepts import load_for_direction
 from geomsafe.datasets import Dataset, Record, load_dataset
 from geomsafe.errors import GeomsafeError
-from geomsafe.evaluate import EvalConfig, evaluate, make_plan
+from geomsafe.evaluate import EvalConfig, evaluate
 from geomsafe.evaluate.pairsets import DEFAULT_SETS
+from geomsafe.evaluate.plan import make_plan
 from geomsafe.models import LoadedModel, load
 from geomsafe.train import TrainConfig, finetune
 
@@ -83,6 +84,11 @@ BASE_DIR = "_base"
 def safe_name(spec: str) -> str:
     """The folder name of a data set spec (``task:code`` -> ``task_code``)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", spec.split("=", 1)[0]).strip("_") or "dataset"
+
+
+def display_name(spec: str) -> str:
+    """The name a data set spec is shown under: ``NAME`` of ``NAME=PATH``, else the spec."""
+    return spec.split("=", 1)[0] if "=" in spec else spec
 
 
 def parse_mix(spec: str) -> tuple[str, str, float]:
@@ -249,10 +255,10 @@ def run_one(spec: str, lm: LoadedModel, args, cfg: EvalConfig, out: Path) -> dic
         ds = build_dataset(spec, args.train_examples, args.seed, args.data_root)
         t0, c0 = time.perf_counter(), time.process_time()
         run = finetune(
-            lm, ds, adapter, config=recipe(*_recipe_args(args)), progress=False, overwrite=True
+            lm, ds, out=adapter, config=recipe(*_recipe_args(args)), progress=False, overwrite=True
         )
         payload |= {
-            "dataset": spec,
+            "dataset": display_name(spec),
             "n_train": len(ds),
             "train_records_sha256": ds.records_sha256,
             "final_loss": run.metrics.get("final_loss"),
@@ -263,7 +269,7 @@ def run_one(spec: str, lm: LoadedModel, args, cfg: EvalConfig, out: Path) -> dic
     base = base_eval(lm, cfg, out, progress=not args.quiet)
     rows, secs, cpu = measure(lm, adapter, base, cfg, progress=not args.quiet)
     payload |= {
-        "dataset": spec,
+        "dataset": display_name(spec),
         "recipe": recipe(*_recipe_args(args)).to_dict(),
         "eval_config": {k: v for k, v in cfg.to_dict().items() if k != "data_root"},
         "rows": {**payload.get("rows", {}), **rows},

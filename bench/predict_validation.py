@@ -58,7 +58,8 @@ from scipy.stats import spearmanr
 
 import behaviour_runs as br
 from _common import RESULTS, machine, write_json
-from geomsafe.atlas import FeatureAtlas, atomic_write
+from geomsafe.artefacts import atomic_write
+from geomsafe.atlas import FeatureAtlas
 from geomsafe.concepts import builtin_names
 from geomsafe.datasets import Dataset
 from geomsafe.errors import GeomsafeError
@@ -308,7 +309,7 @@ def validation_row(name, lm, atlas, args, behaviour: Path, out: Path, base_probe
         write_json(cache, cached)
     pred = cached["predict"]
     return {
-        "dataset": name,
+        "dataset": br.display_name(name),
         "predicted": estimates(pred),
         "overall_risk": pred["overall_risk"],
         "overall_concept": pred["overall_concept"],
@@ -374,7 +375,7 @@ def variant_run(lm, ds: Dataset, folder: Path, args, cfg) -> dict[str, Any]:
     adapter = folder / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         recipe = br.recipe(args.steps, args.lr, args.rank, args.batch, args.seed)
-        finetune(lm, ds, adapter, config=recipe, progress=False, overwrite=True)
+        finetune(lm, ds, out=adapter, config=recipe, progress=False, overwrite=True)
     base = br.base_eval(lm, cfg, Path(args.behaviour), progress=False)
     result = evaluate(lm, adapter=adapter, baseline=base, config=cfg, progress=False)
     payload = {

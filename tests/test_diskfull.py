@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from safetensors import SafetensorError
 
-from geomsafe.atlas import atomic_write
+from geomsafe.artefacts import atomic_write
 from geomsafe.diskfull import disk_full_error, is_disk_full, writing
 from geomsafe.errors import GeomsafeError
 

@@ -145,6 +145,19 @@ def test_filter_and_attack_outputs(setup, tmp_path):
     assert risk["provenance"]["data_sha256"] == load_dataset(path).sha256
     assert risk["format"] == FORMAT
 
+    # a re-run replaces the whole set only with overwrite: no stale filtered.jsonl/attack.jsonl
+    with pytest.raises(GeomsafeError, match="overwrite"):
+        predict(lm, path, atlas=atlas, out=out, max_new_tokens=4, gradient=False, progress=False)
+    opts = {"max_new_tokens": 4, "gradient": False, "progress": False, "overwrite": True}
+    predict(lm, path, atlas=atlas, out=out, **opts)
+    assert sorted(p.name for p in out.iterdir()) == ["risk.json"]
+    audit_dir = tmp_path / "audit"
+    audit_dir.mkdir()
+    (audit_dir / "audit.json").write_text("{}")
+    with pytest.raises(GeomsafeError, match="audit"):  # another command's folder: refused
+        predict(lm, path, atlas=atlas, out=audit_dir, **(opts | {"overwrite": False}))
+    assert (audit_dir / "audit.json").read_text() == "{}"
+
 
 def test_filter_score_is_configurable(setup, tmp_path):
     lm, atlas = setup

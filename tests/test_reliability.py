@@ -293,22 +293,26 @@ def test_readonly_cache_root_loads_without_cache_and_warns_once(tmp_path: Path):
 
 
 def test_predict_validation_takes_name_equals_path_and_writes_outside_the_repo(tmp_path: Path):
-    script = REPO / "bench" / "predict_validation.py"
-    if not script.is_file():
-        pytest.skip(f"{script} not found")
+    scripts = [REPO / "bench" / name for name in ("behaviour_runs.py", "predict_validation.py")]
+    if not all(s.is_file() for s in scripts):
+        pytest.skip(f"{scripts} not found")
     model = save_tiny(tmp_path / "model")
     a, b = _chat_jsonl(tmp_path / "a.jsonl"), _chat_jsonl(tmp_path / "b.jsonl")
     b.write_text(b.read_text().replace("abab", "zzzz"))
     results = tmp_path / "results"
-    proc = subprocess.run(
-        [sys.executable, str(script), "--model", str(model), "--steps", "1"]
-        + ["--max-examples", "2", "--train-examples", "4", "--datasets", f"a={a},b={b}"],
-        capture_output=True,
-        env=_env(GEOMSAFE_RESULTS=str(results)),
-        cwd=tmp_path,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
-    payload = json.loads((results / "predict_validation.json").read_text())
+    common = ["--model", str(model), "--steps", "1", "--train-examples", "4"]
+    common += ["--datasets", f"a={a},b={b}"]
+    extra = {"behaviour_runs.py": ["--rows", "advice", "--pairs", "4", "--quiet"]}
+    extra["predict_validation.py"] = ["--max-examples", "2"]
+    for script in scripts:
+        proc = subprocess.run(
+            [sys.executable, str(script), *common, *extra[script.name]],
+            capture_output=True,
+            env=_env(GEOMSAFE_RESULTS=str(results)),
+            cwd=tmp_path,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    payload = json.loads((results / "predict_validation" / "validation.json").read_text())
     assert [r["dataset"] for r in payload["rows"]] == ["a", "b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "b.jsonl", "model", "results"]

@@ -112,7 +112,8 @@ def audit(
 def _concept_sets(cfg: AuditConfig) -> tuple[list[ConceptSet], list[str], list[str]]:
     """The concept sets (sampled to ``max_pairs``, plus the control), harmful and target names."""
     sets = [
-        load_for_direction(s).subset(cfg.max_pairs, cfg.seed) for s in cfg.concepts or builtin_names()
+        load_for_direction(s).subset(cfg.max_pairs, cfg.seed)
+        for s in cfg.concepts or builtin_names()
     ]
     harmful = [c.name for c in sets if c.kind == "harmful"]
     targets = [c.name for c in sets if c.kind == "target"]

@@ -70,6 +70,7 @@ def print_predict(result: PredictResult) -> None:
     help="Chat or prompt/completion JSONL, or task:NAME for a built-in task set.",
 )
 @click.option("--out", "-o", help="Output folder.")
+@click.option("--overwrite", is_flag=True, help="Replace the prediction already in --out.")
 @click.option("--atlas", help="Audit folder with an atlas (default: built-in harmful concepts).")
 @click.option("--concepts", help="Harmful concepts to score, comma-separated (default: all).")
 @config_option("method", type=click.Choice(METHODS))
@@ -93,7 +94,9 @@ def print_predict(result: PredictResult) -> None:
 @config_option("attack_k", "--attack", type=int)
 @config_option("seed", type=int)
 @config_option("threads", type=int)
-def predict_cmd(model, data, out, atlas, concepts, no_generate, no_gradient, **fields) -> None:
+def predict_cmd(
+    model, data, out, overwrite, atlas, concepts, no_generate, no_gradient, **fields
+) -> None:
     """Will fine-tuning on this data set amplify harmful traits? Which examples drive it?"""
     if no_gradient:
         fields["method"] = "projection_difference" if not no_generate else "prompt_anchored"
@@ -102,7 +105,7 @@ def predict_cmd(model, data, out, atlas, concepts, no_generate, no_gradient, **f
     )
     if (config.filter_k or config.attack_k) and not out:
         raise GeomsafeError("--filter and --attack write files: give --out")
-    result = predict(model, data, out=out, atlas=atlas, config=config)
+    result = predict(model, data, out=out, atlas=atlas, config=config, overwrite=overwrite)
     print_predict(result)
     if out:
         click.echo(f"wrote {out}")

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geomsafe.atlas import atomic_write
+from geomsafe.artefacts import atomic_write
 from geomsafe.errors import GeomsafeError
 from geomsafe.guard import GUARDS, GuardConfig
 

@@ -1,28 +1,19 @@
 """Writing a prediction's folder: ``risk.json`` (+ ``filtered.jsonl``, ``attack.jsonl``, the
-atlas when predict extracted one), each file atomically."""
+atlas in ``atlas/`` when predict extracted one), each file atomically; :func:`geomsafe.predict.
+predict` writes the folder as one set (:func:`geomsafe.artefacts.prepare_out`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
-from geomsafe.atlas import FeatureAtlas, atomic_write
+from geomsafe.artefacts import ATLAS_DIR, RISK_JSON, atomic_write, format_tag, write_json
+from geomsafe.atlas import FeatureAtlas
 from geomsafe.datasets import Dataset
 from geomsafe.predict.config import PredictConfig
 from geomsafe.predict.examples import attack_lines, riskiest_lines
 from geomsafe.predict.result import PredictResult
 
-RISK_JSON = "risk.json"
-FORMAT = "geomsafe.predict/1"
-
-
-def write_json(path: Path, payload: dict[str, Any], fmt: str) -> Path:
-    """``payload`` with ``"format": fmt`` first, written atomically. (Stand-in for the shared
-    ``artefacts.write_json``; replace this body when that lands.)"""
-    text = json.dumps({"format": fmt, **payload}, indent=1)
-    atomic_write(path, lambda p: Path(p).write_text(text))
-    return path
+FORMAT = format_tag("predict")
 
 
 def write_predict(
@@ -58,6 +49,6 @@ def write_predict(
         )
         payload["attack"] = picks
     if atlas is not None:
-        atlas.save(folder)
-    write_json(folder / RISK_JSON, payload, FORMAT)
+        atlas.save(folder / ATLAS_DIR)
+    write_json(folder / RISK_JSON, payload, "predict")
     return folder

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 import geomsafe
+from geomsafe.artefacts import prepare_out
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.concepts import builtin_names, load_builtin
 from geomsafe.datasets import Dataset, load_dataset, resolve_data
@@ -91,11 +92,6 @@ def _atlas(atlas: str | Path | FeatureAtlas | None) -> tuple[FeatureAtlas | None
     return None, None
 
 
-def _check_out(out: str | Path | None) -> None:
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise GeomsafeError(f"--out {out} is a file, not a folder")
-
-
 @contextlib.contextmanager
 def _template_errors(model: object) -> Iterator[None]:
     """A chat template that fails to render (e.g. refused by jinja's sandbox) as one line."""
@@ -127,16 +123,19 @@ def predict(
     atlas: str | Path | FeatureAtlas | None = None,
     config: PredictConfig | None = None,
     progress: bool = True,
+    overwrite: bool = False,
     **options: Any,
 ) -> PredictResult:
     """Predict how fine-tuning on ``data`` moves each harmful concept (module docstring).
-    ``options`` are :class:`PredictConfig` fields that replace ``config``'s."""
+    ``options`` are :class:`PredictConfig` fields that replace ``config``'s. ``out`` must be
+    new, empty or hold a previous prediction (replaced only with ``overwrite``); its files are
+    written as one set."""
     t0 = time.perf_counter()
     cfg = (config or PredictConfig()).with_options(**options)
     ds = data if isinstance(data, Dataset) else load_dataset(resolve_data(data))
     fa, atlas_source = _atlas(atlas)
     names = _concepts(cfg, fa)
-    _check_out(out)
+    folder = prepare_out(out, "predict", overwrite=overwrite) if out is not None else None
     with torch_threads(cfg.threads), _template_errors(model):
         lm = model if isinstance(model, LoadedModel) else load(model)
         extracted = None
@@ -198,8 +197,9 @@ def predict(
             "seconds": time.perf_counter() - t0,
         },
     )
-    if out is not None:
-        write_predict(out, result, ds, extracted, cfg)
+    if folder is not None:
+        with folder.writing() as work:
+            write_predict(work, result, ds, extracted, cfg)
     return result
 
 

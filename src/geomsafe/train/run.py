@@ -134,7 +134,7 @@ class _MetaCallback(TrainerCallback):
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and ckpt.is_dir():
             text = json.dumps(self.meta, indent=1)
-            atomic_write(ckpt / RUN_META, lambda p: Path(p).write_text(text))
+            atomic_write_text(ckpt / RUN_META, text)
 
 
 def _wait_for_everyone() -> None:
