@@ -11,7 +11,7 @@ a recommended default chosen from the data by a stated rule.
 1. Atlas of ``--concepts`` (harmful) and ``--targets`` (for covariance) from the base model,
    ``--atlas-pairs`` pairs each (the same pairs the held-out concept rows exclude), middle third
    of the layers (or ``--atlas``).
-2. The base model's per-pair log-odds (rows ``advice`` and ``heldout:<concept>``) and prompt
+2. The base model's per-pair log-odds (rows ``advice`` and ``concept:<name>``) and prompt
    projections: once, in ``OUT/base.json``.
 3. Per cell (``OUT/cells/*.json``, finished cells skipped on a rerun): LoRA fine-tune,
    measure, time guarded vs unguarded steps side by side (``geomsafe.pareto.run``).

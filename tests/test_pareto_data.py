@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from geomsafe.concepts import load_builtin
+from geomsafe.concepts import load_builtin, load_for_direction, load_for_evaluation
 from geomsafe.errors import GeomsafeError
 from geomsafe.pareto.data import concept_split, harm_rows, load_train_set
 from geomsafe.testing import char_tokenizer
@@ -13,19 +13,22 @@ from geomsafe.testing import char_tokenizer
 def test_concept_split_is_disjoint_and_the_atlas_part_is_what_extraction_samples():
     c = load_builtin("dangerous_advice")
     atlas, evaluation, train = concept_split(c, 32, seed=0)
-    assert atlas.pairs == c.subset(32, 0).pairs  # extract_atlas uses exactly these
+    # extract_atlas uses exactly these; evaluate's concept:<name> row is the evaluation half
+    assert atlas.pairs == load_for_direction("dangerous_advice").subset(32, 0).pairs
+    assert evaluation.pairs == load_for_evaluation("dangerous_advice").pairs
     parts = [set(atlas.pairs), set(evaluation.pairs), set(train.pairs)]
     assert sum(map(len, parts)) == len(set(c.pairs))
     assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
-    with pytest.raises(GeomsafeError, match="none to hold out"):
+    assert not {p.prompt for p in evaluation.pairs} & {p.prompt for p in train.pairs}
+    with pytest.raises(GeomsafeError, match="none to train on"):
         concept_split(c, len(c.pairs), 0)
 
 
 def test_rows_hold_out_the_atlas_pairs():
     rows = harm_rows(["dangerous_advice", "toxicity"], n_pairs=10, atlas_pairs=32)
-    assert [r.name for r in rows] == ["advice", "heldout:dangerous_advice", "heldout:toxicity"]
+    assert [r.name for r in rows] == ["advice", "concept:dangerous_advice", "concept:toxicity"]
     assert all(len(r.pairs) == 10 for r in rows)
-    used = {(p.prompt, p.positive) for p in load_builtin("toxicity").subset(32, 0).pairs}
+    used = {(p.prompt, p.positive) for p in load_for_direction("toxicity").pairs}
     assert not used & {(p.prompt, p.positive) for p in rows[2].pairs}
 
 

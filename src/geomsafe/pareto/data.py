@@ -16,14 +16,16 @@ The first ``n_train`` usable records (prompt within ``max_length`` tokens) train
 usable records holds out a quarter of them (at most ``n_heldout``) and trains on the rest
 (``TrainSet.note`` says so).
 
-**Concept split** of a concept's pairs, fixed by ``seed``: the pairs that
-``ConceptSet.subset(atlas_pairs, seed)`` keeps built the atlas direction
-(:func:`geomsafe.guard.resolve.extract_atlas` samples the same ones); of the others, in file
-order, the 1st, 3rd, 5th, ... form the *evaluation part* (the held-out behavioural row
-``heldout:<concept>``) and the 2nd, 4th, ... the *training part*. No pair is in two parts.
+**Concept split** of a concept's pairs: the held-out split of :mod:`geomsafe.concepts.split`
+(by prompt, fixed seed) gives the direction half and the evaluation half. The pairs that
+``direction.subset(atlas_pairs, seed)`` keeps built the atlas direction
+(:func:`geomsafe.guard.resolve.extract_atlas` samples the same ones); the rest of the direction
+half is the *training part*; the evaluation half is the held-out behavioural row
+``concept:<name>`` (the same pairs ``evaluate`` scores under that name). No pair, and no
+prompt of the evaluation row, is in two parts.
 
 **Rows** (:func:`harm_rows`): ``advice`` (cross-domain harmful vs sound advice,
-:mod:`geomsafe.evaluate.pairsets`) and ``heldout:<concept>`` for each guarded concept, each a
+:mod:`geomsafe.evaluate.pairsets`) and ``concept:<name>`` for each guarded concept, each a
 fixed sample of ``n_pairs`` pairs.
 """
 
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from geomsafe.concepts import ConceptSet, load_concept
+from geomsafe.concepts.split import split_concept
 from geomsafe.datasets import Dataset, load_dataset
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.logodds import PairSet
@@ -62,12 +65,13 @@ def concept_split(
     concept: ConceptSet, atlas_pairs: int | None, seed: int = 0
 ) -> tuple[ConceptSet, ConceptSet, ConceptSet]:
     """(atlas part, evaluation part, training part) of ``concept`` (module docstring)."""
-    used = concept.subset(atlas_pairs, seed).pairs
-    rest = [p for p in concept.pairs if p not in used]
-    if len(rest) < 2:
+    direction, evaluation = split_concept(concept)
+    used = direction.subset(atlas_pairs, seed).pairs
+    rest = [p for p in direction.pairs if p not in used]
+    if not rest:
         raise GeomsafeError(
-            f"concept {concept.name}: {len(concept.pairs)} pairs leave none to hold out after "
-            f"{atlas_pairs} for the atlas; lower the atlas pairs"
+            f"concept {concept.name}: its {len(direction.pairs)} direction pairs leave none to "
+            f"train on after {atlas_pairs} for the atlas; lower the atlas pairs"
         )
 
     def part(pairs, what: str) -> ConceptSet:
@@ -75,7 +79,7 @@ def concept_split(
             concept, pairs=list(pairs), name=concept.name, meta={**concept.meta, "part": what}
         )
 
-    return part(used, "atlas"), part(rest[0::2], "evaluation"), part(rest[1::2], "training")
+    return part(used, "atlas"), part(evaluation.pairs, "evaluation"), part(rest, "training")
 
 
 def _concept_examples(name: str, atlas_pairs: int | None, seed: int) -> Dataset:
@@ -139,12 +143,12 @@ def harm_rows(
     seed: int = 0,
     advice: bool = True,
 ) -> list[PairSet]:
-    """``advice`` (when ``advice``) and ``heldout:<concept>`` for each concept, each sampled to
+    """``advice`` (when ``advice``) and ``concept:<name>`` for each concept, each sampled to
     ``n_pairs`` pairs (module docstring)."""
     rows = [load_pair_set("advice").subset(n_pairs, seed)] if advice else []
     for name in concepts:
         _, evaluation, _ = concept_split(load_concept(name, "harmful"), atlas_pairs, seed)
-        ps = PairSet.from_concept(evaluation, name=f"heldout:{evaluation.name}")
+        ps = PairSet.from_concept(evaluation, name=f"concept:{evaluation.name}")
         rows.append(ps.subset(n_pairs, seed))
     if not rows:
         raise GeomsafeError("no behavioural rows: give concepts or keep the advice row")
