@@ -27,6 +27,7 @@ from typing import Any
 
 from geomsafe.diskfull import writing
 from geomsafe.errors import GeomsafeError
+from geomsafe.textfile import decode_text
 
 # ---- file names -------------------------------------------------------------------------------
 ATLAS_DIR = "atlas"  # the atlas of an output folder: <out>/atlas/
@@ -107,7 +108,8 @@ def write_json(path: str | Path, payload: dict[str, Any], kind: str, **dump: Any
 
 
 def read_text(path: str | Path, what: str = "file") -> str:
-    """The UTF-8 text of ``path``; a missing, binary or non-UTF-8 file is a one-line error."""
+    """The text of the result file ``path``: a missing or binary file is a one-line error, and
+    the text follows the one rule for text files (:func:`geomsafe.textfile.decode_text`)."""
     path = Path(path)
     if not path.is_file():
         raise GeomsafeError(f"{what} not found: {path}")
@@ -117,12 +119,7 @@ def read_text(path: str | Path, what: str = "file") -> str:
         raise GeomsafeError(f"cannot read {path}: {exc.strerror or exc}") from None
     if b"\x00" in data[:4096]:
         raise GeomsafeError(f"{path} is a binary file, not {what}")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise GeomsafeError(
-            f"{path} is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})"
-        ) from None
+    return decode_text(data, str(path))
 
 
 def kind_of(data: Any, path: str | Path) -> tuple[str | None, int | None]:
