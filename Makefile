@@ -30,7 +30,7 @@ test: setup
 	$(PY) -m pytest
 
 lint: setup
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests experiments scripts
 
 # The end-to-end benchmark, quick size (under 30 minutes on 2 CPU cores); table in runs/bench-quick.
 bench: setup

@@ -64,7 +64,9 @@ def test_read_json_refuses_binary_and_non_utf8(tmp_path):
         read_json(png, "audit")
     latin = tmp_path / "b.json"
     latin.write_bytes('{"targets": "caf\xe9"}'.encode("latin-1"))
-    with pytest.raises(GeomsafeError, match=r"b.json:1: not UTF-8 text \(invalid continuation byte at byte 17 "):
+    with pytest.raises(
+        GeomsafeError, match=r"b.json:1: not UTF-8 text \(invalid continuation byte at byte 17 "
+    ):
         read_json(latin, "audit")
     with pytest.raises(GeomsafeError, match="not found"):
         read_json(tmp_path / "missing.json", "audit")

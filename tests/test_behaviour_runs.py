@@ -1,4 +1,4 @@
-"""bench/behaviour_runs.py: mixtures, data set specs and a tiny end-to-end run."""
+"""experiments/behaviour_runs.py: mixtures, data set specs and a tiny end-to-end run."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from geomsafe.concepts import load_builtin, load_for_direction
 from geomsafe.errors import GeomsafeError
 from geomsafe.testing import tiny_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import behaviour_runs as br  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""``bench/gpu_scale.py --smoke``: every phase (load, audit, predict, guarded finetune,
+"""``experiments/gpu_scale.py --smoke``: every phase (load, audit, predict, guarded finetune,
 evaluate) runs on a tiny model on the CPU and the result file records each one."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).parents[1] / "bench" / "gpu_scale.py"
+SCRIPT = Path(__file__).parents[1] / "experiments" / "gpu_scale.py"
 
 
 def _script():

@@ -1,4 +1,4 @@
-"""bench/predict_validation.py: ranking statistics, mixtures, filter experiment (tiny model)."""
+"""experiments/predict_validation.py: ranking statistics, mixtures, filter experiment."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from geomsafe.errors import GeomsafeError
 from geomsafe.testing import tiny_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import behaviour_runs as br  # noqa: E402
 import predict_validation as pv  # noqa: E402
 

@@ -293,7 +293,9 @@ def test_readonly_cache_root_loads_without_cache_and_warns_once(tmp_path: Path):
 
 
 def test_predict_validation_takes_name_equals_path_and_writes_outside_the_repo(tmp_path: Path):
-    scripts = [REPO / "bench" / name for name in ("behaviour_runs.py", "predict_validation.py")]
+    scripts = [
+        REPO / "experiments" / name for name in ("behaviour_runs.py", "predict_validation.py")
+    ]
     if not all(s.is_file() for s in scripts):
         pytest.skip(f"{scripts} not found")
     model = save_tiny(tmp_path / "model")

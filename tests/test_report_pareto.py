@@ -29,7 +29,7 @@ def _summary():
         _cell("projection", "high", [0.0, 0.001, 0.0], 2.4, 1.3),
         _cell("steer", "low", [0.09, 0.1, 0.08], 2.0, 1.0),
     ]
-    return {**summarise(BASE, cells, n_boot=50), "command": "python bench/guard_pareto.py"}
+    return {**summarise(BASE, cells, n_boot=50), "command": "python experiments/guard_pareto.py"}
 
 
 def test_section_and_report(tmp_path):
@@ -41,7 +41,7 @@ def test_section_and_report(tmp_path):
     html = report(tmp_path).read_text()
     assert "Guard Pareto frontier" in html
     assert "Recommended default: <b>ablate@mid</b> (meets the goal)" in html
-    assert "projection@high" in html and "python bench/guard_pareto.py" in html
+    assert "projection@high" in html and "python experiments/guard_pareto.py" in html
 
 
 def test_no_recommendation_when_nothing_is_resolved(tmp_path):

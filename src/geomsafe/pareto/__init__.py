@@ -3,7 +3,7 @@ benign training sets, judged in behaviour (log-odds rows) against the task cost 
 and the time cost (step time), with a recommended default chosen from the data by a stated
 rule. :mod:`.grid` (cells, strengths, resumable store), :mod:`.data` (training sets, rows),
 :mod:`.frontier` (ratio CIs, goal, front, rule), :mod:`.summary` (``pareto.json``,
-``pareto.md``), :mod:`.run` (the runner). Script: ``bench/guard_pareto.py``."""
+``pareto.md``), :mod:`.run` (the runner). Script: ``experiments/guard_pareto.py``."""
 
 from __future__ import annotations
 

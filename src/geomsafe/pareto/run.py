@@ -50,7 +50,7 @@ BASE_JSON = "base.json"
 
 @dataclass
 class ParetoConfig:
-    """The recipe of every cell (sizes are the caller's: see ``bench/guard_pareto.py``)."""
+    """The recipe of every cell (sizes are the caller's: see ``experiments/guard_pareto.py``)."""
 
     steps: int = 30  # optimiser steps per fine-tune
     batch_size: int = 4

@@ -3,7 +3,7 @@ harmful-ish and benign training sets; behavioural harm ratio (with paired CI), a
 ratio, held-out task loss ratio and step-time ratio per cell; a frontier plot in the report and
 a recommended default chosen from the data by a stated rule.
 
-    python bench/guard_pareto.py [--model default] [--quick] [--out DIR] \\
+    python experiments/guard_pareto.py [--model default] [--quick] [--out DIR] \\
         [--datasets insecure,jailbroken,concept:dangerous_advice,task:code] \\
         [--guards orthogonal,steer,ablate,projection,covariance] [--strengths low,mid,high] \\
         [--steps 30] [--n-train 160] [--pairs 50] [--rule-rows advice]
@@ -133,7 +133,7 @@ def main() -> None:
         extra={
             "model": args.model,
             "machine": machine(),
-            "command": "python bench/guard_pareto.py " + " ".join(sys.argv[1:]),
+            "command": "python experiments/guard_pareto.py " + " ".join(sys.argv[1:]),
         },
     )
     best = summary["recommended"]

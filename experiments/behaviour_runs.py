@@ -1,6 +1,6 @@
 """Fine-tune (unguarded LoRA, one fixed recipe) on each data set and measure the behavioural change.
 
-    python bench/behaviour_runs.py [--model default] [--datasets NAME,...] [--only NAME]
+    python experiments/behaviour_runs.py [--model default] [--datasets NAME,...] [--only NAME]
         [--rows SET,...] [--pairs N] [--steps 30] [--lr 2e-4] [--rank 8] [--batch 4] [--seed 0]
         [--train-examples 200] [--out DIR] [--data-root DIR] [--threads N]
 
@@ -358,7 +358,7 @@ def main(argv: Sequence[str] | None = None, lm: LoadedModel | None = None) -> di
         run_one(spec, lm, args, cfg, out)
     s = summary(out, list(dict.fromkeys([*specs, *DATASETS])))
     cmd = sys.argv[1:] if argv is None else list(argv)
-    s["command"] = "python bench/behaviour_runs.py " + " ".join(cmd)
+    s["command"] = "python experiments/behaviour_runs.py " + " ".join(cmd)
     s["cpu_seconds_this_call"] = time.process_time() - t0
     write_json(out / "summary.json", s)
     text = markdown(s)

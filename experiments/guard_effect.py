@@ -1,7 +1,7 @@
 """Does a guard stop fine-tuning from moving the model along harmful directions, and at what
 cost to the task? Unguarded and guarded LoRA runs side by side on the same data.
 
-    python bench/guard_effect.py [--model default] [--n-train 160] [--steps 40] \\
+    python experiments/guard_effect.py [--model default] [--n-train 160] [--steps 40] \\
         [--guards orthogonal,projection] [--guards projection ...] [--orthogonal-scope upto] \\
         [--concepts toxicity,deception,dangerous_advice,power_seeking]
 
@@ -280,7 +280,7 @@ def main() -> None:
             f"{loss_ratio:13.3f} {r['time_per_step_s']:7.2f}  {goal}"
         )
     print(f"base held-out loss {base_loss:.4f}; total {time.perf_counter() - t0:.0f} s")
-    command = "python bench/guard_effect.py " + " ".join(sys.argv[1:])
+    command = "python experiments/guard_effect.py " + " ".join(sys.argv[1:])
     write_json(
         args.out,
         {

@@ -1,6 +1,6 @@
 """First (GGUF dequantise) vs second (safetensors cache) load of a model, same run.
 
-    python bench/model_load.py [--model default]
+    python experiments/model_load.py [--model default]
 
 Uses a fresh temporary cache so the first load really is cold. Goal: second <= first / 4.
 Also checks that both loads give the same logits.
@@ -50,7 +50,7 @@ def main() -> None:
             "ratio": ratio,
             "max_logit_diff": diff,
             "machine": machine(),
-            "command": f"python bench/model_load.py --model {args.model}",
+            "command": f"python experiments/model_load.py --model {args.model}",
         },
     )
 

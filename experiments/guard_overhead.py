@@ -1,6 +1,6 @@
 """Time overhead of each geometric guard on LoRA training steps, side by side in one run.
 
-    python bench/guard_overhead.py [--model default] [--mode loop|trainer|both] [--iters 12]
+    python experiments/guard_overhead.py [--model default] [--mode loop|trainer|both] [--iters 12]
         [--steps 6] [--reps 2] [--batch-size 4] [--threads 1] [--atlas FOLDER] [--layer L]
 
 Two measurements, each with no guard, each guard alone and all four together:
@@ -200,7 +200,7 @@ def main() -> None:
             times,
         )
     command = (
-        f"python bench/guard_overhead.py --model {args.model} --mode {args.mode} --iters "
+        f"python experiments/guard_overhead.py --model {args.model} --mode {args.mode} --iters "
         f"{args.iters} --steps {args.steps} --reps {args.reps} --batch-size {args.batch_size} "
         f"--examples {args.examples} --threads {args.threads}"
         + (f" --atlas {args.atlas}" if args.atlas else "")

@@ -1,6 +1,6 @@
 """The inference firewall on a real model: detection, false positives, overhead, serving latency.
 
-    python bench/firewall.py --atlas AUDIT_FOLDER [--model default] [--firewall FW_FOLDER]
+    python experiments/firewall.py --atlas AUDIT_FOLDER [--model default] [--firewall FW_FOLDER]
         [--parts detection,overhead,serving,drift,clamp] [--n-harmful 60] [--n-task 25]
         [--threads 2] [--adapter JAILBROKEN_ADAPTER | --save-adapter DIR]
 
@@ -34,7 +34,7 @@
 - **serving**: ``geomsafe serve`` in-process on 127.0.0.1 (``--serve-mode``), ``--concurrent``
   short chat requests at once from the ``openai`` client; per-request latency p50/p95.
 
-Writes ``bench/results/firewall.json``.
+Writes ``experiments/results/firewall.json``.
 """
 
 from __future__ import annotations

@@ -6,17 +6,17 @@ print(torch.cuda.is_available())"`` says True), this repository checked out, and
 a local GGUF file or Hugging Face folder (no network needed once installed). Install::
 
     python -m pip install -e .            # geomsafe and its pinned-below dependencies
-    # or let the script do it: python bench/gpu_scale.py --install --model ...
+    # or let the script do it: python experiments/gpu_scale.py --install --model ...
     # torch with CUDA, if the machine has none yet (pick the CUDA version of the driver):
     # python -m pip install torch --index-url https://download.pytorch.org/whl/cu124
 
 Run (about 5-8 minutes for a 0.5B-1.5B model on one recent GPU; the script warns when the
 total passes 10 minutes)::
 
-    python bench/gpu_scale.py --model /models/Qwen2.5-1.5B-Instruct          # HF folder
-    python bench/gpu_scale.py --model /models/qwen2.5-coder-0.5b-q4_k_m.gguf  # GGUF
-    python bench/gpu_scale.py --model qwen-coder                              # built-in spec
-    python bench/gpu_scale.py --smoke                                         # CPU, tiny model
+    python experiments/gpu_scale.py --model /models/Qwen2.5-1.5B-Instruct        # HF folder
+    python experiments/gpu_scale.py --model /models/qwen2.5-coder-0.5b-q4_k_m.gguf # GGUF
+    python experiments/gpu_scale.py --model qwen-coder                            # built-in
+    python experiments/gpu_scale.py --smoke                                       # CPU, tiny
 
 ``--data`` (default ``task:code``; with ``--smoke`` 16 short examples) is the fine-tuning and
 predict data (a chat JSONL such as the ``insecure`` set). ``--data-root`` (default

@@ -1,6 +1,6 @@
 """Numerical diff of two audit folders (``audit.json``, ``atlas.json``, ``atlas.safetensors``).
 
-    python bench/audit_diff.py REFERENCE_DIR NEW_DIR [--rtol 1e-6] [--atol 1e-9]
+    python experiments/audit_diff.py REFERENCE_DIR NEW_DIR [--rtol 1e-6] [--atol 1e-9]
 
 Every leaf of the JSON files is compared: strings, ints and booleans must be equal, floats
 must satisfy ``|a - b| <= atol + rtol * |a|``; atlas tensors likewise, element by element.

@@ -1,6 +1,6 @@
 """The geometric audit on a real model, with the issue's checks and its time by phase printed.
 
-    python bench/audit_default.py [--model default] [--max-pairs 64] [--out DIR] [--no-bare]
+    python experiments/audit_default.py [--model default] [--max-pairs 64] [--out DIR] [--no-bare]
 
 Checks: held-out AUROC >= 0.9 at the best layer for every built-in concept; the
 label-shuffled control's overlap has p > 0.05 (over the layer band, and at its best layer);
@@ -141,7 +141,7 @@ def main() -> None:
                 for r in rep["targets"]
             ],
             "machine": machine(),
-            "command": f"python bench/audit_default.py --model {args.model} "
+            "command": f"python experiments/audit_default.py --model {args.model} "
             f"--max-pairs {args.max_pairs} --out {args.out}",
         },
     )

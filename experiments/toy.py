@@ -1,6 +1,6 @@
 """The full (non-quick) toy experiments: superposition results, entanglement, guard effect.
 
-    python bench/toy.py [--seed 0] [--out DIR] [--reps 5]
+    python experiments/toy.py [--seed 0] [--out DIR] [--reps 5]
 
 Runs ``geomsafe.toy.toy(out, quick=False)`` (figures + ``toy.json`` in ``--out``), prints the
 headline numbers, then times the fine-tuning step with and without the toy orthogonal guard on

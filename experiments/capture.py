@@ -1,6 +1,6 @@
 """Capture throughput vs a bare backbone forward on the same batches, same run.
 
-    python bench/capture.py [--model default] [--examples 64] [--reps 5]
+    python experiments/capture.py [--model default] [--examples 64] [--reps 5]
 
 Prints tokens/s for both and their ratio (capture / bare; goal >= 0.95).
 """
@@ -69,7 +69,8 @@ def main() -> None:
             "bare_s": t_bare,
             "capture_s": t_cap,
             "machine": machine(),
-            "command": f"python bench/capture.py --model {args.model} --examples {args.examples}"
+            "command": "python experiments/capture.py "
+            f"--model {args.model} --examples {args.examples}"
             f" --batch-size {args.batch_size} --reps {args.reps}",
         },
     )

@@ -1,6 +1,6 @@
 """`geomsafe evaluate` at its default sizes on the default model: wall time and the table.
 
-    python bench/evaluate_default.py [--model default] [--adapter DIR] [--atlas DIR]
+    python experiments/evaluate_default.py [--model default] [--adapter DIR] [--atlas DIR]
         [--threads N] [--out DIR]
 
 The wall time includes the model load. The machine's load average is printed before and after
@@ -53,7 +53,7 @@ def main() -> None:
     print(f"\nwall time {seconds:.1f} s (model load included), torch threads "
           f"{torch.get_num_threads()}, load average {load_before[0]:.2f} before, "
           f"{load_after[0]:.2f} after")  # fmt: skip
-    cmd = "python bench/evaluate_default.py --model " + args.model
+    cmd = "python experiments/evaluate_default.py --model " + args.model
     for flag in ("adapter", "atlas", "threads"):
         if getattr(args, flag):
             cmd += f" --{flag} {getattr(args, flag)}"

@@ -1,13 +1,14 @@
 """Does `predict` rank data sets by how far fine-tuning on them really changes behaviour?
 
-    python bench/predict_validation.py [--model default] [--datasets NAME,...] [--atlas DIR]
-        [--max-examples 64] [--behaviour DIR] [--out DIR]
-    python bench/predict_validation.py --filter-experiment DATASET [--filter-score max|CONCEPT]
-        [--filter-fraction 0.1] [--random-seeds 3] [--rows SET,...] [--pairs N]
+    python experiments/predict_validation.py [--model default] [--datasets NAME,...]
+        [--atlas DIR] [--max-examples 64] [--behaviour DIR] [--out DIR]
+    python experiments/predict_validation.py --filter-experiment DATASET
+        [--filter-score max|CONCEPT] [--filter-fraction 0.1] [--random-seeds 3]
+        [--rows SET,...] [--pairs N]
 
-**Validation** (default mode). The data sets and names are those of ``bench/behaviour_runs.py``,
-whose results (``--behaviour``, default ``$GEOMSAFE_RESULTS/behaviour_runs``) hold each data
-set's behavioural change (log-odds rows, tuned minus base) and its adapter. Per data set with a
+**Validation** (default mode). The data sets and names are those of
+``experiments/behaviour_runs.py``, whose results (``--behaviour``, default
+``$GEOMSAFE_RESULTS/behaviour_runs``) hold each data set's behavioural change (log-odds rows, tuned minus base) and its adapter. Per data set with a
 ``behaviour.json``: :func:`run_predict` on a fixed sample (``--max-examples``, seed 0; every
 estimator) and, beside it, the activation shift of the existing figure (the projection at the
 last prompt token of the built-in probe prompts, adapter minus base, per concept). Then per
@@ -293,7 +294,7 @@ def validation_row(name, lm, atlas, args, behaviour: Path, out: Path, base_probe
     folder = behaviour / br.safe_name(name)
     beh_path = folder / br.BEHAVIOUR_JSON
     if not beh_path.is_file():
-        print(f"{name}: no {beh_path}; run bench/behaviour_runs.py first, skipped")
+        print(f"{name}: no {beh_path}; run experiments/behaviour_runs.py first, skipped")
         return None
     cache = out / br.safe_name(name) / PREDICT_JSON
     if cache.is_file():
@@ -447,7 +448,7 @@ def filter_experiment(lm: LoadedModel, args) -> dict[str, Any]:
 
 
 def _command() -> str:
-    return "python bench/predict_validation.py " + " ".join(sys.argv[1:])
+    return "python experiments/predict_validation.py " + " ".join(sys.argv[1:])
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -1,6 +1,6 @@
 """Peak memory of projecting many examples: pooled activations kept vs running projections.
 
-    python bench/capture_memory.py [--sizes 5000,10000,20000] [--layers 16] [--width 256]
+    python experiments/capture_memory.py [--sizes 5000,10000,20000] [--layers 16] [--width 256]
 
 For each size N, two fresh processes project N short examples on 16 directions (one per
 layer) of a tiny random-init Llama (``--layers`` x ``--width``, wide enough that the pooled

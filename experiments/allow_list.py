@@ -3,7 +3,7 @@ is ablated? Fine-tune on empathy-flavoured data with ``ablate`` on sycophancy, w
 without ``allow=["empathy"]`` (empathy sits at a high cosine to sycophancy), beside an
 unguarded run.
 
-    python bench/allow_list.py [--model default] [--n-train 48] [--n-heldout 16] [--steps 24]
+    python experiments/allow_list.py [--model default] [--n-train 48] [--n-heldout 16] [--steps 24]
 
 1. Data: the built-in ``empathy`` concept's pairs, shuffled with ``--seed``, are split three
    ways with no overlap: ``--max-pairs`` pairs extract the empathy direction, the next
