@@ -8,7 +8,8 @@
 
 **Validation** (default mode). The data sets and names are those of
 ``experiments/behaviour_runs.py``, whose results (``--behaviour``, default
-``$GEOMSAFE_RESULTS/behaviour_runs``) hold each data set's behavioural change (log-odds rows, tuned minus base) and its adapter. Per data set with a
+``$GEOMSAFE_RESULTS/behaviour_runs``) hold each data set's behavioural change (log-odds rows,
+tuned minus base) and its adapter. Per data set with a
 ``behaviour.json``: :func:`run_predict` on a fixed sample (``--max-examples``, seed 0; every
 estimator) and, beside it, the activation shift of the existing figure (the projection at the
 last prompt token of the built-in probe prompts, adapter minus base, per concept). Then per
