@@ -23,7 +23,7 @@ from geomsafe.folder_lock import FolderBusy, read_holder
 from geomsafe.models import CACHE_META, TRUST_ENV, load, sha256_file
 from geomsafe.testing import remote_code_folder, save_tiny, tiny_gguf
 from geomsafe.train import TrainConfig, finetune
-from geomsafe.train.outdir import latest_checkpoint, work_dir
+from geomsafe.train.outdir import COMPLETE, latest_checkpoint, work_dir
 
 SRC = Path(geomsafe.__file__).resolve().parents[1]
 REPO = SRC.parent
@@ -142,6 +142,14 @@ def test_overwrite_discards_interrupted_work(tmp_path: Path):
     ckpt = work_dir(out) / "checkpoints" / "checkpoint-7"
     ckpt.mkdir(parents=True)
     (ckpt / "trainer_state.json").write_text("{}")
+    # stopped between the Trainer's save and geomsafe's callbacks: not resumable, not kept
+    newer = ckpt.parent / "checkpoint-9"
+    newer.mkdir()
+    (newer / "trainer_state.json").write_text("{}")
+    assert latest_checkpoint(ckpt.parent) is None
+    for name in COMPLETE[1:]:
+        (ckpt / name).write_text("{}\n")
+    assert latest_checkpoint(ckpt.parent) == ckpt
     with pytest.raises(GeomsafeError, match="checkpoint-7 of an interrupted run"):
         finetune(str(model), str(data), out=out, config=TrainConfig(max_steps=1), progress=False)
     config = TrainConfig(max_steps=1, batch_size=2)

@@ -5,7 +5,10 @@ only the hidden ``.partial`` folder (so ``--resume`` can continue it), never a h
 ``--out``. ``--resume`` continues from the newest checkpoint of the ``.partial`` folder, or of a
 finished run's ``--out/checkpoints`` (e.g. to train it for more steps). A run without
 ``--resume`` refuses to discard a ``.partial`` folder that holds a checkpoint unless
-``--overwrite`` is given. The caller holds the folder's lock (:mod:`geomsafe.folder_lock`)
+``--overwrite`` is given. A checkpoint counts only once it is complete (:data:`COMPLETE`:
+the Trainer's state and geomsafe's geometry log and run record), so a stop in the middle of a
+save resumes from the previous complete checkpoint (with ``save_total_limit=1`` the Trainer
+may already have removed it; then the run starts again). The caller holds the folder's lock (:mod:`geomsafe.folder_lock`)
 around all of this, so no other run can touch ``--out`` or its ``.partial`` meanwhile.
 """
 
@@ -18,9 +21,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from geomsafe.artefacts import GEOMETRY_LOG
 from geomsafe.errors import GeomsafeError
 
 CHECKPOINTS = "checkpoints"
+RUN_META = "geomsafe_run.json"  # written into every checkpoint; checked on resume
+# a checkpoint is complete (resumable) once the Trainer's state and geomsafe's own files are in
+# it: a stop between the Trainer's save and geomsafe's callbacks leaves it incomplete
+COMPLETE = ("trainer_state.json", GEOMETRY_LOG, RUN_META)
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -42,7 +50,7 @@ def latest_checkpoint(folder: Path) -> Path | None:
     if not folder.is_dir():
         return None
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT.match(p.name))]
-    found = [(n, p) for n, p in found if (p / "trainer_state.json").is_file()]
+    found = [(n, p) for n, p in found if all((p / f).is_file() for f in COMPLETE)]
     return max(found)[1] if found else None
 
 

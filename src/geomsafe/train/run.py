@@ -43,6 +43,7 @@ from geomsafe.train import outdir
 from geomsafe.train.config import TrainConfig
 from geomsafe.train.data import TrainData, build
 from geomsafe.train.lora import make_peft_model, peft_layer_template
+from geomsafe.train.outdir import RUN_META
 from geomsafe.train.pilot import pilot_directions, pilot_guard_config
 from geomsafe.train.trainer import (
     GeometryCallback,
@@ -55,7 +56,6 @@ from geomsafe.train.trainer import (
 )
 
 PILOT_DIR = "pilot"
-RUN_META = "geomsafe_run.json"  # written into every checkpoint; checked on resume
 
 
 @dataclass
