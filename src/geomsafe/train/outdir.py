@@ -8,8 +8,9 @@ finished run's ``--out/checkpoints`` (e.g. to train it for more steps). A run wi
 ``--overwrite`` is given. A checkpoint counts only once it is complete (:data:`COMPLETE`:
 the Trainer's state and geomsafe's geometry log and run record), so a stop in the middle of a
 save resumes from the previous complete checkpoint (with ``save_total_limit=1`` the Trainer
-may already have removed it; then the run starts again). The caller holds the folder's lock (:mod:`geomsafe.folder_lock`)
-around all of this, so no other run can touch ``--out`` or its ``.partial`` meanwhile.
+may already have removed it; then the run starts again). The caller holds the folder's lock
+(:mod:`geomsafe.folder_lock`) around all of this, so no other run can touch ``--out`` or its
+``.partial`` meanwhile.
 """
 
 from __future__ import annotations
