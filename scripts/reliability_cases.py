@@ -70,7 +70,7 @@ MACROS = {  # the report's $SMALL sizes, and the command heads used most
 }
 PROGRESS = re.compile(r"\d+%\||it/s\]|s/it\]|batch/s\]|\| *\d+/\d+ \[")
 WARNING = re.compile(r"^\S.*:\d+: \w*Warning: ")
-TIMING = re.compile(r"(seconds|wall|time|runtime|elapsed|_s$|date|started|created)", re.I)
+TIMING = re.compile(r"(seconds|wall|time|runtime|elapsed|_s$|date|started|created|^phases$)", re.I)
 
 
 # --- running and judging ---------------------------------------------------------------------
