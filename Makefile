@@ -21,9 +21,9 @@ $(VENV)/.geomsafe-setup: pyproject.toml
 # task set (about 1 min), one HTML report of both.
 demo: setup
 	$(VENV)/bin/geomsafe info --model default
-	$(VENV)/bin/geomsafe audit --model default --out $(OUT)/audit
+	$(VENV)/bin/geomsafe audit --model default --out $(OUT)/audit --overwrite
 	$(VENV)/bin/geomsafe predict --model default --data task:code --atlas $(OUT)/audit \
-		--max-examples 48 --out $(OUT)/predict
+		--max-examples 48 --out $(OUT)/predict --overwrite
 	$(VENV)/bin/geomsafe report $(OUT)
 
 test: setup

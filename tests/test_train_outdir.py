@@ -1,14 +1,14 @@
 from pathlib import Path
 
-from geomsafe.train.outdir import RunDir, abandon, latest_checkpoint, work_dir
+from geomsafe.train.outdir import COMPLETE, RunDir, abandon, latest_checkpoint, work_dir
 
 
 def _checkpoint(folder: Path, step: int, complete: bool) -> Path:
     ckpt = folder / f"checkpoint-{step}"
     ckpt.mkdir(parents=True)
     (ckpt / "adapter_model.safetensors").write_bytes(b"weights")
-    if complete:
-        (ckpt / "trainer_state.json").write_text("{}")
+    for name in COMPLETE if complete else COMPLETE[:1]:  # incomplete: the Trainer's part only
+        (ckpt / name).write_text("{}")
     return ckpt
 
 

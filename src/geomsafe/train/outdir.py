@@ -47,11 +47,15 @@ def work_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.partial"
 
 
+def _complete(ckpt: Path) -> bool:
+    return all((ckpt / name).is_file() for name in COMPLETE)
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
     if not folder.is_dir():
         return None
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _CKPT.match(p.name))]
-    found = [(n, p) for n, p in found if all((p / f).is_file() for f in COMPLETE)]
+    found = [(n, p) for n, p in found if _complete(p)]
     return max(found)[1] if found else None
 
 
@@ -122,13 +126,13 @@ def resume_hint(out: str | Path) -> str | None:
 
 def abandon(run: RunDir) -> None:
     """After a failure: keep the work folder only when it holds a checkpoint to resume from,
-    and drop checkpoints left half-written (no ``trainer_state.json``: a full disk, a crash
+    and drop checkpoints left incomplete (not all of :data:`COMPLETE`: a full disk, a crash
     while saving)."""
     if latest_checkpoint(run.checkpoints) is None:
         shutil.rmtree(run.work, ignore_errors=True)
         return
     for path in run.checkpoints.iterdir():
-        if _CKPT.match(path.name) and not (path / "trainer_state.json").is_file():
+        if _CKPT.match(path.name) and not _complete(path):
             shutil.rmtree(path, ignore_errors=True)
 
 
