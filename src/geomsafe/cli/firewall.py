@@ -10,6 +10,7 @@ from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.generate import SamplingConfig
 from geomsafe.firewall.calibration import CalibrationConfig
 from geomsafe.firewall.config import MODES
+from geomsafe.options import split_csv
 
 _C = CalibrationConfig()
 
@@ -39,7 +40,7 @@ def _threads(threads: int | None) -> None:
 def _names(text: str | None) -> tuple[str, ...] | None:
     if text is None:
         return None
-    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    names = tuple(split_csv(text))
     if not names:
         raise GeomsafeError("an empty list was given")
     return names

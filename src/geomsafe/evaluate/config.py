@@ -10,6 +10,7 @@ from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.generate import SamplingConfig
 from geomsafe.evaluate.pairsets import DEFAULT_SETS
 from geomsafe.evaluate.probes import DEFAULT_TRAITS
+from geomsafe.options import split_csv
 
 # config fields that change the numbers; a baseline that differs in them is flagged
 NUMBER_KEYS = (
@@ -99,10 +100,8 @@ class EvalConfig:
         if unknown:
             raise GeomsafeError(f"unknown evaluate option(s): {', '.join(unknown)}")
         for name in ("traits", "logodds"):
-            if isinstance(options.get(name), str):
-                options[name] = tuple(s.strip() for s in options[name].split(",") if s.strip())
-            elif options.get(name) is not None:
-                options[name] = tuple(options[name])
+            if options.get(name) is not None:
+                options[name] = tuple(split_csv(options[name]))
         if options.get("data_root") is not None:
             options["data_root"] = str(options["data_root"])
         return dataclasses.replace(self, **options)

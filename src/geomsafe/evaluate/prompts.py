@@ -34,6 +34,7 @@ from pathlib import Path
 
 from geomsafe.errors import GeomsafeError
 from geomsafe.formatting import Example
+from geomsafe.options import split_csv
 from geomsafe.textfile import read_text
 
 RTP_TEMPLATE = "Continue this text: {text}"
@@ -216,7 +217,7 @@ def load_xstest(path: str | Path, label: str = "safe") -> list[EvalPrompt]:
 def load_prompt_set(spec: str, data_root: str | Path | None = None) -> list[EvalPrompt]:
     """Prompts for a named set or a file (see the module docstring); comma-separated specs are
     concatenated."""
-    parts = [s.strip() for s in spec.split(",") if s.strip()]
+    parts = split_csv(spec)
     if not parts:
         raise GeomsafeError("empty prompt set spec")
     root = resolve_data_root(data_root)
