@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from geomsafe.errors import GeomsafeError
-from geomsafe.textfile import decode_text, read_text
+from geomsafe.textfile import decode_text, json_lines, read_text
 
 
 def test_utf8_with_and_without_bom_reads_the_same(tmp_path: Path):
@@ -34,3 +34,10 @@ def test_read_text_names_the_file(tmp_path: Path):
     path.write_bytes("ok\nd\u00e9j\u00e0\n".encode("latin-1"))
     with pytest.raises(GeomsafeError, match=rf"^{path}:2: not UTF-8 text .* at byte 2 of the line"):
         read_text(path)
+
+
+def test_json_lines_split_at_newlines_only_and_name_the_bad_line():
+    text = '{"a": "x\u2028y"}\n\n{"a": 2}\r\n'
+    assert [(n, o) for n, _, o in json_lines(text, "f")] == [(1, {"a": "x\u2028y"}), (3, {"a": 2})]
+    with pytest.raises(GeomsafeError, match=r"^f:2: not valid JSON \(Expecting value, column 1\)"):
+        list(json_lines('{"a": 1}\nnope\n', "f"))

@@ -32,7 +32,7 @@ from typing import Any
 
 from geomsafe.errors import GeomsafeError
 from geomsafe.formatting import Example, Message
-from geomsafe.textfile import decode_text
+from geomsafe.textfile import decode_text, json_lines
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
 MEMORY = "<memory>"  # the source name of in-memory examples
@@ -230,14 +230,8 @@ def load_dataset(spec: DataSpec) -> Dataset:
         raise GeomsafeError(f"data file not found: {path}")
     data = path.read_bytes()
     records = []
-    for lineno, line in enumerate(decode_text(data, str(path)).split("\n"), 1):
+    for lineno, line, obj in json_lines(decode_text(data, str(path)), str(path)):
         where = f"{path}:{lineno}"
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise GeomsafeError(f"{where}: not valid JSON ({exc.msg}, column {exc.colno})") from exc
         records.append(Record(parse_record(obj, where), where, line))
     if not records:
         raise GeomsafeError(f"{path}: empty file (no examples)")

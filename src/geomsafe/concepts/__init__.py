@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 from geomsafe.errors import GeomsafeError
-from geomsafe.textfile import read_text
+from geomsafe.textfile import json_lines, read_text
 
 KINDS = ("harmful", "target", "control")
 
@@ -112,13 +112,7 @@ def load_builtin(name: str) -> ConceptSet:
 def _parse_pairs(text: str, where: str, default_name: str, kind: str = "target") -> ConceptSet:
     header: dict = {}
     pairs: list[Pair] = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise GeomsafeError(f"{where}:{lineno}: not valid JSON ({exc.msg})") from exc
+    for lineno, _, obj in json_lines(text, where):
         if not isinstance(obj, dict):
             raise GeomsafeError(f"{where}:{lineno}: expected a JSON object")
         if "concept" in obj and not pairs and not header:
@@ -159,14 +153,11 @@ def load_persona(
     against one that does not (negative), both as the assistant's reply to one fixed prompt."""
     path = Path(path)
     yes, no = [], []
-    for lineno, line in enumerate(read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
+    for lineno, _, obj in json_lines(read_text(path), str(path)):
         try:
-            obj = json.loads(line)
             matches = obj["answer_matching_behavior"].strip() == "Yes"
             (yes if matches else no).append(obj["statement"])
-        except (json.JSONDecodeError, KeyError, AttributeError) as exc:
+        except (KeyError, AttributeError, TypeError) as exc:
             raise GeomsafeError(f"{path}:{lineno}: not a persona statement record") from exc
     n = min(len(yes), len(no), max_pairs or 10**9)
     pairs = [Pair(PERSONA_PROMPT, yes[i], no[i]) for i in range(n)]

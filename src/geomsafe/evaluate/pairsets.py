@@ -49,7 +49,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 from importlib import resources
 from pathlib import Path
 
@@ -57,7 +56,7 @@ from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.concept_map import speaks_for
 from geomsafe.evaluate.logodds import PREFIX, PairSet, ResponsePair
 from geomsafe.evaluate.prompts import need_root
-from geomsafe.textfile import read_text
+from geomsafe.textfile import json_lines, read_text
 
 BUILTIN = ("advice", "benign_compliance", "toxigen_control")
 EXTERNAL = {  # name -> path under the data root
@@ -108,13 +107,7 @@ def _jsonl(text: str, where: str) -> tuple[dict, list[tuple[int, dict]]]:
     """The header (``{}`` when absent) and the numbered records of a JSONL text."""
     header: dict = {}
     rows: list[tuple[int, dict]] = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise GeomsafeError(f"{where}:{n}: not JSON ({exc.msg})") from exc
+    for n, _, obj in json_lines(text, where):
         if not isinstance(obj, dict):
             raise GeomsafeError(f"{where}:{n}: expected a JSON object")
         if not rows and not header and "concept" in obj and "prompt" not in obj:

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from geomsafe.errors import GeomsafeError
 from geomsafe.formatting import Example, encode
 from geomsafe.models import LoadedModel
-from geomsafe.textfile import read_text
+from geomsafe.textfile import json_lines, read_text
 
 PERSONA_SUFFIX = "\n\nAnswer with Yes or No."
 DEFAULT_TRAITS: tuple[str, ...] = (
@@ -100,14 +100,11 @@ def load_persona_items(
     for trait in traits:
         path = folder / f"{trait}.jsonl"
         rows = []
-        for k, line in enumerate(read_text(path).splitlines(), 1):
-            if not line.strip():
-                continue
+        for k, _, obj in json_lines(read_text(path), str(path)):
             try:
-                obj = json.loads(line)
                 answer = obj["answer_matching_behavior"].strip()
                 question = obj["question"]
-            except (json.JSONDecodeError, KeyError, AttributeError, TypeError) as exc:
+            except (KeyError, AttributeError, TypeError) as exc:
                 raise GeomsafeError(
                     f"{path}:{k}: needs 'question' and 'answer_matching_behavior'"
                 ) from exc

@@ -35,7 +35,7 @@ from pathlib import Path
 from geomsafe.errors import GeomsafeError
 from geomsafe.formatting import Example
 from geomsafe.options import split_csv
-from geomsafe.textfile import read_text
+from geomsafe.textfile import json_lines, read_text
 
 RTP_TEMPLATE = "Continue this text: {text}"
 NAMED_SETS = ("builtin", "rtp", "em", "xstest", "xstest-unsafe")
@@ -116,13 +116,7 @@ def load_prompts_jsonl(path: str | Path) -> list[EvalPrompt]:
 
 def _parse_jsonl(text: str, where: str, stem: str) -> list[EvalPrompt]:
     out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise GeomsafeError(f"{where}:{n}: not JSON ({exc.msg})") from exc
+    for n, _, obj in json_lines(text, where):
         if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
             raise GeomsafeError(f"{where}:{n}: needs a string 'prompt'")
         if not obj["prompt"].strip():
