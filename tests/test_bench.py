@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import html
 import json
 import math
@@ -64,6 +65,49 @@ def test_bench_rows_per_task_and_guard(result):
     assert result.correlations["none"]["n"] == len(TINY.tasks)
 
 
+def test_bench_rows_carry_the_behavioural_change(result, tmp_path):
+    """Each row's behavioural change is its eval's paired log-odds change on the held-out
+    pairs of the task's nearest harmful concept (and of the shift concept), with the CI."""
+    for r in result.rows:
+        ev = json.loads(
+            (result.out / "eval" / f"{r['task']}-{r['guard']}" / "eval.json").read_text()
+        )
+        assert r["behaviour_row"] == f"logodds:concept:{r['overlap']['harmful']}"
+        for key, row in (
+            ("behaviour_change", r["behaviour_row"]),
+            ("shift_behaviour_change", "logodds:concept:toxicity"),
+        ):
+            c = ev["changes"][row]
+            assert r[key] == {
+                "value": c["delta"],
+                "ci_low": c["delta_ci_low"],
+                "ci_high": c["delta_ci_high"],
+            }
+            assert r["behaviour"][row] == r[key]
+        assert all(k.startswith("logodds:") for k in r["behaviour"])
+    corr = result.behaviour_correlations
+    assert set(corr) == {
+        "overlap vs behavioural change",
+        "predicted shift vs shift-concept behaviour",
+    }
+    assert corr["overlap vs behavioural change"]["none"]["n"] == len(TINY.tasks)
+    text = markdown(result.to_dict())
+    assert "overlap vs behavioural change, guard none" in text
+    assert "behavioural change, nearest harmful" in text
+    # a bench made before the behavioural columns still renders, with "–" in the new column
+    old = copy.deepcopy(result.to_dict())
+    old.pop("behaviour_correlations")
+    for r in old["rows"]:
+        for k in ("behaviour_row", "behaviour_change", "shift_behaviour_change", "behaviour"):
+            r.pop(k)
+    assert cells(old["rows"][0])[4] == "–" and "behavioural change, guard" not in markdown(old)
+    folder = tmp_path / "old"
+    folder.mkdir()
+    (folder / "bench.json").write_text(json.dumps(old))
+    assert "overlap score vs behavioural change" not in report(folder).read_text()
+    assert "overlap score vs behavioural change" in report(result.out).read_text()
+
+
 def test_bench_folder_is_complete(result):
     out = result.out
     payload = json.loads((out / "bench.json").read_text())
@@ -95,6 +139,8 @@ def test_correlation_known_values_and_degenerate_inputs():
     out = correlations(rows, "x", "y")
     assert out["none"]["spearman"] == pytest.approx(1.0)
     assert out["guarded"]["spearman"] == pytest.approx(-1.0)
+    rows[0]["y"] = None  # a row without the measure is left out, not a crash
+    assert correlations(rows, "x", "y")["none"]["n"] == 3
 
 
 def test_markdown_handles_nan_correlations(result):

@@ -1,6 +1,14 @@
 """`bench`: fine-tune on each task with one fixed recipe, without and with a guard, evaluate
 before/after, and relate the geometry (overlap score, predicted shift) to what happened
-(toxic-output increase, measured shift).
+(toxic-output increase, behavioural log-odds change, measured shift).
+
+Behaviour (the yardstick): every evaluation scores the default log-odds rows of
+:mod:`geomsafe.evaluate` (held-out ``concept:<name>`` halves of the harmful concepts, the
+cross-domain ``advice`` row, and the public sets with their style controls when the data root
+has them). A row keeps every ``logodds:*`` change (after − before, nats/token, paired 95% CI);
+its *behavioural change* is the change of the held-out pairs of the task's nearest harmful
+concept (``logodds:concept:<nearest>``: what the overlap score claims will grow), and its
+*shift-concept behaviour* that of ``shift_concept`` (what the predicted shift is about).
 
 The run works in a hidden sibling folder renamed to ``out`` at the end
 (:func:`geomsafe.artefacts.prepare_out`): ``out``
@@ -54,6 +62,7 @@ class BenchResult:
     rows: list[dict[str, Any]]
     correlations: dict[str, dict[str, Any]]
     shift_correlations: dict[str, dict[str, Any]]
+    behaviour_correlations: dict[str, dict[str, dict[str, Any]]]
     provenance: dict[str, Any]
     config: dict[str, Any]
     out: Path | None = None
@@ -68,6 +77,7 @@ class BenchResult:
             "rows": self.rows,
             "correlations": self.correlations,
             "shift_correlations": self.shift_correlations,
+            "behaviour_correlations": self.behaviour_correlations,
         }
 
 
@@ -106,6 +116,15 @@ def _ci(before: float, low: float, high: float, scale: float = 1.0) -> dict[str,
 def _change(ev: EvalResult, name: str) -> dict[str, float] | None:
     c = ev.changes.get(name)
     return None if c is None else _ci(c.delta.value, c.delta.low, c.delta.high, 100.0)
+
+
+def _behaviour(ev: EvalResult) -> dict[str, dict[str, float]]:
+    """Every log-odds change of ``ev`` (nats/token, paired 95% CI) by row name."""
+    return {
+        name: _ci(c.delta.value, c.delta.low, c.delta.high)
+        for name, c in ev.changes.items()
+        if name.startswith("logodds:")
+    }
 
 
 def _rate(ci: Any) -> dict[str, float] | None:
@@ -236,6 +255,14 @@ def _run(
         rows,
         correlations(rows, "overlap.score", "toxic_increase_pp.value"),
         correlations(rows, "predicted_shift", "measured_shift"),
+        {
+            "overlap vs behavioural change": correlations(
+                rows, "overlap.score", "behaviour_change.value"
+            ),
+            "predicted shift vs shift-concept behaviour": correlations(
+                rows, "predicted_shift", "shift_behaviour_change.value"
+            ),
+        },
         provenance,
         cfg.to_dict(),
     )
@@ -256,6 +283,9 @@ def _row(
     ov = geom.overlap
     before = base.model.metrics.get("toxic_rate")
     after = ev.model.metrics.get("toxic_rate")
+    behaviour = _behaviour(ev)
+    nearest_row = f"logodds:concept:{ov.harmful}"
+    shift_row = f"logodds:concept:{cfg.shift_concept}"
     return {
         "model": lm.spec,
         "task": task.name,
@@ -266,6 +296,10 @@ def _row(
         "toxic_after": _rate(after.ci if after else None),
         "toxic_increase_pp": _change(ev, "toxic_rate"),
         "refusal_increase_pp": _change(ev, "xstest_refusal"),
+        "behaviour_row": nearest_row,
+        "behaviour_change": behaviour.get(nearest_row),
+        "shift_behaviour_change": behaviour.get(shift_row),
+        "behaviour": behaviour,
         "overlap": {
             "score": ov.score,
             "harmful": ov.harmful,

@@ -13,6 +13,7 @@ COLUMNS = (
     "fine-tuning task",
     "guard",
     "% increase in toxic output (95% CI)",
+    "behavioural change, nearest harmful (log-odds, 95% CI)",
     "geometric overlap score (nearest harmful, p)",
     "predicted shift",
     "measured shift",
@@ -36,17 +37,22 @@ def correlation(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
 
 
 def correlations(rows: Sequence[dict[str, Any]], x: str, y: str) -> dict[str, dict[str, Any]]:
-    """Per guard setting, the correlation of ``x`` with ``y`` over the tasks."""
+    """Per guard setting, the correlation of ``x`` with ``y`` over the tasks that have both."""
     out = {}
     for guard in dict.fromkeys(r["guard"] for r in rows):
-        sub = [r for r in rows if r["guard"] == guard]
-        out[guard] = correlation([_num(r, x) for r in sub], [_num(r, y) for r in sub])
+        pts = [(_num(r, x), _num(r, y)) for r in rows if r["guard"] == guard]
+        pts = [(a, b) for a, b in pts if a is not None and b is not None]
+        out[guard] = correlation([a for a, _ in pts], [b for _, b in pts])
     return out
 
 
-def _num(row: dict[str, Any], key: str) -> float:
+def _num(row: dict[str, Any], key: str) -> float | None:
+    """The number at a dotted ``key`` of ``row``; None when a part is missing (a row without
+    that measure, e.g. a bench made before it existed)."""
     v: Any = row
     for part in key.split("."):
+        if not isinstance(v, dict) or v.get(part) is None:
+            return None
         v = v[part]
     return float(v)
 
@@ -64,10 +70,27 @@ def cells(row: dict[str, Any]) -> list[str]:
         row["task"],
         row["guard"],
         _ci(row["toxic_increase_pp"]),
+        _behaviour_cell(row),
         f"{ov['score']:.3f} ({ov['harmful']}, p={ov['p_value']:.3f})",
         f"{row['predicted_shift']:+.3f}",
         f"{row['measured_shift']:+.3f}",
         f"{row['final_loss']:.3f}",
+    ]
+
+
+def _behaviour_cell(row: dict[str, Any]) -> str:
+    change = row.get("behaviour_change")
+    if not change:
+        return "–"
+    return f"{_ci(change, 3)} ({row['behaviour_row'].removeprefix('logodds:concept:')})"
+
+
+def behaviour_lines(result: dict[str, Any]) -> list[str]:
+    """The correlation lines of the behavioural columns (none for a bench made before them)."""
+    return [
+        line
+        for what, corr in result.get("behaviour_correlations", {}).items()
+        for line in correlation_lines(corr, what)
     ]
 
 
@@ -100,5 +123,6 @@ def markdown(result: dict[str, Any]) -> str:
             f"- {x}"
             for x in correlation_lines(result["shift_correlations"], "predicted vs measured shift")
         ],
+        *[f"- {x}" for x in behaviour_lines(result)],
     ]
     return "\n".join(lines) + "\n"

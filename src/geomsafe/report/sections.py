@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from geomsafe.bench.table import COLUMNS, cells, correlation_lines
+from geomsafe.bench.table import COLUMNS, behaviour_lines, cells, correlation_lines
 from geomsafe.report import plots
 
 
@@ -161,11 +161,27 @@ def bench_section(bench: dict[str, Any]) -> dict[str, Any]:
         for g in guards
     }
     tox = [_ci3(r["toxic_increase_pp"]) for r in rows]
+    beh = [r for r in rows if r.get("behaviour_change")]
+    behaviour_scatter = (
+        plots.scatter(
+            [r["overlap"]["score"] for r in beh],
+            [r["behaviour_change"]["value"] for r in beh],
+            [r["task"] for r in beh],
+            [r["guard"] for r in beh],
+            "overlap score vs behavioural change of the nearest harmful concept",
+            "geometric overlap score (task direction vs nearest harmful)",
+            "log-odds change, held-out pairs (nats/token)",
+            yerr=[_ci3(r["behaviour_change"])[1:] for r in beh],
+        )
+        if beh
+        else ""
+    )
     return {
         "columns": COLUMNS,
         "cells": [cells(r) for r in rows],
         "correlations": correlation_lines(bench["correlations"], "overlap vs toxic increase")
-        + correlation_lines(bench["shift_correlations"], "predicted vs measured shift"),
+        + correlation_lines(bench["shift_correlations"], "predicted vs measured shift")
+        + behaviour_lines(bench),
         "scatter": plots.scatter(
             [r["overlap"]["score"] for r in rows],
             [t[0] for t in tox],
@@ -185,6 +201,7 @@ def bench_section(bench: dict[str, Any]) -> dict[str, Any]:
             "predicted shift (projection difference)",
             "measured shift (activation projection, after − before)",
         ),
+        "behaviour_scatter": behaviour_scatter,
         "bars": plots.grouped_bars(
             tasks, series, "toxic-output increase per task, 95% CI", "percentage points"
         ),
