@@ -25,6 +25,7 @@ from geomsafe.evaluate import EvalConfig, evaluate
 from geomsafe.evaluate.logodds import refuse_overlap
 from geomsafe.evaluate.pairsets import CONCEPT_SETS, DEFAULT_SETS, load_pair_set
 from geomsafe.guard.resolve import extract_atlas
+from geomsafe.predict.run import harmful_atlas
 from geomsafe.testing import tiny_model
 
 
@@ -103,6 +104,10 @@ def test_atlas_records_the_split_and_the_prompts_used():
     assert used_prompts(atlas.stats) == {"deception": set(rec["prompts_sha1"])}
     held = load_pair_set("concept:deception")
     refuse_overlap([held], atlas.stats)  # the evaluation half never overlaps
+    # predict's own atlas (no --atlas) is extracted from the direction halves too
+    own = harmful_atlas(lm, max_pairs=4, seed=0, progress=False)
+    assert all(own.stats[n]["split"]["split"] == "direction" for n in own.harmful)
+    refuse_overlap([load_pair_set(f"concept:{n}") for n in own.harmful], own.stats)
     ex = directions.extract(lm, [load_builtin("deception").subset(8, 0)], progress=False)
     assert ex.atlas.stats["deception"]["split"]["split"] == "none"
 

@@ -50,6 +50,7 @@ def test_cli_defaults_are_the_dataclass_defaults():
         ({"layer": -1}, "layer must be >= 0"),
         ({"tokens": "every"}, "tokens must be one of"),
         ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"threads": 0}, "threads must be >= 1"),
         ({"n_perms": 3}, "unknown audit option"),
     ],
 )

@@ -57,6 +57,9 @@ class AuditConfig:
     heads: bool = option(True, "Attribute the overlap to attention heads.")
     seed: int = option(0, "Seed of sampling, permutations and bootstrap.")
     batch_size: int = option(16, "Examples per forward pass.")
+    threads: int | None = option(
+        None, "torch CPU threads (default: torch's choice; on a busy machine 1 helps)."
+    )
 
     def __post_init__(self) -> None:
         for name in ("target", "concepts"):
@@ -72,6 +75,7 @@ class AuditConfig:
         at_least(self, 0, "layer", allow_none=True)
         at_least(self, 2, "max_pairs", allow_none=True)
         at_least(self, 1, "n_perm", "n_boot", "batch_size")
+        at_least(self, 1, "threads", allow_none=True)
         require(
             self.tokens in TOKEN_RULES,
             f"tokens must be one of {', '.join(TOKEN_RULES)}, not {self.tokens!r}",

@@ -32,6 +32,7 @@ from geomsafe.geometry import (
 from geomsafe.geometry.heads import shared_heads
 from geomsafe.layers import default_band
 from geomsafe.models import LoadedModel, load
+from geomsafe.threads import torch_threads
 
 
 @dataclass
@@ -76,32 +77,33 @@ def audit(
     cfg = (config or AuditConfig()).with_options(**options)
     folder = prepare_out(out, "audit", overwrite=overwrite) if out is not None else None
     sets, harmful, targets = _concept_sets(cfg)
-    clock = _Clock()
-    lm = model if isinstance(model, LoadedModel) else load(model)
-    clock.lap("load")
-    ex = extract(
-        lm,
-        sets,
-        layers=list(cfg.layers) if cfg.layers else None,
-        tokens=cfg.tokens,
-        seed=cfg.seed,
-        batch_size=cfg.batch_size,
-        progress=progress,
-        heads=cfg.heads,
-    )
-    clock.lap("extract")
-    atlas = ex.atlas
-    if cfg.layer is not None and cfg.layer not in atlas.layers:
-        raise GeomsafeError(f"layer {cfg.layer} was not extracted (layers {atlas.layers})")
-    band = _band(cfg, lm, atlas)
-    rows = [
-        _score_target(lm, ex, name, harmful, band, cfg, clock)
-        for name in targets + ([CONTROL] if cfg.control else [])
-    ]
-    neighbours = _harmful_neighbours(ex, harmful, cfg)
-    clock.lap("neighbours")
-    density = _density(ex, cfg.seed)
-    clock.lap("density")
+    with torch_threads(cfg.threads):
+        clock = _Clock()
+        lm = model if isinstance(model, LoadedModel) else load(model)
+        clock.lap("load")
+        ex = extract(
+            lm,
+            sets,
+            layers=list(cfg.layers) if cfg.layers else None,
+            tokens=cfg.tokens,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            progress=progress,
+            heads=cfg.heads,
+        )
+        clock.lap("extract")
+        atlas = ex.atlas
+        if cfg.layer is not None and cfg.layer not in atlas.layers:
+            raise GeomsafeError(f"layer {cfg.layer} was not extracted (layers {atlas.layers})")
+        band = _band(cfg, lm, atlas)
+        rows = [
+            _score_target(lm, ex, name, harmful, band, cfg, clock)
+            for name in targets + ([CONTROL] if cfg.control else [])
+        ]
+        neighbours = _harmful_neighbours(ex, harmful, cfg)
+        clock.lap("neighbours")
+        density = _density(ex, cfg.seed)
+        clock.lap("density")
     report = _report(atlas, rows, neighbours, density, band, cfg, clock)
     if folder is not None:
         with folder.writing() as work:

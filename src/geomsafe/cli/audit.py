@@ -67,6 +67,7 @@ def _opt(name: str, *decls: str, **kwargs):
 @click.option("--no-heads", is_flag=True, help="Skip attention-head attribution.")
 @_opt("seed", "--seed", type=int, show_default=True)
 @_opt("batch_size", "--batch-size", type=int, show_default=True)
+@_opt("threads", "--threads", type=int)
 def audit_cmd(model, out, overwrite, no_heads, **options) -> None:
     """Where do harmful features sit relative to a fine-tuning target?"""
     # the config is built (and every number checked) inside audit() before the model loads

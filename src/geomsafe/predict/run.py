@@ -19,12 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import geomsafe
 from geomsafe.artefacts import prepare_out
 from geomsafe.atlas import FeatureAtlas
-from geomsafe.concepts import builtin_names, load_builtin
+from geomsafe.concepts import builtin_names, load_for_direction
 from geomsafe.datasets import Dataset, load_dataset, resolve_data
 from geomsafe.directions import extract
 from geomsafe.errors import GeomsafeError
@@ -37,26 +35,15 @@ from geomsafe.predict.pairs import concept_pairs_for_direction
 from geomsafe.predict.result import NO_CONCEPT, ConceptRisk, PredictResult
 from geomsafe.predict.uncertainty import bootstrap_mean_ci
 from geomsafe.projection import concept_layers
+from geomsafe.threads import torch_threads
 
 
 def harmful_atlas(
     lm: LoadedModel, max_pairs: int = 64, seed: int = 0, progress: bool = True
 ) -> FeatureAtlas:
     """An atlas of the built-in harmful concepts (used when no audit atlas is given)."""
-    sets = [load_builtin(n).subset(max_pairs, seed) for n in builtin_names("harmful")]
+    sets = [load_for_direction(n).subset(max_pairs, seed) for n in builtin_names("harmful")]
     return extract(lm, sets, seed=seed, progress=progress).atlas
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """``torch.set_num_threads(n)`` inside the block (nothing when None); restored after."""
-    before = torch.get_num_threads()
-    try:
-        if n is not None:
-            torch.set_num_threads(n)
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _concepts(cfg: PredictConfig, fa: FeatureAtlas | None) -> list[str]:
