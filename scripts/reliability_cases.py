@@ -1181,9 +1181,16 @@ def concurrency(ctx: Ctx) -> list[Result]:
     head = "predict --model $T --max-examples 8 --max-new-tokens 8 --out $W/{} --data $IN/{}"
     cmd = ctx.expand(head.format("c1", "good.jsonl"))
     ra, rb, _ = together(ctx, cmd, cmd)
-    problems = [] if ra.rc == rb.rc == 0 else [f"rc {ra.rc}/{rb.rc}"]
+    # a second run into a folder the first has filled is refused in one line (issue 17 item 3:
+    # another run's artefacts need --overwrite); the folder holds one complete prediction
+    codes = sorted((ra.rc, rb.rc))
+    problems = [] if codes in ([0, 0], [0, 2]) else [f"rc {ra.rc}/{rb.rc}"]
+    refused = next((r for r in (ra, rb) if r.rc == 2), None)
+    if refused is not None and "not empty" not in first_line(refused):
+        problems.append(f"refusal lacks 'not empty': {first_line(refused)}")
+    problems += [] if (w / "c1" / "risk.json").is_file() else ["no risk.json"]
     problems += [tb] if (tb := traceback_of(ra.stderr + rb.stderr)) else []
-    results.append(outcome("C1_two_predicts_same_args", problems, rb, "both rc 0"))
+    results.append(outcome("C1_two_predicts_same_args", problems, rb, f"rc {ra.rc}/{rb.rc}"))
     a = ctx.expand(head.format("c2", "good.jsonl") + " --filter 2")
     ra, rb, _ = together(ctx, a, ctx.expand(head.format("c2", "good40.jsonl")))
     problems = stale_outputs(w / "c2")

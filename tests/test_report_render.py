@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -88,3 +89,18 @@ def test_rendering_imports_no_trainer(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_training_log_alone_is_shown_and_a_truncated_one_named(tmp_path):
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.mkdir()
+    bad.mkdir()
+    rows = [{"step": s, "loss": 2.0 - 0.1 * s} for s in (1, 2, 3)]
+    (good / "geometry_log.jsonl").write_text("".join(f"{json.dumps(r)}\n" for r in rows))
+    assert report(good).is_file()
+    (bad / "geometry_log.jsonl").write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "lo')
+    with pytest.raises(GeomsafeError, match=r"geometry_log\.jsonl:2: not valid JSON"):
+        report(bad)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(GeomsafeError, match="no geomsafe results .* and for geometry_log.jsonl"):
+        report(tmp_path / "empty")

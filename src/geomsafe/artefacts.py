@@ -27,7 +27,7 @@ from typing import Any
 
 from geomsafe.diskfull import writing
 from geomsafe.errors import GeomsafeError
-from geomsafe.textfile import decode_text
+from geomsafe.textfile import decode_text, json_lines
 
 # ---- file names -------------------------------------------------------------------------------
 ATLAS_DIR = "atlas"  # the atlas of an output folder: <out>/atlas/
@@ -168,14 +168,7 @@ def read_json(path: str | Path, kind: str) -> dict[str, Any]:
 def read_jsonl(path: str | Path) -> list[Any]:
     """The JSON values of a ``.jsonl`` file, one per non-blank line (one-line errors)."""
     path = Path(path)
-    rows = []
-    for n, line in enumerate(read_text(path, "a JSONL file").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise GeomsafeError(f"{path}:{n} is not valid JSON ({exc.msg})") from None
-    return rows
+    return [obj for _, _, obj in json_lines(read_text(path, "a JSONL file"), str(path))]
 
 
 # ---- atomic writes ----------------------------------------------------------------------------

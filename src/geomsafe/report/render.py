@@ -130,10 +130,10 @@ def report(folder: str | Path, out: str | Path | None = None) -> Path:
     if not folder.is_dir():
         raise GeomsafeError(f"not a folder: {folder}")
     results = find_results(folder)
-    if not results:
+    if not results and _training_log(folder, None) is None:
         raise GeomsafeError(
             f"no geomsafe results in {folder} (looked for the result files of "
-            f"{', '.join(sorted(SECTIONS))} there and one folder down)"
+            f"{', '.join(sorted(SECTIONS))} and for {GEOMETRY_LOG} there and one folder down)"
         )
     chosen: dict[str, Found] = {}
     notes = []
