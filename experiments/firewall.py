@@ -440,8 +440,8 @@ def main() -> None:
         t0 = time.perf_counter()
         fw = calibrate(
             lm,
-            args.atlas,
-            Path(args.out).with_suffix("") / "fw",
+            atlas=args.atlas,
+            out=Path(args.out).with_suffix("") / "fw",
             max_per_source=args.max_per_source,
             data_root=args.data_root,
         )

@@ -57,8 +57,8 @@ def test_statistics_equal_the_hidden_states(tiny_llama):
 
 def test_calibration_is_reproducible_for_a_seed(tiny_llama, tmp_path):
     atlas = tiny_atlas()
-    a = calibrate(tiny_llama, atlas, tmp_path / "a", seed=3, **FAST)
-    b = calibrate(tiny_llama, atlas, None, seed=3, **FAST)
+    a = calibrate(tiny_llama, atlas=atlas, out=tmp_path / "a", seed=3, **FAST)
+    b = calibrate(tiny_llama, atlas=atlas, seed=3, **FAST)
     assert (
         a.keys
         == b.keys
@@ -72,14 +72,14 @@ def test_calibration_is_reproducible_for_a_seed(tiny_llama, tmp_path):
             y.benign_std,
         )
     assert a.calibration["threshold_ids"] == b.calibration["threshold_ids"]
-    c = calibrate(tiny_llama, atlas, None, seed=4, **FAST)
+    c = calibrate(tiny_llama, atlas=atlas, seed=4, **FAST)
     assert c.calibration["threshold_ids"] != a.calibration["threshold_ids"]
     loaded = Firewall.load(tmp_path / "a")
     assert loaded.thresholds() == a.thresholds()
 
 
 def test_calibration_meets_its_false_positive_rate_on_benign_data_only(tiny_llama):
-    fw = calibrate(tiny_llama, tiny_atlas(), None, fpr=0.1, **FAST)
+    fw = calibrate(tiny_llama, atlas=tiny_atlas(), fpr=0.1, **FAST)
     cal = fw.calibration
     assert fw.calibrated and cal["fpr_achieved"] <= 0.1
     assert set(cal["sources"]) <= {
@@ -99,7 +99,7 @@ def test_calibration_meets_its_false_positive_rate_on_benign_data_only(tiny_llam
 
 def test_calibration_without_the_request_direction_and_with_layers(tiny_llama):
     fw = calibrate(
-        tiny_llama, tiny_atlas(), None, request=False, concepts=("toxicity",), layers=(0, 2), **FAST
+        tiny_llama, atlas=tiny_atlas(), request=False, concepts=("toxicity",), layers=(0, 2), **FAST
     )
     assert fw.keys == ["toxicity@0", "toxicity@2"]
     assert fw.calibration["fit_ids"] == []
@@ -109,7 +109,7 @@ def test_xstest_calibration_and_evaluation_parts_are_disjoint(tiny_llama, shared
     from geomsafe.firewall.traffic import benign_split
 
     fw = calibrate(
-        tiny_llama, tiny_atlas(), None, data_root=shared_data, **{**FAST, "xstest": True}
+        tiny_llama, atlas=tiny_atlas(), data_root=shared_data, **{**FAST, "xstest": True}
     )
     used = set(fw.calibration["threshold_ids"]) | set(fw.calibration["fit_ids"])
     assert any(u.startswith("xstest/") for u in used)
@@ -123,10 +123,10 @@ def test_bad_input_is_a_clear_error(tiny_llama):
     with pytest.raises(GeomsafeError, match="unknown calibration option"):
         CalibrationConfig().with_options(nope=1)
     with pytest.raises(GeomsafeError, match="nothing to watch"):
-        calibrate(tiny_llama, None, request=False)
+        calibrate(tiny_llama, request=False)
     with pytest.raises(GeomsafeError, match="not in the atlas"):
-        calibrate(tiny_llama, tiny_atlas(), concepts=("sarcasm",), **FAST)
+        calibrate(tiny_llama, atlas=tiny_atlas(), concepts=("sarcasm",), **FAST)
     with pytest.raises(GeomsafeError, match="width"):
-        calibrate(tiny_llama, tiny_atlas(width=16), **FAST)
+        calibrate(tiny_llama, atlas=tiny_atlas(width=16), **FAST)
     with pytest.raises(GeomsafeError, match="no atlas"):
-        calibrate(tiny_llama, "/nonexistent/atlas", **FAST)
+        calibrate(tiny_llama, atlas="/nonexistent/atlas", **FAST)

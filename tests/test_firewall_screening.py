@@ -107,7 +107,7 @@ def test_calibrate_and_run_with_an_adapter(tiny_llama, tmp_path):
     assert not hasattr(lm.model, "peft_config")  # the adapter was removed again
     own = calibrate(
         lm,
-        tiny_atlas(),
+        atlas=tiny_atlas(),
         adapter=tmp_path / "adapter",
         max_per_source=4,
         xstest=False,

@@ -112,8 +112,8 @@ def calibrate_cmd(
     _threads(threads)
     fw = calibrate(
         model,
-        atlas,
-        out,
+        out=out,
+        atlas=atlas,
         adapter=adapter,
         data_root=data_root,
         progress=not no_progress,

@@ -272,9 +272,9 @@ def _measure(
 
 def calibrate(
     model: str | LoadedModel = "default",
-    atlas: str | Path | FeatureAtlas | None = None,
-    out: str | Path | None = None,
     *,
+    out: str | Path | None = None,
+    atlas: str | Path | FeatureAtlas | None = None,
     adapter: str | Path | None = None,
     config: CalibrationConfig | None = None,
     data_root: str | Path | None = None,
