@@ -3,10 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geomsafe.evaluate.logodds import PairSet, ResponsePair, pair_logodds
+from geomsafe.evaluate.logodds import PairSet, ResponsePair, pair_logodds, response_logps
 from geomsafe.formatting import Example, encode
 from geomsafe.predict.behaviour import behavioural_estimate
-from geomsafe.predict.likelihood import response_logps
 from geomsafe.predict.sketch import block_linears, sketch_matrices
 from geomsafe.testing import tiny_model
 

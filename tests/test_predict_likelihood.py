@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import torch
 
+from geomsafe.evaluate.logodds import response_logps
 from geomsafe.formatting import Example, encode
-from geomsafe.predict.likelihood import length_batches, response_logps
+from geomsafe.predict.likelihood import length_batches
 from geomsafe.testing import tiny_model
 
 

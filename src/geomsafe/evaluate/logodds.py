@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from geomsafe.concepts import ConceptSet
@@ -47,7 +48,7 @@ from geomsafe.evaluate.concept_map import CONTROLLED_SUFFIX
 from geomsafe.evaluate.probes import _batches, _forward_tail
 from geomsafe.evaluate.result import Change, Metric, ModelEval
 from geomsafe.evaluate.stats import difference_ci
-from geomsafe.formatting import Example, encode
+from geomsafe.formatting import Encoded, Example, encode
 from geomsafe.models import LoadedModel
 
 KINDS = ("harm", "control")
@@ -167,6 +168,29 @@ class ResponseLogprob:
         return self.logp / self.n_tokens
 
 
+def response_logps(
+    lm: LoadedModel, encoded: Sequence[Encoded], dtype: torch.dtype | None = None
+) -> Tensor:
+    """``[B]`` sums of the log-probabilities of each encoded example's response tokens (summed
+    in ``dtype``, default the logits'), from one forward over the response positions only;
+    differentiable when autograd records (predict's gradient estimators backpropagate through
+    it)."""
+    seqs = [list(e.input_ids) for e in encoded]
+    n_resp = [e.length - e.prompt_len for e in encoded]
+    if min(n_resp) < 1:
+        raise GeomsafeError("an example has an empty response")
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    keep = max(n_resp) + 1  # the logits before the first response token up to the last one
+    logp = _forward_tail(lm, seqs, keep, pad)
+    out = []
+    for r, (seq, n) in enumerate(zip(seqs, n_resp, strict=True)):
+        # response token t (of n) is predicted at kept row keep - 1 - (n - t)
+        rows = torch.arange(keep - 1 - n, keep - 1)
+        picked = logp[r, rows, torch.tensor(seq[-n:])]
+        out.append((picked if dtype is None else picked.to(dtype)).sum())
+    return torch.stack(out)
+
+
 @torch.no_grad()
 def response_logprobs(
     lm: LoadedModel,
@@ -185,19 +209,12 @@ def response_logprobs(
             raise GeomsafeError(
                 f"an example has an empty response (prompt {str(ex.prompt)[:60]!r})"
             )
-    seqs = [list(e.input_ids) for e in encoded]
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    out: list[ResponseLogprob | None] = [None] * len(seqs)
-    batches = list(_batches(seqs, batch_size))
+    out: list[ResponseLogprob | None] = [None] * len(encoded)
+    batches = list(_batches([e.input_ids for e in encoded], batch_size))
     for idx in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-        n_resp = [encoded[i].length - encoded[i].prompt_len for i in idx]
-        keep = max(n_resp) + 1  # the logits before the first response token up to the last one
-        logp = _forward_tail(lm, [seqs[i] for i in idx], keep, pad)
-        for r, (i, n) in enumerate(zip(idx, n_resp, strict=True)):
-            # response token t (of n) is predicted at kept row keep - 1 - (n - t)
-            rows = torch.arange(keep - 1 - n, keep - 1)
-            targets = torch.tensor(seqs[i][-n:])
-            out[i] = ResponseLogprob(float(logp[r, rows, targets].double().sum()), n)
+        sums = response_logps(lm, [encoded[i] for i in idx], torch.float64)
+        for r, i in enumerate(idx):
+            out[i] = ResponseLogprob(float(sums[r]), encoded[i].length - encoded[i].prompt_len)
     return [o for o in out if o is not None]
 
 

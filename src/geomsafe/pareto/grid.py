@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geomsafe.artefacts import atomic_write
+from geomsafe.artefacts import atomic_write_text
 from geomsafe.errors import GeomsafeError
 from geomsafe.guard import GUARDS, GuardConfig
 
@@ -147,8 +147,7 @@ class CellStore:
             "fingerprint": fingerprint,
             **payload,
         }
-        text = json.dumps(body, indent=1)
-        atomic_write(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
+        atomic_write_text(path, json.dumps(body, indent=1))
         return path
 
 

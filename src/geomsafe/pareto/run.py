@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from geomsafe.adapters import view
-from geomsafe.artefacts import PARETO_JSON, atomic_write, write_json
+from geomsafe.artefacts import PARETO_JSON, atomic_write_text, write_json
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.logodds import PairSet, pair_logodds
@@ -88,12 +88,6 @@ class ParetoConfig:
         d = dataclasses.asdict(self)
         d["goal"] = self.goal.to_dict()
         return d
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(payload, indent=1)
-    atomic_write(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
 
 
 def _atlas_hash(atlas: FeatureAtlas, names: Sequence[str]) -> str:
@@ -252,7 +246,8 @@ def run_grid(
         }
         base["seconds"] = time.perf_counter() - t0
         base["cpu_seconds"] = time.process_time() - c0
-        _write_json(base_path, base)
+        base_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(base_path, json.dumps(base, indent=1))
         log(f"base model measured ({base['seconds']:.0f} s)")
     store = CellStore(out)
     done = []
@@ -292,7 +287,7 @@ def run_grid(
     }
     write_json(out / PARETO_JSON, summary, "pareto")
     md = markdown(summary)
-    atomic_write(out / PARETO_MD, lambda p: Path(p).write_text(md, encoding="utf-8"))
+    atomic_write_text(out / PARETO_MD, md)
     return summary
 
 

@@ -27,10 +27,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from geomsafe.evaluate.logodds import PairSet
+from geomsafe.evaluate.logodds import PairSet, response_logps
 from geomsafe.formatting import Example, encode
 from geomsafe.models import LoadedModel
-from geomsafe.predict.likelihood import length_batches, response_logps
+from geomsafe.predict.likelihood import length_batches
 from geomsafe.predict.sketch import inner, sketch_matrices, sketching, stack
 
 _CACHE: dict[tuple, dict[str, Tensor]] = {}

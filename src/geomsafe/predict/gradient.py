@@ -23,10 +23,11 @@ from tqdm.auto import tqdm
 
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.capture import make_batches, record
+from geomsafe.evaluate.logodds import response_logps
 from geomsafe.formatting import Example, encode_all
 from geomsafe.layers import attention_out_proj, get_layers, mlp_out_proj
 from geomsafe.models import LoadedModel
-from geomsafe.predict.likelihood import length_batches, response_logps
+from geomsafe.predict.likelihood import length_batches
 from geomsafe.projection import concept_layers
 
 
@@ -65,7 +66,7 @@ def _loss_grad(
     max_tokens: int | None = 256,
 ) -> list[Tensor]:
     """Gradient of L (module docstring) for ``params``, from the logits of the response
-    positions only (:func:`geomsafe.predict.likelihood.response_logps`)."""
+    positions only (:func:`geomsafe.evaluate.logodds.response_logps`)."""
     enc = encode_all(lm.tokenizer, data, max_length)
     enc = [e for e in enc if e.length > e.prompt_len]
     total = sum(e.length - e.prompt_len for e in enc)
