@@ -5,8 +5,9 @@ examples (the projection estimates: ``v_i`` = the example's shift / scale; the b
 ``v_i = n * contribution_i``, see :mod:`geomsafe.predict.behaviour`). The interval is the
 percentile interval of that mean over ``n_boot`` resamples of the examples with replacement
 (the project's one bootstrap, :func:`geomsafe.evaluate.stats.bootstrap_ci`, seeded by
-``seed``). For the behavioural alignment this holds the data gradient's norm at the whole sample's, so the interval reflects which examples were drawn,
-not the norm's own sampling noise.
+``seed``). For the behavioural alignment this holds the data gradient's norm at the whole
+sample's, so the interval reflects which examples were drawn, not the norm's own sampling
+noise.
 """
 
 from __future__ import annotations
