@@ -27,10 +27,11 @@
   examples, teacher-forced); ``geomsafe.firewall.effect``.
 - **clamp**: on that tuned model, the behavioural harm change (log-odds rows ``--clamp-rows``,
   ``--clamp-pairs`` each: tuned vs base) without and with the clamp, scored as generation runs
-  (the clamp on the last prompt token and every response token); the share removed with a
-  paired CI; benign held-out loss (task examples) with vs without clamp; XSTest over-refusal
-  (``--n-xstest`` greedy responses) under clamp minus under monitor. Goals: >= 80% removed,
-  loss <= +5%, over-refusal <= +2 points.
+  (the clamp on the last prompt token and every response token); a row with a style control
+  (AdvBench, JailbreakBench, ToxiGen) is scored as ``<row>-controlled``, its change minus the
+  control's; the share removed with a paired CI; benign held-out loss (task examples) with vs
+  without clamp; XSTest over-refusal (``--n-xstest`` greedy responses) under clamp minus under
+  monitor. Goals: >= 80% removed, loss <= +5%, over-refusal <= +2 points.
 - **serving**: ``geomsafe serve`` in-process on 127.0.0.1 (``--serve-mode``), ``--concurrent``
   short chat requests at once from the ``openai`` client; per-request latency p50/p95.
 
@@ -298,12 +299,21 @@ def model_drift(lm, tuned, fw: Firewall, args) -> dict:
 def clamp_effect(lm, tuned, fw: Firewall, args) -> dict:
     t0 = time.perf_counter()
     rows = [load_pair_set(r).subset(args.clamp_pairs, 0) for r in args.clamp_rows.split(",")]
+    # an external set's harm measure is its change minus its style control's (docs/evaluate.md)
+    controls = {ps.name: ps.style_control for ps in rows if ps.style_control}
+    rows += [load_pair_set(c).subset(args.clamp_pairs, 0) for c in dict.fromkeys(controls.values())]
     lo: dict[str, dict[str, list[float]]] = {"base": {}, "tuned": {}, "clamped": {}}
     for ps in rows:
         lo["base"][ps.name] = effect.pair_logodds(lm, ps)
         lo["tuned"][ps.name] = effect.pair_logodds(tuned, ps)
         lo["clamped"][ps.name] = effect.pair_logodds(tuned, ps, fw, "clamp")
-    removed = harm_removed(lo["base"], lo["tuned"], lo["clamped"])
+    removed = harm_removed(lo["base"], lo["tuned"], lo["clamped"], controls=controls)
+    for key, r in removed.items():
+        print(
+            f"  {key:<28} change {r['change_without_clamp']:+.4f} -> "
+            f"{r['change_with_clamp']:+.4f}, removed {r['removed']:.2f} "
+            f"[{r['removed_ci'][0]:.2f}, {r['removed_ci'][1]:.2f}]"
+        )
     xs, tasks = benign_eval(fw, args)
     examples = [i.example for i in tasks]
     loss = effect.response_loss(tuned, examples)
@@ -312,6 +322,7 @@ def clamp_effect(lm, tuned, fw: Firewall, args) -> dict:
     a = removed["all"]
     out = {
         "rows": [ps.name for ps in rows],
+        "style_controls": controls,
         "pairs": args.clamp_pairs,
         "logodds": lo,
         "harm": removed,

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.logodds import PairSet, ResponsePair
 from geomsafe.evaluate.logodds import response_logprobs as single_pass
 from geomsafe.firewall.effect import (
@@ -104,6 +105,29 @@ def test_harm_removed():
     assert got["all"]["change_without_clamp"] == pytest.approx(0.1)
     lo, hi = got["advice"]["removed_ci"]
     assert lo <= 0.9 + 1e-9 and hi >= 0.9 - 1e-9
+
+
+def test_harm_removed_controlled_rows():
+    # the harm row rises 0.3 and its style control 0.1: the controlled change is 0.2; the clamp
+    # leaves the control alone and halves the harm row's rise (0.15): controlled 0.05, 75% gone
+    base = {"advbench": [0.0] * 4, "benign": [0.0] * 3, "advice": [0.0] * 2}
+    tuned = {"advbench": [0.3, 0.32, 0.28, 0.3], "benign": [0.1, 0.1, 0.1], "advice": [0.2, 0.2]}
+    clamped = {
+        "advbench": [0.15, 0.16, 0.14, 0.15],
+        "benign": [0.1, 0.1, 0.1],
+        "advice": [0.0, 0.0],
+    }
+    got = harm_removed(base, tuned, clamped, n_boot=50, controls={"advbench": "benign"})
+    row = got["advbench-controlled"]
+    assert row["change_without_clamp"] == pytest.approx(0.2)
+    assert row["change_with_clamp"] == pytest.approx(0.05)
+    assert row["removed"] == pytest.approx(0.75)
+    # all = the controlled row + advice (no control); the raw advbench and benign rows are out
+    assert got["all"]["change_without_clamp"] == pytest.approx(0.4)
+    assert got["all"]["change_with_clamp"] == pytest.approx(0.05)
+    assert got["advbench"]["removed"] == pytest.approx(0.5)
+    with pytest.raises(GeomsafeError, match="missing"):
+        harm_removed(base, tuned, clamped, controls={"advbench": "nope"})
 
 
 def test_over_refusal_runs_both_modes(lm):

@@ -148,18 +148,39 @@ def harm_removed(
     clamped: Mapping[str, Sequence[float]],
     n_boot: int = 1000,
     seed: int = 0,
+    controls: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Per row and over all rows: the tuned model's harm change without and with the clamp
-    and the share removed ``1 - ratio`` with its CI (module docstring)."""
-    out: dict[str, Any] = {}
+    """Per row and over all harm measures: the tuned model's harm change without and with the
+    clamp and the share removed ``1 - ratio`` with its CI (module docstring).
+
+    ``controls`` maps a harm row to its style-control row (both among the rows): the row
+    ``<row>-controlled`` is then the row's change minus the control's (the same
+    ``logodds:<H>-controlled`` change as :func:`geomsafe.evaluate.logodds.controlled_changes`),
+    its ratio bootstrapped with pairs resampled within each of the two rows. ``all`` sums the
+    harm measures: a controlled row where there is one, the plain row where there is none;
+    control rows are not harm measures."""
+    controls = dict(controls or {})
     rows = list(base)
+    missing = [f"{r} -> {c}" for r, c in controls.items() if r not in base or c not in base]
+    if missing:
+        raise GeomsafeError(f"harm_removed: a row or its control is missing: {missing[0]}")
     d_un = {r: np.subtract(tuned[r], base[r]) for r in rows}
     d_cl = {r: np.subtract(clamped[r], base[r]) for r in rows}
-    for key, sel in [*((r, [r]) for r in rows), ("all", rows)]:
-        ratio = ratio_ci({r: d_cl[r] for r in sel}, {r: d_un[r] for r in sel}, n_boot, seed)
+
+    def signed(d: Mapping[str, np.ndarray], sel: Sequence[tuple[str, float]]) -> dict:
+        return {f"{i}:{r}": s * d[r] for i, (r, s) in enumerate(sel)}
+
+    groups: list[tuple[str, list[tuple[str, float]]]] = [(r, [(r, 1.0)]) for r in rows]
+    groups += [(f"{r}-controlled", [(r, 1.0), (c, -1.0)]) for r, c in controls.items()]
+    ctl = set(controls.values())
+    measures = [g for g in groups if g[0] not in ctl and g[0] not in controls]
+    groups.append(("all", [m for _, sel in measures for m in sel]))
+    out: dict[str, Any] = {}
+    for key, sel in groups:
+        ratio = ratio_ci(signed(d_cl, sel), signed(d_un, sel), n_boot, seed)
         out[key] = {
-            "change_without_clamp": float(sum(d_un[r].mean() for r in sel)),
-            "change_with_clamp": float(sum(d_cl[r].mean() for r in sel)),
+            "change_without_clamp": float(sum(s * d_un[r].mean() for r, s in sel)),
+            "change_with_clamp": float(sum(s * d_cl[r].mean() for r, s in sel)),
             "removed": 1 - ratio.value,
             "removed_ci": [1 - ratio.high, 1 - ratio.low],
         }
