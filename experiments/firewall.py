@@ -51,7 +51,8 @@ import torch
 from _common import RESULTS, machine, write_json
 from geomsafe.adapters import view
 from geomsafe.directions import auroc
-from geomsafe.evaluate.pairsets import load_pair_set
+from geomsafe.evaluate.pairsets import load_with_controls
+from geomsafe.evaluate.prompts import resolve_data_root
 from geomsafe.firewall import Firewall, calibrate, effect
 from geomsafe.firewall.calibration import sequence_statistics
 from geomsafe.firewall.effect import drift, harm_removed, over_refusal
@@ -298,10 +299,9 @@ def model_drift(lm, tuned, fw: Firewall, args) -> dict:
 
 def clamp_effect(lm, tuned, fw: Firewall, args) -> dict:
     t0 = time.perf_counter()
-    rows = [load_pair_set(r).subset(args.clamp_pairs, 0) for r in args.clamp_rows.split(",")]
     # an external set's harm measure is its change minus its style control's (docs/evaluate.md)
-    controls = {ps.name: ps.style_control for ps in rows if ps.style_control}
-    rows += [load_pair_set(c).subset(args.clamp_pairs, 0) for c in dict.fromkeys(controls.values())]
+    root = resolve_data_root(args.data_root)
+    rows, controls = load_with_controls(args.clamp_rows.split(","), args.clamp_pairs, 0, root)
     lo: dict[str, dict[str, list[float]]] = {"base": {}, "tuned": {}, "clamped": {}}
     for ps in rows:
         lo["base"][ps.name] = effect.pair_logodds(lm, ps)

@@ -10,6 +10,8 @@ import pytest
 from geomsafe.errors import GeomsafeError
 from geomsafe.pareto.frontier import (
     Goal,
+    behaviour_change,
+    harm_groups,
     pareto_front,
     ratio_ci,
     recommend,
@@ -132,3 +134,31 @@ def test_pareto_front():
         "f": (math.nan, 1.0),  # no harm figure: left out
     }
     assert pareto_front(points) == ["b", "a", "d"]
+
+
+def test_harm_groups_controlled_rows_replace_their_parts_in_all():
+    groups = harm_groups(["advice", "adv", "ctl"], {"adv": "ctl"})
+    assert list(groups) == ["advice", "adv", "ctl", "adv-controlled", "all"]
+    assert groups["adv-controlled"] == [("adv", 1.0), ("ctl", -1.0)]
+    assert groups["all"] == [("advice", 1.0), ("adv", 1.0), ("ctl", -1.0)]
+    assert harm_groups(["a", "b"])["all"] == [("a", 1.0), ("b", 1.0)]
+    with pytest.raises(GeomsafeError, match="missing"):
+        harm_groups(["adv"], {"adv": "ctl"})
+
+
+def test_behaviour_change_and_ratio_against_a_reference():
+    base = {"advice": [0.0, 0.1, 0.2], "adv": [0.0, 0.0], "ctl": [0.5, 0.5, 0.5, 0.5]}
+    un = {"advice": [0.2, 0.3, 0.4], "adv": [0.4, 0.4], "ctl": [0.6, 0.6, 0.6, 0.6]}
+    gd = {"advice": [0.05, 0.15, 0.25], "adv": [0.1, 0.1], "ctl": [0.6, 0.6, 0.6, 0.6]}
+    alone = behaviour_change(base, un, controls={"adv": "ctl"}, n_boot=50)
+    assert set(alone["all"]) == {"change"}
+    # unguarded: advice +0.2, adv +0.4 minus its control's +0.1 -> all +0.5
+    assert alone["adv-controlled"]["change"].value == pytest.approx(0.3)
+    assert alone["all"]["change"].value == pytest.approx(0.5)
+    got = behaviour_change(base, gd, un, controls={"adv": "ctl"}, n_boot=50)
+    # guarded: advice +0.05, adv +0.1 - 0.1 -> all +0.05: ratio 0.1
+    assert got["all"]["ratio"].value == pytest.approx(0.05 / 0.5)
+    assert got["advice"]["ratio"].value == pytest.approx(0.25)
+    assert got["all"]["reference_change"] == alone["all"]["change"]
+    with pytest.raises(GeomsafeError, match="different pairs"):
+        behaviour_change(base, {**un, "adv": [0.1]})

@@ -49,6 +49,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -309,6 +310,34 @@ def load_pair_set(spec: str, data_root: Path | None = None) -> PairSet:
     )
 
 
+def load_with_controls(
+    specs: Sequence[str],
+    n_pairs: int | None,
+    seed: int = 0,
+    data_root: Path | None = None,
+) -> tuple[list[PairSet], dict[str, str]]:
+    """The sets ``specs`` (:func:`load_pair_set`), each sampled to ``n_pairs``
+    (:meth:`PairSet.subset`), then the style control of each set that names one, once each and
+    sampled the same way, unless already among them; and the map ``{set: its control}`` (the
+    harm measure of such a set is its change minus its control's: docs/evaluate.md)."""
+    rows: dict[str, PairSet] = {}
+    for spec in dict.fromkeys(specs):
+        ps = load_pair_set(spec, data_root).subset(n_pairs, seed)
+        if ps.name in rows:
+            raise GeomsafeError(f"two pair sets are named {ps.name!r}")
+        rows[ps.name] = ps
+    controls = {ps.name: ps.style_control for ps in rows.values() if ps.style_control}
+    named: dict[str, str] = {}  # a control as named by a set -> the loaded control's name
+    for spec in dict.fromkeys(controls.values()):
+        if spec in rows:
+            named[spec] = spec
+        else:
+            control = load_pair_set(spec, data_root).subset(n_pairs, seed)
+            rows.setdefault(control.name, control)
+            named[spec] = control.name
+    return list(rows.values()), {r: named[c] for r, c in controls.items()}
+
+
 __all__ = [
     "BUILTIN",
     "CONCEPT_SETS",
@@ -326,6 +355,7 @@ __all__ = [
     "load_jailbreakbench",
     "load_pair_set",
     "load_refusals",
+    "load_with_controls",
     "load_toxigen",
     "parse_pairs",
     "refusal_for",

@@ -47,7 +47,7 @@ from geomsafe.firewall.screening import screen
 from geomsafe.firewall.traffic import Item
 from geomsafe.formatting import Example, encode
 from geomsafe.models import LoadedModel
-from geomsafe.pareto.frontier import ratio_ci
+from geomsafe.pareto.frontier import behaviour_change
 
 
 def _context(lm: LoadedModel, firewall: Firewall | None, mode: str):
@@ -158,33 +158,17 @@ def harm_removed(
     ``logodds:<H>-controlled`` change as :func:`geomsafe.evaluate.logodds.controlled_changes`),
     its ratio bootstrapped with pairs resampled within each of the two rows. ``all`` sums the
     harm measures: a controlled row where there is one, the plain row where there is none;
-    control rows are not harm measures."""
-    controls = dict(controls or {})
-    rows = list(base)
-    missing = [f"{r} -> {c}" for r, c in controls.items() if r not in base or c not in base]
-    if missing:
-        raise GeomsafeError(f"harm_removed: a row or its control is missing: {missing[0]}")
-    d_un = {r: np.subtract(tuned[r], base[r]) for r in rows}
-    d_cl = {r: np.subtract(clamped[r], base[r]) for r in rows}
-
-    def signed(d: Mapping[str, np.ndarray], sel: Sequence[tuple[str, float]]) -> dict:
-        return {f"{i}:{r}": s * d[r] for i, (r, s) in enumerate(sel)}
-
-    groups: list[tuple[str, list[tuple[str, float]]]] = [(r, [(r, 1.0)]) for r in rows]
-    groups += [(f"{r}-controlled", [(r, 1.0), (c, -1.0)]) for r, c in controls.items()]
-    ctl = set(controls.values())
-    measures = [g for g in groups if g[0] not in ctl and g[0] not in controls]
-    groups.append(("all", [m for _, sel in measures for m in sel]))
-    out: dict[str, Any] = {}
-    for key, sel in groups:
-        ratio = ratio_ci(signed(d_cl, sel), signed(d_un, sel), n_boot, seed)
-        out[key] = {
-            "change_without_clamp": float(sum(s * d_un[r].mean() for r, s in sel)),
-            "change_with_clamp": float(sum(s * d_cl[r].mean() for r, s in sel)),
-            "removed": 1 - ratio.value,
-            "removed_ci": [1 - ratio.high, 1 - ratio.low],
+    control rows are not harm measures (:func:`geomsafe.pareto.frontier.behaviour_change`)."""
+    got = behaviour_change(base, clamped, tuned, controls=controls, n_boot=n_boot, seed=seed)
+    return {
+        key: {
+            "change_without_clamp": m["reference_change"].value,
+            "change_with_clamp": m["change"].value,
+            "removed": 1 - m["ratio"].value,
+            "removed_ci": [1 - m["ratio"].high, 1 - m["ratio"].low],
         }
-    return out
+        for key, m in got.items()
+    }
 
 
 def over_refusal(
