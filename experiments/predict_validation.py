@@ -25,7 +25,10 @@ estimator:
   concept rows.
 
 Per data set the predict output is cached in ``<out>/<name>/predict.json`` (resumable);
-``<out>/validation.json`` and ``validation.md`` hold the tables. ``<out>`` defaults to
+``<out>/validation.json`` (stamped ``geomsafe.predict_validation/1``, with its provenance:
+model, atlas source, provenance and hash, recipe, evaluation config and pair-set hashes;
+``geomsafe report <out>`` shows it: dose-response curve, pooled scatter, goals) and
+``validation.md`` hold the tables. ``<out>`` defaults to
 ``$GEOMSAFE_RESULTS/predict_validation``. The atlas is extracted from the concepts' direction
 halves (or read from ``--atlas``); an atlas whose directions used evaluation pairs is refused.
 
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
@@ -60,7 +64,8 @@ from scipy.stats import spearmanr
 
 import behaviour_runs as br
 from _common import RESULTS, machine, write_json
-from geomsafe.artefacts import atomic_write
+from geomsafe.artefacts import VALIDATION_JSON, atomic_write
+from geomsafe.artefacts import write_json as write_artefact
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.concepts import builtin_names
 from geomsafe.datasets import Dataset
@@ -73,6 +78,7 @@ from geomsafe.guard.resolve import extract_atlas
 from geomsafe.models import LoadedModel, load
 from geomsafe.predict import predict, probe_prompts
 from geomsafe.projection import mean_projection, measured_shift
+from geomsafe.report.validation import DEFAULT_ESTIMATOR, GOALS, level_change, spearman_p
 from geomsafe.train import finetune
 
 ESTIMATORS = ("risk", "projection_difference", "prompt_anchored", "gradient", "gradient_alignment")
@@ -107,6 +113,7 @@ def monotonicity(levels: Sequence[float], values: Sequence[float]) -> float:
 def agreement(pred: Sequence[float], meas: Sequence[float]) -> dict[str, float | int]:
     return {
         "spearman": spearman(pred, meas),
+        "p": spearman_p(list(pred), list(meas))[1],
         "pair_accuracy": pair_accuracy(pred, meas),
         "n": len(pred),
     }
@@ -175,7 +182,8 @@ def mixture_groups(names: Sequence[str]) -> dict[str, list[tuple[float, str]]]:
 
 def mixture_monotonicity(rows: Mapping[str, Mapping[str, Any]], concepts: Sequence[str]):
     """Per mixture group: Spearman over the levels of the overall risk and of the mean change
-    over the concept rows (and of each concept row)."""
+    over the concept rows (and of each concept row); per level the mean change's 95% CI
+    (:func:`geomsafe.report.validation.level_change`, when the rows carry CIs)."""
     out = {}
     for group, levels in mixture_groups(list(rows)).items():
         fs = [f for f, _ in levels]
@@ -187,10 +195,24 @@ def mixture_monotonicity(rows: Mapping[str, Mapping[str, Any]], concepts: Sequen
             else float("nan")
             for _, n in levels
         ]
+        with_ci = all(
+            "ci_low" in rows[n]["behaviour"].get(r, {}) for _, n in levels for r in concept_rows
+        )
         out[group] = {
             "levels": fs,
+            "datasets": [n for _, n in levels],
             "risk": risk,
             "mean_concept_change": beh,
+            **(
+                {
+                    "mean_concept_ci": [
+                        list(level_change(rows[n]["behaviour"], concept_rows)[1:])
+                        for _, n in levels
+                    ]
+                }
+                if with_ci
+                else {}
+            ),
             "risk_spearman": monotonicity(fs, risk),
             "behaviour_spearman": monotonicity(fs, beh),
             "per_row_spearman": {
@@ -279,10 +301,15 @@ def example_scores(pred: Mapping[str, Any], ds: Dataset, score: str) -> list[flo
 # ------------------------------------------------------------------ runs
 
 
+def has_atlas(path: str | None) -> bool:
+    """Whether ``--atlas`` names an atlas folder (else the atlas is extracted)."""
+    return bool(path) and any((Path(path) / s / "atlas.json").is_file() for s in (".", "atlas"))
+
+
 def get_atlas(lm: LoadedModel, path: str | None, concepts: Sequence[str]) -> FeatureAtlas:
     """``--atlas`` or the harmful concepts' direction halves; refused when its directions used
     a concept row's pairs."""
-    if path and any((Path(path) / sub / "atlas.json").is_file() for sub in (".", "atlas")):
+    if has_atlas(path):
         atlas = FeatureAtlas.load(path)
     else:
         atlas = extract_atlas(lm, list(concepts), [], max_pairs=64, seed=0, progress=False)
@@ -344,6 +371,67 @@ def markdown(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> s
     return "\n".join(lines) + "\n"
 
 
+def summarise(rows: Sequence[Mapping[str, Any]], concepts: Sequence[str]) -> dict[str, Any]:
+    """The body of ``validation.json`` for ``rows`` (one per data set, as
+    :func:`validation_row` returns): the rows, the agreement of every estimator
+    (:func:`validate`), the mixtures (:func:`mixture_monotonicity`), the concepts, the
+    default estimator and the goals the report checks."""
+    return {
+        "rows": list(rows),
+        "summary": {
+            "estimators": validate(rows, concepts),
+            "mixtures": mixture_monotonicity({r["dataset"]: r for r in rows}, concepts),
+        },
+        "concepts": list(concepts),
+        "default_estimator": DEFAULT_ESTIMATOR,
+        "goals": dict(GOALS),
+    }
+
+
+def atlas_sha256(atlas: FeatureAtlas, names: Sequence[str]) -> str:
+    """sha256 over the names and float32 directions of ``names`` (what the estimators used)."""
+    h = hashlib.sha256()
+    for n in names:
+        h.update(n.encode())
+        h.update(atlas.directions[n].float().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def provenance(lm: LoadedModel, atlas: FeatureAtlas, args, behaviour: Path, names) -> dict:
+    """What the validation was computed from: the model, the atlas (source, its provenance,
+    a hash of the harmful directions), the behaviour runs' recipe and evaluation config (one
+    value when every data set agrees, else per data set), the concept pair sets' hashes and
+    the predict sample."""
+    runs = {}
+    for n in names:
+        path = behaviour / br.safe_name(n) / br.BEHAVIOUR_JSON
+        if path.is_file():
+            runs[br.display_name(n)] = json.loads(path.read_text())
+
+    def common(key: str) -> Any:
+        values = {k: v.get(key) for k, v in runs.items()}
+        distinct = {json.dumps(v, sort_keys=True) for v in values.values()}
+        return next(iter(values.values())) if len(distinct) == 1 else values
+
+    return {
+        **lm.provenance(),
+        "atlas": {
+            "source": args.atlas
+            if has_atlas(args.atlas)
+            else "extracted (direction halves, 64 pairs, seed 0)",
+            "sha256": atlas_sha256(atlas, atlas.harmful),
+            "provenance": atlas.provenance,
+        },
+        "recipe": common("recipe"),
+        "eval_config": common("eval_config"),
+        "pairs": {s: load_pair_set(s).sha256() for s in CONCEPT_SETS},
+        "behaviour": str(behaviour),
+        "max_examples": args.max_examples,
+        "train_examples": args.train_examples,
+        "seed": args.seed,
+    }
+
+
 def validation(lm: LoadedModel, args) -> dict[str, Any]:
     concepts = builtin_names("harmful")
     atlas = get_atlas(lm, args.atlas, concepts)
@@ -356,13 +444,15 @@ def validation(lm: LoadedModel, args) -> dict[str, Any]:
         for n in names
         if (r := validation_row(n, lm, atlas, args, behaviour, out, base_probe, probes))
     ]
-    summary = {
-        "estimators": validate(rows, atlas.harmful),
-        "mixtures": mixture_monotonicity({r["dataset"]: r for r in rows}, atlas.harmful),
+    payload = {
+        **summarise(rows, atlas.harmful),
+        "provenance": provenance(lm, atlas, args, behaviour, names),
+        "machine": machine(),
+        "command": _command(),
     }
-    payload = {"rows": rows, "summary": summary, "machine": machine(), "command": _command()}
-    write_json(out / "validation.json", payload)
-    text = markdown(rows, summary)
+    out.mkdir(parents=True, exist_ok=True)
+    write_artefact(out / VALIDATION_JSON, payload, "predict_validation")
+    text = markdown(rows, payload["summary"])
     atomic_write(out / "validation.md", lambda p: Path(p).write_text(text, encoding="utf-8"))
     print(text)
     return payload

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from geomsafe.artefacts import VALIDATION_JSON, read_json
 from geomsafe.errors import GeomsafeError
+from geomsafe.report import report
 from geomsafe.testing import tiny_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
@@ -98,6 +100,15 @@ def test_validation_and_filter_experiment_end_to_end_on_a_tiny_model(tmp_path):
     assert "task:code into task:factual_qa" in payload["summary"]["mixtures"]
     assert (out / "task_code" / pv.PREDICT_JSON).is_file()
     assert "pooled" in (out / "validation.md").read_text()
+    saved = read_json(out / VALIDATION_JSON, "predict_validation")
+    assert saved["format"] == "geomsafe.predict_validation/1" and saved["geomsafe_version"]
+    prov = saved["provenance"]
+    assert prov["model_spec"] == lm.spec and len(prov["atlas"]["sha256"]) == 64
+    assert prov["recipe"]["max_steps"] == 2 and prov["eval_config"]["logodds_pairs"] == 4
+    assert set(prov["pairs"]) == set(pv.CONCEPT_SETS) and prov["max_examples"] == 4
+    mix = saved["summary"]["mixtures"]["task:code into task:factual_qa"]
+    assert len(mix["mean_concept_ci"]) == 2 and mix["datasets"] == names.split(",")[1:]
+    assert "Does predict's risk predict behaviour?" in report(out).read_text()
 
     fargv = ["--filter-experiment", "task:code", "--behaviour", str(beh), "--out", str(out)]
     fargv += ["--random-seeds", "2", "--rows", "concept:toxicity", "--pairs", "6"]

@@ -49,6 +49,7 @@ PILOT_JSON = "pilot.json"
 FIREWALL_JSON = "firewall.json"
 FIREWALL_RUN_JSON = "firewall_run.json"
 PARETO_JSON = "pareto.json"
+VALIDATION_JSON = "validation.json"  # experiments/predict_validation.py
 REPORT_HTML = "report.html"
 CONTROL = "random_labels"  # the audit's label-shuffled control concept (atlas and audit.json)
 
@@ -66,6 +67,7 @@ VERSIONS: dict[str, int] = {
     "firewall": 1,
     "firewall_run": 1,
     "pareto": 1,
+    "predict_validation": 1,
 }
 #: The kind of each result file by name: how files written before the stamp are read.
 KIND_OF_FILE: dict[str, str] = {
@@ -80,6 +82,7 @@ KIND_OF_FILE: dict[str, str] = {
     FIREWALL_JSON: "firewall",
     FIREWALL_RUN_JSON: "firewall_run",
     PARETO_JSON: "pareto",
+    VALIDATION_JSON: "predict_validation",
 }
 _TAG = re.compile(r"^geomsafe\.([a-z_]+)/(\d+)$")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 import matplotlib.ticker
@@ -182,6 +182,7 @@ def scatter(
     xlabel: str,
     ylabel: str,
     yerr: Sequence[tuple[float, float]] | None = None,
+    legend_title: str = "guard",
 ) -> str:
     """One labelled point per item, coloured by group, with optional vertical CI bars."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -194,11 +195,53 @@ def scatter(
         ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
-    ax.legend(unique.values(), unique.keys(), frameon=False, fontsize=7, title="guard")
+    ax.legend(unique.values(), unique.keys(), frameon=False, fontsize=7, title=legend_title)
     ax.axhline(0, color="black", lw=0.5)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
+    return _svg(fig)
+
+
+#: One line of :func:`line_panels`: x values, y values and optional (low, high) per point.
+Line = tuple[Sequence[float], Sequence[float], Sequence[tuple[float, float]] | None]
+
+
+def line_panels(panels: Sequence[tuple[str, Mapping[str, Line]]], xlabel: str, title: str) -> str:
+    """Side-by-side panels over a shared x, each ``(ylabel, {series name: Line})``: one line
+    with markers per series (the i-th series of every panel in the i-th colour) and, where
+    given, vertical error bars (e.g. 95% CIs); non-finite points are left out."""
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(3.6 * len(panels) + 0.6, 3.2), squeeze=False, layout="constrained"
+    )
+    for ax, (ylabel, series) in zip(axes[0], panels, strict=True):
+        for k, (name, (xs, ys, errs)) in enumerate(series.items()):
+            pts = zip(xs, ys, strict=True)
+            keep = [i for i, (x, y) in enumerate(pts) if np.isfinite([x, y]).all()]
+            x = np.array([xs[i] for i in keep], dtype=float)
+            y = np.array([ys[i] for i in keep], dtype=float)
+            yerr = None
+            if errs is not None:
+                lo = np.array([errs[i][0] for i in keep], dtype=float)
+                hi = np.array([errs[i][1] for i in keep], dtype=float)
+                ok = np.isfinite(lo) & np.isfinite(hi)
+                yerr = np.clip(np.where(ok, [y - lo, hi - y], 0.0), 0.0, None)
+            ax.errorbar(
+                x,
+                y,
+                yerr=yerr,
+                fmt="o-",
+                ms=3,
+                lw=1,
+                capsize=2,
+                color=PALETTE[k % len(PALETTE)],
+                label=name,
+            )
+        ax.axhline(0, color="black", lw=0.4)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.legend(frameon=False, fontsize=7)
+    fig.suptitle(title, fontsize=9)
     return _svg(fig)
 
 

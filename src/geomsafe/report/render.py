@@ -32,7 +32,7 @@ from geomsafe.artefacts import (
     read_jsonl,
 )
 from geomsafe.errors import GeomsafeError
-from geomsafe.report import firewall, pareto
+from geomsafe.report import firewall, pareto, validation
 from geomsafe.report.recommend import recommend
 from geomsafe.report.sections import (
     audit_section,
@@ -53,6 +53,7 @@ SECTIONS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "firewall_run": ("firewall_run", firewall.run_section),
     "firewall": ("firewall_cal", firewall.calibration_section),
     "pareto": ("pareto", pareto.section),
+    "predict_validation": ("validation", validation.section),
 }
 _SHAPE_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError)
 _PEEK_BYTES = 50_000_000  # unknown-named JSON files larger than this are not results
