@@ -169,13 +169,14 @@ def sum_dict(values: Mapping[str, Tensor], device: torch.device | str) -> dict[s
     (created on ``device``). Unchanged when not active."""
     if not active():
         return dict(values)
-    shapes = [None] * torch.distributed.get_world_size()
-    local = {k: (tuple(v.shape), v.dtype) for k, v in values.items()}
+    Spec = dict[str, tuple[tuple[int, ...], torch.dtype]]
+    shapes: list[Spec | None] = [None] * torch.distributed.get_world_size()
+    local: Spec = {k: (tuple(v.shape), v.dtype) for k, v in values.items()}
     torch.distributed.all_gather_object(shapes, local)
-    names: dict[str, tuple] = {}
+    names: Spec = {}
     for entry in shapes:
-        for k, spec in (entry or {}).items():
-            names.setdefault(k, spec)
+        for name, spec in (entry or {}).items():
+            names.setdefault(name, spec)
     out = {}
     for k in names:  # first-seen order, the same on every rank
         shape, dtype = names[k]
