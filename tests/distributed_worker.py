@@ -31,7 +31,8 @@ _EVENTS = {
 }
 
 
-def _watch(root: str, seen: list[str]) -> None:
+def watch(root: str, seen: list[str]) -> None:
+    """Append to ``seen`` every write under ``root`` (module docstring) until ``watch.stop()``."""
     root = os.path.realpath(root)
     recording = [True]
 
@@ -54,7 +55,7 @@ def _watch(root: str, seen: list[str]) -> None:
                 seen.append(f"{event} {os.path.relpath(os.path.realpath(p), root)}")
 
     sys.addaudithook(hook)
-    _watch.stop = lambda: recording.__setitem__(0, False)  # type: ignore[attr-defined]
+    watch.stop = lambda: recording.__setitem__(0, False)  # type: ignore[attr-defined]
 
 
 def main(spec_path: str) -> None:
@@ -62,7 +63,7 @@ def main(spec_path: str) -> None:
     rank = int(os.environ.get("RANK", "0"))
     side = Path(spec["side"])
     seen: list[str] = []
-    _watch(spec["watch"], seen)
+    watch(spec["watch"], seen)
 
     import torch
     from peft import PeftModel
@@ -88,7 +89,7 @@ def main(spec_path: str) -> None:
         config=TrainConfig(**spec["config"]),
         progress=False,
     )
-    _watch.stop()  # type: ignore[attr-defined]
+    watch.stop()  # type: ignore[attr-defined]
     assert result.lm is not None
     lora = {
         k: v.detach().cpu().clone() for k, v in result.lm.model.state_dict().items() if "lora_" in k

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from geomsafe import distributed
 from geomsafe.errors import GeomsafeError
 from geomsafe.formatting import Encoded, Example, encode_all
 from geomsafe.layers import (
@@ -290,6 +291,12 @@ class _Pooler:
     def tokens(self) -> list[Tensor] | None:
         return None if self.parts is None else [torch.cat(p) for p in self.parts]
 
+    def reduce(self) -> None:
+        """Sum the pooled rows over the ranks (:mod:`geomsafe.distributed`): each rank filled
+        only its batches' examples, so the sum is every example's value, in order."""
+        pooled = self.pooled if self.project_on is None else None
+        distributed.all_sum(pooled, self.heads, *self.projections.values())
+
 
 def _weighted_sum(weights: Tensor, hidden: Tensor, rows: Tensor | None) -> Tensor:
     """``[K, 1, T]`` weights times ``[R, T, D]`` hidden (rows ``rows`` of it) -> ``[K, D]``."""
@@ -449,8 +456,13 @@ def _run(
     heads: bool,
     share_prefix: bool,
 ) -> None:
-    """The forward passes of a capture, each pass's selected tokens added to ``pooler``."""
+    """The forward passes of a capture, each pass's selected tokens added to ``pooler``.
+
+    Under :func:`geomsafe.distributed.data_parallel` each rank runs its share of the batches
+    (:func:`~geomsafe.distributed.mine`) and the pooled rows are summed over the ranks; a
+    per-token capture is not sharded (every rank runs all of it)."""
     chosen = pooler.layers
+    shard = pooler.parts is None
     pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     net = backbone(lm.model)
     forward = _Forward(net, lm.device, cache_kwarg(net))
@@ -464,6 +476,7 @@ def _run(
     ):
         if plan is None:
             batches = list(make_batches(encoded, batch_size, pad_id, padding_side))
+            batches = distributed.mine(batches) if shard else batches
             for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
                 forward(batch)
                 picks = [
@@ -473,10 +486,14 @@ def _run(
                 pooler.add(store, head_store, picks)
         else:
             ctx = _Shared(lm.model, forward, plan, encoded, spans, pad_id, padding_side)
-            root = ctx.run_root(pooler, store, head_store)
+            keep_root = not shard or distributed.shard_rank() == 0  # every rank needs its cache
+            root = ctx.run_root(pooler, store, head_store, keep=keep_root)
             steps = list(shared_steps(plan, encoded, batch_size))
+            steps = distributed.mine(steps) if shard else steps
             for step in tqdm(steps, desc=desc, unit="batch", disable=not progress, leave=False):
                 ctx.run_step(step, root, pooler, store, head_store)
+    if shard:
+        pooler.reduce()
 
 
 @dataclass
@@ -493,14 +510,15 @@ class _Shared:
     pad_id: int
     padding_side: str
 
-    def run_root(self, pooler: _Pooler, store: dict, head_store: dict) -> Any:
-        """Run the root tokens once; returns their cache (None when there is no root)."""
+    def run_root(self, pooler: _Pooler, store: dict, head_store: dict, keep: bool = True) -> Any:
+        """Run the root tokens once; returns their cache (None when there is no root). With
+        ``keep=False`` their activations are not added to ``pooler`` (another rank adds them)."""
         r = self.plan.root
         if r == 0:
             return None
         cache = new_cache(self.model)
         self.forward(pad_rows([self.plan.prompts[0][:r]], [0], self.pad_id, "right"), cache=cache)
-        picks = [(i, 0, a, min(b, r)) for i, (a, b) in enumerate(self.spans)]
+        picks = [(i, 0, a, min(b, r)) for i, (a, b) in enumerate(self.spans)] if keep else []
         pooler.add(store, head_store, picks)
         return cache
 

@@ -5,6 +5,10 @@ then reports for every target its overlap with the nearest harmful feature at th
 best layer and over a layer band, with permutation p-value and bootstrap CI; the same for
 every harmful feature against the other harmful ones; superposition density per layer; and
 the attention heads that write along both a target and its nearest harmful feature.
+
+Under a launcher (``torchrun --nproc_per_node N``) the capture of the concept pairs is shared
+out over the processes and reduced (:mod:`geomsafe.distributed`); every process then holds the
+one-process activations and computes the rest itself; only rank 0 writes ``out``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 import torch
 
+from geomsafe import distributed
 from geomsafe.artefacts import ATLAS_DIR, AUDIT_JSON, CONTROL, prepare_out, stamp, write_json
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.audit.config import AuditConfig
@@ -73,11 +78,14 @@ def audit(
     ``options`` override :class:`AuditConfig` fields (``max_pairs=16``, ``target=["code"]``,
     ...). Every setting, concept file and ``out`` is checked before the model is loaded; a
     non-empty ``out`` is refused unless ``overwrite``. The report's ``phases`` holds the
-    seconds spent per phase (load, extract, overlap, heads, neighbours, density)."""
+    seconds spent per phase (load, extract, overlap, heads, neighbours, density). Under a
+    launcher every rank returns the same result and rank 0 alone writes ``out`` (module
+    docstring)."""
     cfg = (config or AuditConfig()).with_options(**options)
     folder = prepare_out(out, "audit", overwrite=overwrite) if out is not None else None
     sets, harmful, targets = _concept_sets(cfg)
-    with torch_threads(cfg.threads):
+    with distributed.data_parallel(), torch_threads(cfg.threads):
+        progress = progress and distributed.is_main()
         clock = _Clock()
         lm = model if isinstance(model, LoadedModel) else load(model)
         clock.lap("load")
@@ -105,7 +113,7 @@ def audit(
         density = _density(ex, cfg.seed)
         clock.lap("density")
     report = _report(atlas, rows, neighbours, density, band, cfg, clock)
-    if folder is not None:
+    if folder is not None and distributed.is_main():
         with folder.writing() as work:
             write_audit(work, atlas, report)
     return AuditResult(atlas, report, ex)

@@ -7,6 +7,7 @@ import click
 from geomsafe.audit import AuditConfig, AuditResult, audit
 from geomsafe.audit.config import TOKEN_RULES
 from geomsafe.cli.common import config_option, model_option, print_table
+from geomsafe.distributed import is_main
 
 
 def print_audit(result: AuditResult) -> None:
@@ -72,5 +73,7 @@ def audit_cmd(model, out, overwrite, no_heads, **options) -> None:
     """Where do harmful features sit relative to a fine-tuning target?"""
     # the config is built (and every number checked) inside audit() before the model loads
     result = audit(model, out=out, overwrite=overwrite, heads=not no_heads, **options)
+    if not is_main():  # one table under torchrun
+        return
     print_audit(result)
     click.echo(f"\n{result.report['seconds']:.1f} s" + (f"; wrote {out}" if out else ""))

@@ -10,6 +10,7 @@ import dataclasses
 import click
 
 from geomsafe.cli.common import model_option, print_table
+from geomsafe.distributed import is_main
 from geomsafe.errors import GeomsafeError
 from geomsafe.options import split_csv
 from geomsafe.predict import METHODS, PER_EXAMPLE_SCORES, PredictConfig, PredictResult, predict
@@ -106,6 +107,8 @@ def predict_cmd(
     if (config.filter_k or config.attack_k) and not out:
         raise GeomsafeError("--filter and --attack write files: give --out")
     result = predict(model, data, out=out, atlas=atlas, config=config, overwrite=overwrite)
+    if not is_main():  # one table under torchrun
+        return
     print_predict(result)
     if out:
         click.echo(f"wrote {out}")

@@ -7,7 +7,9 @@ left-padded, and generated with the KV cache. Before batch ``b`` the torch RNG i
 ``seed + b``, so a batch's samples depend only on the seed, the batch's rows and the model,
 never on other batches; the caller's global RNG state is restored afterwards. Two models
 evaluated with the same prompts and seed use the same random numbers (common random numbers),
-which makes their difference less noisy. A prompt longer than the model's context less
+which makes their difference less noisy. Under :func:`geomsafe.distributed.data_parallel` each
+rank generates its share of the batches (same rows and seeds) and the texts are merged over
+the ranks. A prompt longer than the model's context less
 ``max_new_tokens`` keeps its last tokens, with a warning (:func:`_capped`).
 """
 
@@ -23,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from geomsafe import distributed
 from geomsafe.errors import GeomsafeError
 from geomsafe.formatting import Example, encode
 from geomsafe.models import LoadedModel
@@ -172,8 +175,7 @@ def generate(
     rows.sort(key=lambda r: (-len(encoded[r[0]]), r[0], r[1]))
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     stop = eos_ids(lm)
-    out_text = [[""] * cfg.samples_per_prompt for _ in prompts]
-    out_n = [[0] * cfg.samples_per_prompt for _ in prompts]
+    done: dict[tuple[int, int], tuple[str, int]] = {}  # (prompt, sample) -> (text, tokens)
     device = lm.device
     sampling = cfg.temperature > 0
     # transformers' own temperature/top-p/top-k warpers are switched off; NucleusSampler
@@ -183,14 +185,12 @@ def generate(
     if sampling:
         nucleus = NucleusSampler(cfg.temperature, cfg.top_p)
         kwargs["logits_processor"] = LogitsProcessorList([nucleus])
-    starts = list(range(0, len(rows), cfg.batch_size))
+    starts = distributed.mine(list(enumerate(range(0, len(rows), cfg.batch_size))))
     model: Any = lm.model  # typed loosely: transformers' stubs do not declare generate()
     t0 = time.perf_counter()
     fork_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=fork_devices):
-        for b, start in enumerate(
-            tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False)
-        ):
+        for b, start in tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False):
             batch = rows[start : start + cfg.batch_size]
             width = max(len(encoded[i]) for i, _ in batch)
             ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -216,8 +216,10 @@ def generate(
                     if t in stop:
                         n = k + 1
                         break
-                out_n[i][s] = n
-                out_text[i][s] = str(tok.decode(row[:n], skip_special_tokens=True)).strip()
+                done[i, s] = (str(tok.decode(row[:n], skip_special_tokens=True)).strip(), n)
+    done = distributed.gather_dict(done)
+    out_text = [[done[i, s][0] for s in range(cfg.samples_per_prompt)] for i in range(len(prompts))]
+    out_n = [[done[i, s][1] for s in range(cfg.samples_per_prompt)] for i in range(len(prompts))]
     return Generations(out_text, out_n, cfg, time.perf_counter() - t0)
 
 

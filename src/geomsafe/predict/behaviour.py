@@ -14,6 +14,9 @@ share. With the LoRA-shaped sketches ``S`` of :mod:`geomsafe.predict.sketch`:
   over i to ``alignment_h`` (the norm held at the whole set's); the reported per-example score
   is ``n * contribution_ih`` (the alignment a set of n such examples would have, at that norm).
 
+Under :func:`geomsafe.distributed.data_parallel` each rank backpropagates its share of the
+pair and data batches; the sketches and per-example inner products are summed over the ranks.
+
 Cost: one forward+backward per concept pair response (cached per model, pairs and sketch) and
 one per data example; two small einsums per linear module per batch for the per-example scores.
 """
@@ -27,6 +30,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from geomsafe import distributed
 from geomsafe.evaluate.logodds import PairSet, response_logps
 from geomsafe.formatting import Example, encode
 from geomsafe.models import LoadedModel
@@ -61,15 +65,16 @@ def logodds_sketch(
         (1 if j % 2 == 0 else -1) / ((e.length - e.prompt_len) * n_pairs)
         for j, e in enumerate(encoded)
     ]
-    batches = list(length_batches(encoded, batch_size, max_tokens))
+    batches = distributed.mine(list(length_batches(encoded, batch_size, max_tokens)))
     with sketching(lm, matrices) as sk:
         for idx in tqdm(batches, desc=f"log-odds gradient {pairs.name}", disable=not progress):
             lp = response_logps(lm, [encoded[i] for i in idx])
             (lp * torch.tensor([weights[i] for i in idx], dtype=lp.dtype)).sum().backward()
+    total = distributed.sum_dict(sk.total, lm.device)
     if len(_CACHE) >= _CACHE_SIZE:
         _CACHE.pop(next(iter(_CACHE)))
-    _CACHE[key] = sk.total
-    return sk.total
+    _CACHE[key] = total
+    return total
 
 
 @dataclass
@@ -117,13 +122,15 @@ def behavioural_estimate(
     total_tokens = sum(e.length - e.prompt_len for e in encoded)
     dots = torch.zeros(len(data), len(names), dtype=torch.float64)
     with sketching(lm, matrices, stack(concept_sk, list(matrices))) as sk:
-        batches = list(length_batches(encoded, batch_size, max_tokens))
+        batches = distributed.mine(list(length_batches(encoded, batch_size, max_tokens)))
         for idx in tqdm(batches, desc="data gradient", disable=not progress):
             sk.new_batch(len(idx))
             nll = -response_logps(lm, [encoded[i] for i in idx])
             (nll.sum() / total_tokens).backward()
             dots[idx] = sk.per_example
-    data_norm = inner(sk.total, sk.total) ** 0.5
+    distributed.all_sum(dots)  # each rank filled its own examples' rows
+    data_total = distributed.sum_dict(sk.total, lm.device)
+    data_norm = inner(data_total, data_total) ** 0.5
     change, alignment = {}, {}
     contributions = torch.zeros_like(dots)
     for k, (n, c) in enumerate(zip(names, concept_sk, strict=True)):

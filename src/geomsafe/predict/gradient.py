@@ -8,6 +8,9 @@ dataset's assistant tokens. Gradient alignment: the cosine between the descent d
 ``-∇_W L(D)`` and ``∇_W p_h`` (scale-free, -1..1): the share of the step that raises p_h.
 Full weights are used rather than a LoRA's (whose B starts at zero), so the estimate does not
 depend on a random LoRA initialisation.
+
+Under :func:`geomsafe.distributed.data_parallel` each rank backpropagates its share of the
+data batches and of the probe batches, and the gradients are summed over the ranks.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from geomsafe import distributed
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.capture import make_batches, record
 from geomsafe.evaluate.logodds import response_logps
@@ -73,7 +77,7 @@ def _loss_grad(
     for p in params:
         p.grad = None
     for idx in tqdm(
-        list(length_batches(enc, batch_size, max_tokens)),
+        distributed.mine(list(length_batches(enc, batch_size, max_tokens))),
         desc="loss gradient",
         disable=not progress,
         leave=False,
@@ -83,6 +87,7 @@ def _loss_grad(
     out = [p.grad.detach() if p.grad is not None else torch.zeros_like(p) for p in params]
     for p in params:
         p.grad = None  # handed over, not copied: one gradient in memory
+    distributed.all_sum(*out)
     return out
 
 
@@ -106,7 +111,7 @@ def _projection_grad(
     ``direction`` at ``layer``, one probe batch at a time (one batch's graph in memory)."""
     total = sum(len(b.index) for b in batches)
     acc: list[Tensor | None] = [None] * len(params)
-    for batch in batches:
+    for batch in distributed.mine(batches):
         with record(lm.model, [layer], lm.layer_template, detach=False) as store:
             lm.model.base_model(
                 input_ids=batch.input_ids.to(lm.device),
@@ -120,7 +125,7 @@ def _projection_grad(
         for i, g in enumerate(grads):
             if g is not None:
                 acc[i] = g if acc[i] is None else acc[i].add_(g)
-    return acc
+    return distributed.sum_grads(acc, params)
 
 
 @dataclass

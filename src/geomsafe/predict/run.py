@@ -7,6 +7,11 @@ risk is the largest concept risk; its concept is named only when that risk is > 
 excludes 0 (``"none"`` otherwise). Per-example scores (``examples``, ``--filter``,
 ``--attack``) come from ``PredictConfig.per_example_score``.
 
+Under a launcher (``torchrun --nproc_per_node N``) the loops over examples (captures, own
+responses, gradients) are shared out over the processes and reduced
+(:mod:`geomsafe.distributed`): every process returns the one-process result and only rank 0
+writes ``out``.
+
 Everything that can be checked without the model (options, concept names, an atlas folder, the
 data file, the output folder) is checked before the model is loaded.
 """
@@ -20,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import geomsafe
+from geomsafe import distributed
 from geomsafe.artefacts import prepare_out
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.concepts import builtin_names, load_for_direction
@@ -123,7 +129,8 @@ def predict(
     fa, atlas_source = _atlas(atlas)
     names = _concepts(cfg, fa)
     folder = prepare_out(out, "predict", overwrite=overwrite) if out is not None else None
-    with torch_threads(cfg.threads), _template_errors(model):
+    with distributed.data_parallel(), torch_threads(cfg.threads), _template_errors(model):
+        progress = progress and distributed.is_main()
         lm = model if isinstance(model, LoadedModel) else load(model)
         extracted = None
         if fa is None and {cfg.method, cfg.per_example_score} & NEEDS_ATLAS:
@@ -184,7 +191,7 @@ def predict(
             "seconds": time.perf_counter() - t0,
         },
     )
-    if folder is not None:
+    if folder is not None and distributed.is_main():
         with folder.writing() as work:
             write_predict(work, result, ds, extracted, cfg)
     return result

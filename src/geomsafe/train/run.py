@@ -29,6 +29,7 @@ import torch
 from transformers import TrainerCallback
 
 import geomsafe
+from geomsafe import distributed
 from geomsafe.artefacts import ATLAS_DIR, GEOMETRY_LOG, RUN_JSON, atomic_write_text, write_json
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.capture import HOOK_SITE
@@ -138,7 +139,7 @@ class _MetaCallback(TrainerCallback):
 
 
 def _wait_for_everyone() -> None:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if distributed.launched():
         from accelerate import PartialState
 
         PartialState().wait_for_everyone()

@@ -26,7 +26,6 @@ the ranks hold the same number of assistant tokens).
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from geomsafe import distributed
 from geomsafe.artefacts import GEOMETRY_LOG, atomic_write
 from geomsafe.guard import Guard, MonitorGuard, begin_steps, combined, step_logs, total_penalty
 from geomsafe.train.config import TrainConfig
@@ -312,4 +312,5 @@ def quiet(trainer: Trainer) -> None:
 
 
 def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+    """Rank 0 (:func:`geomsafe.distributed.is_main`)."""
+    return distributed.is_main()
