@@ -1,10 +1,18 @@
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from geomsafe.errors import GeomsafeError
-from geomsafe.firewall import CalibrationConfig, Firewall, calibrate, choose_thresholds
+from geomsafe.firewall import (
+    CalibrationConfig,
+    Firewall,
+    calibrate,
+    choose_thresholds,
+    rethreshold,
+)
 from geomsafe.firewall.calibration import atlas_checks, sequence_statistics
 from geomsafe.firewall.traffic import Item
 from geomsafe.formatting import Example, encode
@@ -130,3 +138,26 @@ def test_bad_input_is_a_clear_error(tiny_llama):
         calibrate(tiny_llama, atlas=tiny_atlas(width=16), **FAST)
     with pytest.raises(GeomsafeError, match="no atlas"):
         calibrate(tiny_llama, atlas="/nonexistent/atlas", **FAST)
+
+
+def test_rethreshold_moves_the_thresholds_without_a_model(tiny_llama):
+    fw = calibrate(tiny_llama, atlas=tiny_atlas(), fpr=0.05, **FAST)
+    same = rethreshold(fw, 0.05)
+    for x, y in zip(fw.checks, same.checks, strict=True):  # the kept stats are rounded to 1e-5
+        assert y.threshold == pytest.approx(x.threshold, abs=1e-4)
+        assert torch.equal(x.direction, y.direction)
+    loose = rethreshold(fw, 0.5)
+    assert loose.fpr == 0.5 and loose.calibration["rethresholded_from"] == 0.05
+    assert all(b.threshold <= a.threshold for a, b in zip(fw.checks, loose.checks, strict=True))
+    assert any(b.threshold < a.threshold for a, b in zip(fw.checks, loose.checks, strict=True))
+    # the achieved rate is that of the kept statistics under the new thresholds
+    table = torch.tensor([fw.calibration["stats"][k] for k in fw.keys]).T
+    taus = torch.tensor([c.threshold for c in loose.checks])
+    fired = float((table > taus).any(-1).double().mean())
+    assert loose.calibration["fpr_achieved"] == pytest.approx(fired)
+    assert fired <= 0.5
+    with pytest.raises(GeomsafeError, match="fpr"):
+        rethreshold(fw, 1.5)
+    broken = dataclasses.replace(fw, calibration={})
+    with pytest.raises(GeomsafeError, match="re-thresholded"):
+        rethreshold(broken, 0.1)

@@ -8,6 +8,7 @@ from geomsafe.firewall.calibration import (
     CalibrationConfig,
     calibrate,
     choose_thresholds,
+    rethreshold,
     sequence_statistics,
 )
 from geomsafe.firewall.config import DEFAULT_REFUSAL, FORMAT, MODES, Check, Firewall
@@ -33,6 +34,7 @@ __all__ = [
     "fit_request_direction",
     "install",
     "load_requests",
+    "rethreshold",
     "run",
     "screen",
     "sequence_statistics",

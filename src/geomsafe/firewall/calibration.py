@@ -351,3 +351,34 @@ def calibrate(
         with folder.writing() as work:
             fw.save(work)
     return fw
+
+
+def rethreshold(firewall: Firewall, fpr: float) -> Firewall:
+    """The same checks with thresholds for another target false-positive rate ``fpr``, chosen
+    (:func:`choose_thresholds`) from the benign statistics the calibration kept
+    (``calibration["stats"]``, rounded to 5 decimals), without running a model: a looser
+    (higher ``fpr``) or stricter clamp or block from one calibration. The calibration record
+    gets the new ``q``, target and achieved rate, and ``rethresholded_from`` (the old target).
+    Needs every check's statistics on the same sequences (no check skipped one); otherwise
+    re-run :func:`calibrate` with ``fpr``."""
+    if not 0 < fpr < 1:
+        raise GeomsafeError(f"fpr must be in (0, 1), not {fpr}")
+    stats = firewall.calibration.get("stats") or {}
+    cols = [stats.get(c.key) for c in firewall.checks]
+    if any(not c for c in cols) or len({len(c) for c in cols}) != 1:
+        raise GeomsafeError(
+            "this firewall cannot be re-thresholded: its calibration statistics are missing or "
+            "cover different sequences per check; calibrate again with the new --fpr"
+        )
+    table = torch.tensor(cols, dtype=torch.float32).T  # [sequences, checks], as calibrated
+    q, taus = choose_thresholds(table, fpr)
+    checks = [replace(c, threshold=float(taus[k])) for k, c in enumerate(firewall.checks)]
+    fires = (table > taus.double()).any(-1)
+    calibration = {
+        **firewall.calibration,
+        "q": q,
+        "fpr_target": fpr,
+        "fpr_achieved": float(fires.double().mean()),
+        "rethresholded_from": firewall.fpr,
+    }
+    return replace(firewall, checks=checks, fpr=fpr, calibration=calibration)
