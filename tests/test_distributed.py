@@ -7,10 +7,7 @@ Marked ``distributed`` (deselect with ``-m "not distributed"``); about a minute 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,11 +16,11 @@ from safetensors.torch import load_file
 
 from geomsafe.testing import save_tiny, tiny_atlas
 from geomsafe.train import TrainConfig, finetune
+from torchrun import launch_two
 
 pytestmark = pytest.mark.distributed
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
-SRC = Path(__file__).parents[1] / "src"
 # 4 examples = one global batch: every step sees all of them, so the step does not depend on
 # how the sampler shuffles them or splits them over the ranks.
 DATA = [
@@ -73,24 +70,7 @@ def runs(tmp_path_factory):
         "side": str(root / "side"),
         "watch": str(root / "dist"),
     }
-    (root / "spec.json").write_text(json.dumps(spec))
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(SRC), str(WORKER.parent)]),
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    proc = subprocess.run(
-        [*cmd, str(WORKER), str(root / "spec.json")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    launch_two(WORKER, spec, root)
     return single, root
 
 

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +20,11 @@ from safetensors.torch import load_file
 from geomsafe.audit import audit
 from geomsafe.predict import predict
 from geomsafe.testing import save_tiny, tiny_atlas
+from torchrun import launch_two
 
 pytestmark = pytest.mark.distributed
 
 WORKER = Path(__file__).with_name("distributed_scoring_worker.py")
-SRC = Path(__file__).parents[1] / "src"
 WORDS = ["apple", "river", "cloud", "stone", "music", "paper", "garden", "window", "light"]
 CONCEPTS = [  # (name, kind, positive opening, negative opening)
     ("rude", "harmful", "You idiot, shut up about", "Sure, here is"),
@@ -136,24 +133,7 @@ def runs(tmp_path_factory):
         "side": str(root / "side"),
         "watch": str(root / "dist"),
     }
-    (root / "spec.json").write_text(json.dumps(spec))
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(SRC), str(WORKER.parent)]),
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    proc = subprocess.run(
-        [*cmd, str(WORKER), str(root / "spec.json")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    launch_two(WORKER, spec, root)
     return single, single_out, root
 
 
