@@ -60,7 +60,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 
 import behaviour_runs as br
 from _common import RESULTS, machine, write_json
@@ -100,9 +99,7 @@ def pair_accuracy(pred: Sequence[float], meas: Sequence[float]) -> float:
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman's rho (NaN for fewer than 3 points or a constant side)."""
-    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
-        return float("nan")
-    return float(spearmanr(x, y).statistic)
+    return spearman_p(list(x), list(y))[0]
 
 
 def monotonicity(levels: Sequence[float], values: Sequence[float]) -> float:
@@ -111,9 +108,10 @@ def monotonicity(levels: Sequence[float], values: Sequence[float]) -> float:
 
 
 def agreement(pred: Sequence[float], meas: Sequence[float]) -> dict[str, float | int]:
+    rho, p = spearman_p(list(pred), list(meas))
     return {
-        "spearman": spearman(pred, meas),
-        "p": spearman_p(list(pred), list(meas))[1],
+        "spearman": rho,
+        "p": p,
         "pair_accuracy": pair_accuracy(pred, meas),
         "n": len(pred),
     }
