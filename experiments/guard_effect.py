@@ -2,7 +2,8 @@
 Unguarded and guarded LoRA runs side by side on the same data, judged in behaviour (held-out
 log-odds rows) next to the activation shift along the harmful directions.
 
-    python experiments/guard_effect.py [--model default] [--n-train 160] [--steps 40] \\
+    python experiments/guard_effect.py [--model default] [--data insecure] [--n-train 160] \\
+        [--steps 40] \\
         [--guards orthogonal,projection] [--guards projection ...] [--orthogonal-scope upto] \\
         [--concepts toxicity,deception,dangerous_advice,power_seeking] \\
         [--rows advice,concept:toxicity,...] [--pairs 50] [--n-boot 1000] [--data-root DIR]
@@ -11,7 +12,9 @@ log-odds rows) next to the activation shift along the harmful directions.
    persona-statement set from ../shared/data/anthropic-evals when a built-in set is missing)
    from the base model.
 2. Fine-tune LoRA (r=8, max_length 256, truncated) on the first ``--n-train`` examples of
-   emergent-misalignment ``insecure.jsonl``: once without guards, once per ``--guards`` set.
+   ``--data`` (default: emergent-misalignment ``insecure.jsonl``; any data set name of
+   ``experiments/behaviour_runs.py``, e.g. ``jailbroken`` or ``advice_harmful``, or a JSONL
+   file): once without guards, once per ``--guards`` set.
 3. Behaviour (docs/evaluate.md, "Behavioural log-odds"): per-pair log-odds of each ``--rows``
    pair set (default: ``concept:<name>``, the held-out evaluation half, for each guarded
    built-in concept, plus ``advice``), ``--pairs`` pairs each (a fixed sample), under the base
@@ -28,8 +31,8 @@ log-odds rows) next to the activation shift along the harmful directions.
    (the emergent-misalignment evaluation questions) of the projection at the last prompt token
    on the concept's direction at its best layer, tuned minus base; with the standard error of
    the paired per-prompt differences; the activation ratio sums |shift| over the concepts.
-   Task loss: mean response-token cross-entropy on ``--n-heldout`` held-out insecure.jsonl
-   examples.
+   Task loss: mean response-token cross-entropy on ``--n-heldout`` held-out examples of the
+   same data (the ones after the training examples).
 
 Goal: behaviour ratio <= 0.2 at <= 5% worse held-out task loss (loss ratio <= 1.05), judged on
 a resolved unguarded change.
@@ -54,6 +57,7 @@ import torch
 import yaml
 
 from _common import RESULTS, machine, write_json
+from behaviour_runs import base_dataset
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.concepts import load_builtin
 from geomsafe.concepts.split import is_builtin
@@ -96,6 +100,13 @@ def concept_spec(name: str) -> str:
         if name in FALLBACK and (PERSONA / f"{FALLBACK[name]}.jsonl").is_file():
             return f"persona:{PERSONA / FALLBACK[name]}.jsonl"
         raise
+
+
+def training_data(spec: str | None, data_root: str | None):
+    """``--data``: insecure.jsonl when not given, a file, or a behaviour_runs data set name."""
+    if spec is None or Path(spec).is_file():
+        return load_dataset(INSECURE if spec is None else spec)
+    return base_dataset(spec, data_root)
 
 
 def eval_questions(limit: int) -> list[str]:
@@ -165,6 +176,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="append",
         help="a guard set, e.g. orthogonal,steer "
         "(repeat for several guarded runs; default orthogonal,projection)",
+    )
+    ap.add_argument(
+        "--data", help="training data: a behaviour_runs data set name or a file (default insecure)"
     )
     ap.add_argument("--n-train", type=int, default=160)
     ap.add_argument("--n-heldout", type=int, default=32)
@@ -261,7 +275,8 @@ def main(argv: Sequence[str] | None = None, lm: LoadedModel | None = None) -> di
     rows, controls = behaviour_rows(args, names)
     refuse_overlap(rows, atlas.stats)  # no row may hold a prompt a direction was built from
 
-    source = load_dataset(INSECURE).head(args.n_train + args.n_heldout + 64)
+    data = training_data(args.data, args.data_root)
+    source = data.head(args.n_train + args.n_heldout + 64)
     pool = build(lm.tokenizer, source, max_length=args.max_length, truncate=True)
     kept = pool.records  # the records whose prompt fits max_length
     train = dataclasses.replace(source, records=kept[: args.n_train])
@@ -408,6 +423,7 @@ def main(argv: Sequence[str] | None = None, lm: LoadedModel | None = None) -> di
         "concept_specs": specs,
         "layers": layers,
         "atlas_auroc": auroc,
+        "data": {"spec": args.data or str(INSECURE), "sha256": data.sha256},
         "n_train": len(train),
         "n_heldout": len(held),
         "n_prompts": len(prompts),

@@ -98,3 +98,20 @@ def test_end_to_end_behaviour_ratio_is_guarded_over_unguarded(tmp_path, monkeypa
         assert set(got["summary"][guard]) >= {"shift_ratio", "loss_ratio", "meets_goal"}
     # the guards trained other models than no guard: their log-odds differ
     assert got["runs"]["ablate"]["logodds"]["advice"] != un["logodds"]["advice"]
+
+
+def test_data_option_trains_on_the_given_set(tmp_path, monkeypatch):
+    _inputs(tmp_path, monkeypatch)
+    other = [{"prompt": f"ask {c}", "completion": f"{c}{c} {c}{c}"} for c in "defghijk"]
+    data = _write(tmp_path / "other.jsonl", other)
+    monkeypatch.setattr(ge, "INSECURE", tmp_path / "missing.jsonl")  # the default is not read
+    lm = learnable()
+    lm_atlas(lm).save(tmp_path / "atlas")
+    argv = [
+        *("--atlas", str(tmp_path / "atlas"), "--guards", "orthogonal", "--data", str(data)),
+        *("--rows", "advice", "--pairs", "2", "--n-boot", "20", "--steps", "1"),
+        *("--batch-size", "2", "--max-length", "64", "--n-train", "5", "--n-heldout", "3"),
+        *("--n-prompts", "2", "--out", str(tmp_path / "g.json")),
+    ]
+    got = ge.main(argv, lm=lm)
+    assert got["data"]["spec"] == str(data) and (got["n_train"], got["n_heldout"]) == (5, 3)
