@@ -9,8 +9,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
+import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -81,3 +85,25 @@ def write_json(path: str | os.PathLike, payload: dict) -> None:
     with os.fdopen(fd, "w") as fh:
         json.dump(payload, fh, indent=2)
     os.replace(tmp, path)
+
+
+def timed(argv: Sequence[str], log: Path) -> dict[str, float | int]:
+    """Run ``argv`` with its output to ``log``; its exit code, wall seconds and peak RSS."""
+    t0 = time.perf_counter()
+    with log.open("w") as fh:
+        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {
+        "rc": proc.returncode,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "peak_rss_gb": round(usage.ru_maxrss / 1024**2, 2),  # ru_maxrss is in KiB on Linux
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+    }
+
+
+def last_line(log: Path) -> str:
+    """The last line of a step's output that is not a progress bar (its error when it failed)."""
+    lines = [x for x in re.split(r"[\r\n]", log.read_text(errors="replace")) if x.strip()]
+    lines = [x for x in lines if "it/s]" not in x and "s/it]" not in x]
+    return lines[-1].strip() if lines else ""

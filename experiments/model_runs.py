@@ -27,16 +27,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, machine, write_json
+from _common import RESULTS, last_line, machine, timed, write_json
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 JAILBROKEN = DATA / "emergent-misalignment" / "data" / "jailbroken.jsonl"
@@ -73,28 +70,6 @@ def commands(args: argparse.Namespace, out: Path) -> dict[str, list[str]]:
             *("--overwrite", "--no-progress", *threads),
         ],
     }
-
-
-def timed(argv: Sequence[str], log: Path) -> dict[str, Any]:
-    """Run ``argv`` with its output to ``log``; its exit code, wall seconds and peak RSS."""
-    t0 = time.perf_counter()
-    with log.open("w") as fh:
-        proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return {
-        "rc": proc.returncode,
-        "wall_s": round(time.perf_counter() - t0, 1),
-        "peak_rss_gb": round(usage.ru_maxrss / 1024**2, 2),  # ru_maxrss is in KiB on Linux
-        "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
-    }
-
-
-def last_line(log: Path) -> str:
-    """The last line of a step's output that is not a progress bar (its error when it failed)."""
-    lines = [x for x in re.split(r"[\r\n]", log.read_text(errors="replace")) if x.strip()]
-    lines = [x for x in lines if "it/s]" not in x and "s/it]" not in x]
-    return lines[-1].strip() if lines else ""
 
 
 def table(steps: dict[str, dict[str, Any]]) -> str:

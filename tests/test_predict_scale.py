@@ -1,0 +1,53 @@
+"""experiments/predict_scale.py: one timed predict per size on a tiny saved model, and the
+linear fit of time against size."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from geomsafe.concepts import ConceptSet, Pair
+from geomsafe.directions import extract
+from geomsafe.models import load
+from geomsafe.testing import save_tiny
+from predict_helpers import write_data
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+import predict_scale as ps  # noqa: E402
+
+
+def test_linear_fit_recovers_a_line():
+    fit = ps.linear_fit([1000, 2000, 4000], [12.0, 22.0, 42.0])
+    assert fit["s_per_1000"] == pytest.approx(10.0) and fit["intercept_s"] == pytest.approx(2.0)
+    assert fit["r2"] == pytest.approx(1.0)
+    assert ps.linear_fit([1, 2, 3], [1.0, 3.0, 2.0])["r2"] < 0.9
+
+
+def test_one_predict_per_size(tmp_path):
+    model = save_tiny(tmp_path / "model")
+    rude = ConceptSet(
+        "rude", "harmful", [Pair(f"q{i}", "you idiot " * (1 + i % 3), "thanks") for i in range(8)]
+    )
+    extract(load(str(model)), [rude], progress=False).atlas.save(tmp_path / "atlas")
+    data = write_data(tmp_path, "d", "fine words ", n=12)
+    out = tmp_path / "scale"
+    argv = [
+        *("--model", str(model), "--data", str(data), "--atlas", str(tmp_path / "atlas")),
+        *("--sizes", "4,8,12", "--threads", "1", "--out", str(out)),
+    ]
+    got = ps.main(argv)
+    assert [got["runs"][n]["n_examples"] for n in ("4", "8", "12")] == [4, 8, 12]
+    assert all(
+        got["runs"][n]["rc"] == 0 and "--no-generate" in got["runs"][n]["command"]
+        for n in ("4", "8", "12")
+    )
+    assert json.loads((out / "predict_scale.json").read_text())["fit"] == got["fit"]
+    assert (
+        set(got["s_per_1000"]) == {"4", "8", "12"}
+        and "fit:" in (out / "predict_scale.md").read_text()
+    )
+    with pytest.raises(SystemExit, match="two positive sizes"):
+        ps.main(["--sizes", "5"])
