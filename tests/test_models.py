@@ -171,6 +171,25 @@ def test_gguf_cache_stays_float32_after_a_bf16_load(tmp_path: Path, monkeypatch)
         assert torch.equal(a, b)  # the cache was not rounded to bf16
 
 
+def test_a_model_fresh_from_gguf_trains(tmp_path: Path, monkeypatch):
+    """A GGUF load (not from the cache) is a dense model to transformers: its Trainer (5.x
+    refuses models that still carry the GGUF quantizer) fine-tunes it."""
+    from geomsafe.testing import tiny_gguf
+    from geomsafe.train import TrainConfig, finetune
+
+    monkeypatch.setenv("GEOMSAFE_CACHE", str(tmp_path / "cache"))
+    lm = load(str(tiny_gguf(tmp_path / "t.gguf")), use_cache=False)
+    assert getattr(lm.model, "hf_quantizer", None) is None
+    assert getattr(lm.model.config, "quantization_config", None) is None
+    data = tmp_path / "data.jsonl"
+    data.write_text(
+        "".join(json.dumps({"prompt": f"hi {i}", "completion": "ok"}) + "\n" for i in range(4))
+    )
+    cfg = TrainConfig(max_steps=1, batch_size=2, save_steps=10)
+    tuned = finetune(lm, str(data), out=tmp_path / "run", config=cfg, progress=False)
+    assert len(tuned.geometry_log) == 1
+
+
 def test_cli_device_and_dtype_options(tmp_path: Path, monkeypatch):
     from geomsafe.models import DEVICE_ENV, DTYPE_ENV
 

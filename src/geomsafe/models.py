@@ -347,9 +347,26 @@ def _load_gguf(path: Path, dtype: torch.dtype, use_cache: bool) -> tuple:
             dtype=torch.float32 if use_cache else dtype,
             **trust,
         )
+    dequantised(model)
     if use_cache:
         _write_cache(model, tok, path, cached, gguf_sha)
     return model, tok, False, gguf_sha
+
+
+def dequantised(model: PreTrainedModel) -> PreTrainedModel:
+    """Mark a model loaded from a GGUF file as the dense model it is. transformers dequantises
+    GGUF weights to ``dtype`` on load but keeps its GGUF quantizer on the model, and since 5.x
+    its ``Trainer`` refuses to train a model with that quantizer ("quantization method does not
+    support training"). The weights are ordinary tensors, like those read back from the cache;
+    the quantizer's own ``remove_quantization_config`` drops the markers."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and hasattr(quantizer, "remove_quantization_config"):
+        quantizer.remove_quantization_config(model)
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if getattr(config, "_is_quantized", False):
+            config._is_quantized = False
+    return model
 
 
 def _read_cache(cached: Path, gguf_sha: str, dtype: torch.dtype) -> tuple | None:
