@@ -243,18 +243,26 @@ def filter_vs_random(
 ) -> dict[str, Any]:
     """``mean(filtered) - mean(mean over seeds of random)`` of the per-pair changes, with a
     paired bootstrap CI over the pairs all variants share; ``beats_random`` when the CI lies
-    below 0 (the filter leaves less harmful change than random removal)."""
+    below 0 (the filter leaves less harmful change than random removal). The CI resamples
+    pairs, not removals: the spread between the random removals is the null to read it
+    against, so ``random_means`` (each random variant's mean change) and ``below_all_random``
+    (the filter's mean below every one of them; by chance 1 in ``len(randoms) + 1``) are kept."""
     ids = [u for u in filtered if all(u in r for r in randoms)]
     if not ids:
         raise GeomsafeError("the filter and random variants share no pairs")
     rand = [float(np.mean([r[u] for r in randoms])) for u in ids]
     ci = change_ci(rand, [filtered[u] for u in ids], n_boot=n_boot, seed=seed)
+    means = [float(np.mean([r[u] for u in ids])) for r in randoms]
+    mine = float(np.mean([filtered[u] for u in ids]))
     return {
         "difference": ci.value,
         "ci_low": ci.low,
         "ci_high": ci.high,
         "n_pairs": len(ids),
         "beats_random": bool(ci.high < 0),
+        "filter_mean": mine,
+        "random_means": means,
+        "below_all_random": bool(mine < min(means)),
     }
 
 
@@ -529,9 +537,12 @@ def filter_experiment(lm: LoadedModel, args) -> dict[str, Any]:
     write_json(out / "filter.json", payload)
     for row, c in compare.items():
         verdict = "beats random" if c["beats_random"] else "does not beat random"
+        spread = ", ".join(f"{m:+.4f}" for m in c["random_means"])
+        below = "below every random" if c["below_all_random"] else "within the random spread"
         print(
             f"{row}: filter - random {c['difference']:+.4f} "
-            f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] {verdict}"
+            f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] {verdict}; filter {c['filter_mean']:+.4f}"
+            f" vs random {spread}: {below}"
         )
     return payload
 

@@ -39,10 +39,14 @@ def test_drop_riskiest_random_and_filter_vs_random():
     rand = [{u: 0.1 + 0.001 * ((i + s) % 5) for i, u in enumerate(ids)} for s in range(3)]
     res = pv.filter_vs_random(filt, rand)
     assert res["n_pairs"] == 40 and res["beats_random"] and res["ci_high"] < 0
+    assert res["below_all_random"] and len(res["random_means"]) == 3
+    assert res["random_means"][0] == pytest.approx(sum(rand[0].values()) / 40)
+    assert res["filter_mean"] == pytest.approx(sum(filt.values()) / 40)
     assert res["difference"] == pytest.approx(
         sum(filt.values()) / 40 - sum(sum(r[u] for r in rand) / 3 for u in ids) / 40
     )
-    assert not pv.filter_vs_random(rand[0], [filt])["beats_random"]
+    worse = pv.filter_vs_random(rand[0], [filt])
+    assert not worse["beats_random"] and not worse["below_all_random"]
     with pytest.raises(GeomsafeError, match="share no pairs"):
         pv.filter_vs_random({"a": 1.0}, [{"b": 1.0}])
 
