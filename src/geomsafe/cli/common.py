@@ -12,7 +12,8 @@ model_option = click.option(
     "-m",
     default="default",
     show_default=True,
-    help="'default' (embedded SmolLM2-135M-Instruct), a .gguf file, a model folder or a hub id.",
+    help="'default' (embedded SmolLM2-135M-Instruct), 'qwen-coder' or 'gemma-270m' (wheels, see "
+    "README), a .gguf file, a model folder or a hub id.",
 )
 
 
