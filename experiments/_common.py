@@ -22,6 +22,8 @@ import torch
 import geomsafe
 
 RESULTS = Path(os.environ.get("GEOMSAFE_RESULTS", Path.home() / ".cache" / "geomsafe" / "results"))
+EM_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "emergent-misalignment" / "data"
+GEOMSAFE_CLI = str(Path(sys.executable).with_name("geomsafe"))  # this interpreter's command
 
 TOPICS = [
     "the history of the printing press",
@@ -93,9 +95,8 @@ def timed(argv: Sequence[str], log: Path) -> dict[str, float | int]:
     with log.open("w") as fh:
         proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
     return {
-        "rc": proc.returncode,
+        "rc": os.waitstatus_to_exitcode(status),
         "wall_s": round(time.perf_counter() - t0, 1),
         "peak_rss_gb": round(usage.ru_maxrss / 1024**2, 2),  # ru_maxrss is in KiB on Linux
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),

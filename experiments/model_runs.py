@@ -28,15 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, last_line, machine, timed, write_json
+from _common import EM_DATA, GEOMSAFE_CLI, RESULTS, last_line, machine, timed, write_json
+from geomsafe.artefacts import atomic_write_text
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-JAILBROKEN = DATA / "emergent-misalignment" / "data" / "jailbroken.jsonl"
+JAILBROKEN = EM_DATA / "jailbroken.jsonl"
 STEPS = ("info", "audit", "predict", "finetune", "evaluate")
 
 
@@ -111,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "model_runs.json"
     steps = json.loads(path.read_text())["steps"] if path.is_file() else {}
-    exe = [str(Path(sys.executable).with_name("geomsafe"))]
+    exe = [GEOMSAFE_CLI]
     for name, argv_ in commands(args, out).items():
         if name not in only:
             continue
@@ -126,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
         payload = {"model": args.model, "steps": steps, "machine": machine()}
         write_json(path, payload)
-        (out / "model_runs.md").write_text(table(steps), encoding="utf-8")
+        atomic_write_text(out / "model_runs.md", table(steps))
         if got["rc"] != 0:
             break
     return {"model": args.model, "steps": steps}

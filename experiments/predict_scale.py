@@ -21,17 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from _common import RESULTS, last_line, machine, timed, write_json
+from _common import EM_DATA, GEOMSAFE_CLI, RESULTS, last_line, machine, timed, write_json
+from geomsafe.artefacts import atomic_write_text
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-INSECURE = DATA / "emergent-misalignment" / "data" / "insecure.jsonl"
+INSECURE = EM_DATA / "insecure.jsonl"
 
 
 def linear_fit(sizes: Sequence[int], seconds: Sequence[float]) -> dict[str, float]:
@@ -63,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise SystemExit("error: --sizes needs at least two positive sizes")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    exe = str(Path(sys.executable).with_name("geomsafe"))
+    exe = GEOMSAFE_CLI
     threads = ["--threads", str(args.threads)]
     atlas, runs = args.atlas, {}
     if atlas is None:
@@ -113,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"R² {fit['r2']:.4f}"
     )
     text = "\n".join(lines) + "\n"
-    (out / "predict_scale.md").write_text(text, encoding="utf-8")
+    atomic_write_text(out / "predict_scale.md", text)
     print(text)
     return payload
 
