@@ -6,13 +6,15 @@ a recommended default chosen from the data by a stated rule.
     python experiments/guard_pareto.py [--model default] [--quick] [--out DIR] \\
         [--datasets insecure,jailbroken,concept:dangerous_advice,task:code] \\
         [--guards orthogonal,steer,ablate,projection,covariance] [--strengths low,mid,high] \\
-        [--steps 30] [--n-train 160] [--pairs 50] [--rule-rows advice]
+        [--steps 30] [--n-train 160] [--pairs 50] [--rule-rows advice] \\
+        [--rows jailbreakbench,toxigen] [--data-root DIR]
 
 1. Atlas of ``--concepts`` (harmful) and ``--targets`` (for covariance) from the base model,
    ``--atlas-pairs`` pairs each (the same pairs the held-out concept rows exclude), middle third
    of the layers (or ``--atlas``).
-2. The base model's per-pair log-odds (rows ``advice`` and ``concept:<name>``) and prompt
-   projections: once, in ``OUT/base.json``.
+2. The base model's per-pair log-odds (rows ``advice`` and ``concept:<name>``, plus the
+   ``--rows`` pair sets with their style controls, whose harm measure is ``<row>-controlled``
+   = change minus the control's change) and prompt projections: once, in ``OUT/base.json``.
 3. Per cell (``OUT/cells/*.json``, finished cells skipped on a rerun): LoRA fine-tune,
    measure, time guarded vs unguarded steps side by side (``geomsafe.pareto.run``).
 4. ``OUT/pareto.json`` + ``OUT/pareto.md``; ``geomsafe report OUT`` draws the frontier.
@@ -35,6 +37,9 @@ import torch
 
 from _common import RESULTS, machine
 from geomsafe.atlas import FeatureAtlas
+from geomsafe.errors import GeomsafeError
+from geomsafe.evaluate.pairsets import load_with_controls
+from geomsafe.evaluate.prompts import resolve_data_root
 from geomsafe.guard import GuardConfig
 from geomsafe.models import load
 from geomsafe.options import split_csv
@@ -69,7 +74,17 @@ def main() -> None:
     ap.add_argument("--atlas-pairs", type=int, default=32)
     ap.add_argument("--atlas", help="a FeatureAtlas folder (its pairs must be --atlas-pairs)")
     ap.add_argument("--save-atlas")
-    ap.add_argument("--rule-rows", default="advice", help="rows the rule judges ('all': every)")
+    ap.add_argument(
+        "--rule-rows",
+        default="advice",
+        help="harm measures the rule judges, e.g. advice,jailbreakbench-controlled ('all': every)",
+    )
+    ap.add_argument(
+        "--rows",
+        default="",
+        help="more behavioural pair sets (docs/evaluate.md, e.g. jailbreakbench,toxigen); a set "
+        "with a style control brings it, and its harm measure is <row>-controlled",
+    )
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -83,8 +98,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
-    lm = load(args.model)
     concepts = split_csv(args.concepts)
+    rows = harm_rows(concepts, n_pairs=args.pairs, atlas_pairs=args.atlas_pairs, seed=args.seed)
+    more, controls = load_with_controls(
+        split_csv(args.rows), args.pairs, args.seed, resolve_data_root(args.data_root)
+    )
+    rows += more
+    if len({ps.name for ps in rows}) < len(rows):
+        raise GeomsafeError("--rows repeats a row the grid measures already (advice, concept:*)")
+    lm = load(args.model)
     if args.atlas:
         atlas = FeatureAtlas.load(args.atlas)
     else:
@@ -111,7 +133,6 @@ def main() -> None:
         )
         for d in split_csv(args.datasets)
     ]
-    rows = harm_rows(concepts, n_pairs=args.pairs, atlas_pairs=args.atlas_pairs, seed=args.seed)
     cfg = dataclasses.replace(
         recipe(args),
         time_steps=args.time_steps,
@@ -130,6 +151,7 @@ def main() -> None:
         strengths=split_csv(args.strengths),
         config=cfg,
         guard_config=GuardConfig(concepts=concepts),
+        controls=controls,
         extra={
             "model": args.model,
             "machine": machine(),

@@ -83,3 +83,8 @@ def test_grid_end_to_end_resume_and_refusal(tmp_path):
     # other settings into the same folder are refused, in one line
     with pytest.raises(GeomsafeError, match="other settings"):
         run_grid(lm, atlas, sets, _rows(), ["say a", "say b"], out, **kw)
+    # a style control changes the harm measures: it is part of the settings, so refused too
+    with pytest.raises(GeomsafeError, match="other settings"):
+        run_grid(lm, atlas, sets, _rows(), prompts, out, **kw, controls={"advice": "other"})
+    with pytest.raises(GeomsafeError, match="missing: advice -> absent"):
+        run_grid(lm, atlas, sets, _rows(), prompts, out, **kw, controls={"advice": "absent"})

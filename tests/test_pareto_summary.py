@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from geomsafe.errors import GeomsafeError
 from geomsafe.pareto.summary import cell_rows, markdown, summarise
 
 BASE = {
@@ -66,3 +67,24 @@ def test_summary_and_markdown():
     md = markdown(s)
     assert "Recommended default: **ablate@mid** (meets the goal)" in md
     assert "| insecure | ablate | mid | 0.100" in md
+
+
+def test_a_style_controlled_row():
+    """With ``controls`` in the base, the row's harm measure is its change minus its control's:
+    ``all`` and the rule use it, and the control row is no harm measure of its own."""
+    base = {**BASE, "controls": {"advice": "heldout:tox"}}
+    (row,) = cell_rows(base, [UN, AB], ["all"], n_boot=100)
+    un = 0.1 - 0.2  # advice change minus its control's change, unguarded
+    ab = 0.01 - 0.1
+    assert row["harm"]["advice-controlled"]["value"] == pytest.approx(ab / un)
+    assert row["harm"]["all"]["value"] == pytest.approx(ab / un)
+    assert row["harm_ratio"] == pytest.approx(ab / un)
+    assert row["unguarded_change"]["value"] == pytest.approx(un)
+    assert not row["resolved"]  # the controlled change is negative here
+    (named,) = cell_rows(base, [UN, AB], ["advice-controlled"], n_boot=100)
+    assert named["harm"]["rule"] == row["harm"]["rule"]
+    (plain,) = cell_rows(base, [UN, AB], ["advice"], n_boot=100)
+    assert plain["harm_ratio"] == pytest.approx(0.1)  # a row by its name stays uncontrolled
+    assert summarise(base, [UN, AB], n_boot=100)["controls"] == {"advice": "heldout:tox"}
+    with pytest.raises(GeomsafeError, match="none of the rule rows"):
+        cell_rows(base, [UN, AB], ["nope"])

@@ -22,7 +22,7 @@ import dataclasses
 import json
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from geomsafe.evaluate.logodds import PairSet, pair_logodds
 from geomsafe.guard import Guard, GuardConfig, build_guards
 from geomsafe.models import LoadedModel
 from geomsafe.pareto.data import TrainSet
-from geomsafe.pareto.frontier import Goal
+from geomsafe.pareto.frontier import Goal, harm_groups
 from geomsafe.pareto.grid import Cell, CellStore, cells, fingerprint, guard_config
 from geomsafe.pareto.summary import markdown, summarise
 from geomsafe.projection import prompt_projection
@@ -188,12 +188,13 @@ def _settings(
     names: Sequence[str],
     cfg: ParetoConfig,
     base_guard: GuardConfig,
+    controls: dict[str, str],
 ) -> dict[str, Any]:
     """What the base measures and every cell depend on (before the data set)."""
     recipe = cfg.to_dict()
     for key in ("time_steps", "time_rounds", "n_boot", "rule_rows", "goal"):
         recipe.pop(key)  # these change the summary or the timing, not the trained numbers
-    return {
+    out = {
         "model": [lm.spec, lm.source],
         "recipe": recipe,
         "guard": base_guard.to_dict(),
@@ -201,6 +202,9 @@ def _settings(
         "prompts": list(prompts),
         "atlas": _atlas_hash(atlas, names),
     }
+    if controls:  # absent when empty: folders made before controls existed stay valid
+        out["controls"] = dict(sorted(controls.items()))
+    return out
 
 
 def run_grid(
@@ -215,11 +219,15 @@ def run_grid(
     strengths: Sequence[str],
     config: ParetoConfig | None = None,
     guard_config: GuardConfig | None = None,
+    controls: Mapping[str, str] | None = None,
     log: Callable[[str], None] = print,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Every cell of ``datasets x ({none} + guards x strengths)`` not yet in ``out``, then the
-    summary (written to ``pareto.json`` and ``pareto.md``; returned)."""
+    summary (written to ``pareto.json`` and ``pareto.md``; returned). ``controls`` maps a row to
+    its style-control row (both in ``rows``; :func:`geomsafe.evaluate.pairsets.
+    load_with_controls`): that row's harm measure is its change minus the control's
+    (:func:`geomsafe.pareto.frontier.harm_groups`)."""
     cfg = (config or ParetoConfig()).validate()
     base_guard = (guard_config or GuardConfig()).validate()
     names = base_guard.concepts or atlas.harmful
@@ -231,7 +239,9 @@ def run_grid(
     grid = cells([d.name for d in datasets], guards, strengths)
     by_name = {d.name: d for d in datasets}
     out = Path(out)
-    common = _settings(lm, rows, prompts, atlas, names, cfg, base_guard)
+    controls = dict(controls or {})
+    harm_groups([ps.name for ps in rows], controls)  # each row and control is measured
+    common = _settings(lm, rows, prompts, atlas, names, cfg, base_guard, controls)
     base_fp = fingerprint(common)
     base_path = out / BASE_JSON
     base = json.loads(base_path.read_text()) if base_path.is_file() else None
@@ -242,6 +252,7 @@ def run_grid(
         base = {
             "fingerprint": base_fp,
             "ids": {ps.name: [p.id for p in ps.pairs] for ps in rows},
+            **({"controls": controls} if controls else {}),
             **measure(lm, rows, prompts, atlas, names, cfg.logodds_batch),
         }
         base["seconds"] = time.perf_counter() - t0

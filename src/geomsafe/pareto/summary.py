@@ -4,9 +4,12 @@ and the recommended default, as JSON (``pareto.json``) and a markdown table (``p
 Per guarded cell, against the unguarded cell of the same data set (both against the same base
 model, on the same pairs and prompts):
 
-- ``harm[row]``: the harm ratio of one behavioural row and ``harm["rule"]`` over the rule rows
-  (``harm["all"]`` over every row), with paired CIs (:func:`.frontier.ratio_ci`); the unguarded
-  change of the rule rows decides ``resolved`` (its CI lies above 0);
+- ``harm[measure]``: the harm ratio of each harm measure (:func:`.frontier.harm_groups`: every
+  row, ``<row>-controlled`` = row minus its style control for each ``base["controls"]`` entry,
+  and ``all``, the controlled measure of a row with a control and the row itself otherwise,
+  control rows left out) and ``harm["rule"]`` over the rule measures (``rule_rows``; ``all``
+  for every harm measure), with paired CIs (:func:`.frontier.ratio_ci`); the unguarded
+  change of the rule measures decides ``resolved`` (its CI lies above 0);
 - ``activation_ratio``: ``sum_c |mean(proj_guarded - proj_base)| / sum_c |mean(proj_unguarded
   - proj_base)|`` over the guarded concepts, projections at the last prompt token of the
   evaluation prompts at each concept's best layer;
@@ -27,6 +30,7 @@ import numpy as np
 from geomsafe.errors import GeomsafeError
 from geomsafe.pareto.frontier import (
     Goal,
+    harm_groups,
     pareto_front,
     ratio_ci,
     recommend,
@@ -57,6 +61,23 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b else math.nan
 
 
+def _rule(groups: Mapping[str, list[tuple[str, float]]], rule_rows: Sequence[str]) -> list:
+    """The rows (with signs) of the rule measures, each once: every harm measure for ``all``."""
+    if ALL in rule_rows:
+        return groups[ALL]
+    chosen = [m for r in rule_rows if r in groups for m in groups[r]]
+    if not chosen:
+        raise GeomsafeError(f"none of the rule rows {list(rule_rows)} is measured ({list(groups)})")
+    return list(dict.fromkeys(chosen))
+
+
+def _signed(changes: Mapping[str, np.ndarray], sel: Sequence[tuple[str, float]]) -> dict:
+    """``{row: changes}`` of a selection, a subtracted row under ``-row`` with negated changes
+    (rows with sign +1 keep their names, so a selection without controls bootstraps exactly as
+    the plain rows would)."""
+    return {(r if sign > 0 else f"-{r}"): sign * changes[r] for r, sign in sel}
+
+
 def cell_rows(
     base: Mapping[str, Any],
     cells: Sequence[Mapping[str, Any]],
@@ -67,9 +88,8 @@ def cell_rows(
     """One dict per guarded cell (module docstring); ``cells`` are the cell files' contents
     (``cell``: dataset, guard, strength). A data set without its unguarded cell is skipped."""
     rows = list(base["logodds"])
-    rule = rows if ALL in rule_rows else [r for r in rule_rows if r in rows]
-    if not rule:
-        raise GeomsafeError(f"none of the rule rows {list(rule_rows)} is measured ({rows})")
+    groups = harm_groups(rows, base.get("controls"))
+    rule = _rule(groups, rule_rows)
     unguarded = {c["cell"]["dataset"]: c for c in cells if c["cell"]["guard"] == "none"}
     out = []
     for c in cells:
@@ -79,11 +99,12 @@ def cell_rows(
             continue
         g = {r: _changes(c, base, r) for r in rows}
         u = {r: _changes(un, base, r) for r in rows}
-        harm = {r: ratio_ci({r: g[r]}, {r: u[r]}, n_boot, seed).to_dict() for r in rows}
-        harm[ALL] = ratio_ci(g, u, n_boot, seed).to_dict()
-        harm[RULE] = ratio_ci({r: g[r] for r in rule}, {r: u[r] for r in rule}, n_boot, seed)
-        harm[RULE] = harm[RULE].to_dict()
-        un_change = sum_change_ci({r: u[r] for r in rule}, n_boot, seed)
+        harm = {
+            m: ratio_ci(_signed(g, sel), _signed(u, sel), n_boot, seed).to_dict()
+            for m, sel in groups.items()
+        }
+        harm[RULE] = ratio_ci(_signed(g, rule), _signed(u, rule), n_boot, seed).to_dict()
+        un_change = sum_change_ci(_signed(u, rule), n_boot, seed)
         out.append(
             {
                 "dataset": ds,
@@ -92,7 +113,7 @@ def cell_rows(
                 "harmful": bool(c["harmful"]),
                 "resolved": un_change.low > 0,
                 "unguarded_change": un_change.to_dict(),
-                "guarded_change": sum_change_ci({r: g[r] for r in rule}, n_boot, seed).to_dict(),
+                "guarded_change": sum_change_ci(_signed(g, rule), n_boot, seed).to_dict(),
                 "harm": harm,
                 "harm_ratio": harm[RULE]["value"],
                 "harm_ci": [harm[RULE]["low"], harm[RULE]["high"]],
@@ -132,6 +153,7 @@ def summarise(
         "goal": goal.to_dict(),
         "rule_rows": list(rule_rows),
         "rows": list(base["logodds"]),
+        "controls": dict(base.get("controls") or {}),
         "cells": rows,
         "unguarded": unguarded,
         "settings": [s.to_dict() for s in sets],

@@ -80,7 +80,13 @@ class PredictConfig:
         default=256,
         metadata=_help("Most tokens (rows x longest) in one backward batch; bounds memory."),
     )
-    max_length: int = field(default=256, metadata=_help("Tokens per example (longer: cut)."))
+    max_length: int = field(
+        default=256,
+        metadata=_help(
+            "Tokens per example in the gradient passes (longer: cut); the forward projection "
+            "passes (prompts, data and own responses) read up to 512."
+        ),
+    )
     seed: int = field(default=0, metadata=_help("Seed of the sample, sketch and bootstrap."))
     threads: int | None = field(
         default=None,
