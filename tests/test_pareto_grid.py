@@ -34,6 +34,20 @@ def test_cells_reject_unknown_names():
         cells([], ["ablate"], ["mid"])
 
 
+def test_an_extra_level_runs_only_for_its_guards():
+    grid = cells(["jb"], ["ablate", "projection"], ["low", "one-sided"])
+    assert [c.key for c in grid] == [
+        "jb|none@-",
+        "jb|ablate@low",
+        "jb|projection@low",
+        "jb|projection@one-sided",
+    ]
+    with pytest.raises(GeomsafeError, match="unknown strength 'one-sided'"):
+        cells(["jb"], ["ablate"], ["one-sided"])
+    made = guard_config("projection", "one-sided", GuardConfig(), [3])
+    assert made.projection_mode == "increase" and made.weight == 1.0
+
+
 @pytest.mark.parametrize("guard", list(STRENGTHS))
 def test_every_guard_has_three_valid_and_distinct_strengths(guard):
     base = GuardConfig(concepts=["toxicity"])

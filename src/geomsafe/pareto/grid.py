@@ -18,6 +18,10 @@ covariance      ``weight=0.1``               ``1``              ``10``
 ``front``: full strength for the first quarter of the steps, then off (the drift is fastest
 early); defaults: each concept at its best atlas layer, constant schedule.
 
+Extra levels, run only when named in ``strengths`` and only for the guards that have them:
+``projection@one-sided`` = ``weight=1``, ``projection_mode="increase"`` (only moves towards the
+harmful side are penalised, as in BLOCK-EM's one-sided penalty).
+
 A cell's file records a **fingerprint** (sha256 of the settings that decide its numbers: the
 model, the training recipe, the data, the rows, the atlas); :meth:`CellStore.load` returns a
 finished cell only when its fingerprint matches and refuses (a one-line error) when it does
@@ -50,7 +54,12 @@ STRENGTHS: dict[str, dict[str, dict[str, Any]]] = {
         "high": {"steer_coeff": 0.2},
     },
     "ablate": {"low": {"schedule": "front"}, "mid": {}, "high": {"layers": BAND}},
-    "projection": {"low": {"weight": 0.1}, "mid": {"weight": 1.0}, "high": {"weight": 10.0}},
+    "projection": {
+        "low": {"weight": 0.1},
+        "mid": {"weight": 1.0},
+        "high": {"weight": 10.0},
+        "one-sided": {"weight": 1.0, "projection_mode": "increase"},
+    },
     "covariance": {"low": {"weight": 0.1}, "mid": {"weight": 1.0}, "high": {"weight": 10.0}},
 }
 GUARD_NAMES = tuple(STRENGTHS)
@@ -79,19 +88,21 @@ class Cell:
 
 
 def cells(datasets: Sequence[str], guards: Sequence[str], strengths: Sequence[str]) -> list[Cell]:
-    """Per data set: the unguarded cell, then every guard at every strength (in that order)."""
+    """Per data set: the unguarded cell, then every guard at every strength it has (in that
+    order; the three ``LEVELS`` every guard has, an extra level only its guards)."""
     for g in guards:
         if g not in STRENGTHS:
             raise GeomsafeError(f"unknown guard {g!r} for the grid; use {', '.join(STRENGTHS)}")
+    known = dict.fromkeys(level for g in guards for level in STRENGTHS[g])
     for s in strengths:
-        if s not in LEVELS:
-            raise GeomsafeError(f"unknown strength {s!r}; use {', '.join(LEVELS)}")
+        if s not in known:
+            raise GeomsafeError(f"unknown strength {s!r} for these guards; use {', '.join(known)}")
     if not datasets:
         raise GeomsafeError("the grid needs at least one data set")
     out = []
     for d in datasets:
         out.append(Cell(d, NONE))
-        out += [Cell(d, g, s) for g in guards for s in strengths]
+        out += [Cell(d, g, s) for g in guards for s in strengths if s in STRENGTHS[g]]
     return out
 
 
