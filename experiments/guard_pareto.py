@@ -19,7 +19,9 @@ a recommended default chosen from the data by a stated rule.
    measure, time guarded vs unguarded steps side by side (``geomsafe.pareto.run``).
 4. ``OUT/pareto.json`` + ``OUT/pareto.md``; ``geomsafe report OUT`` draws the frontier.
 
-``--quick``: a small size to try it (24 training examples, 6 steps, 16 pairs per row).
+``--summarise-only``: run nothing, summarise the grid's finished cells (cells not run are left
+out and listed). ``--quick``: a small size to try it (24 training examples, 6 steps, 16 pairs
+per row).
 Data sets: ``geomsafe.pareto.data``; strengths: ``geomsafe.pareto.grid``; the rule:
 ``geomsafe.pareto.frontier``.
 """
@@ -60,6 +62,11 @@ def main() -> None:
     ap.add_argument("--concepts", default="toxicity,deception,dangerous_advice,power_seeking")
     ap.add_argument("--targets", default="helpfulness", help="target concepts (covariance)")
     ap.add_argument("--quick", action="store_true", help="a small size to try it")
+    ap.add_argument(
+        "--summarise-only",
+        action="store_true",
+        help="run nothing: summarise the finished cells of this grid (a partial grid)",
+    )
     ap.add_argument("--n-train", type=int, default=160)
     ap.add_argument("--n-heldout", type=int, default=32)
     ap.add_argument("--steps", type=int, default=30)
@@ -152,6 +159,7 @@ def main() -> None:
         config=cfg,
         guard_config=GuardConfig(concepts=concepts),
         controls=controls,
+        run_missing=not args.summarise_only,
         extra={
             "model": args.model,
             "machine": machine(),

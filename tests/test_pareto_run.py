@@ -88,3 +88,19 @@ def test_grid_end_to_end_resume_and_refusal(tmp_path):
         run_grid(lm, atlas, sets, _rows(), prompts, out, **kw, controls={"advice": "other"})
     with pytest.raises(GeomsafeError, match="missing: advice -> absent"):
         run_grid(lm, atlas, sets, _rows(), prompts, out, **kw, controls={"advice": "absent"})
+    # a partial grid: run_missing=False runs nothing and summarises the finished cells only
+    seen.clear()
+    part = run_grid(
+        lm,
+        atlas,
+        sets,
+        _rows(),
+        prompts,
+        out,
+        **{**kw, "guards": [*guards, "steer"], "log": seen.append, "run_missing": False},
+    )
+    assert sum("not run" in line for line in seen) == 2  # steer@mid on both data sets
+    assert {s["key"] for s in part["settings"]} == {f"{g}@mid" for g in guards}
+    assert not (out / "cells" / "harm--steer--mid.json").exists()
+    with pytest.raises(GeomsafeError, match="nothing has run"):
+        run_grid(lm, atlas, sets, _rows(), prompts, tmp_path / "empty", **kw, run_missing=False)

@@ -222,12 +222,15 @@ def run_grid(
     controls: Mapping[str, str] | None = None,
     log: Callable[[str], None] = print,
     extra: dict[str, Any] | None = None,
+    run_missing: bool = True,
 ) -> dict[str, Any]:
     """Every cell of ``datasets x ({none} + guards x strengths)`` not yet in ``out``, then the
     summary (written to ``pareto.json`` and ``pareto.md``; returned). ``controls`` maps a row to
     its style-control row (both in ``rows``; :func:`geomsafe.evaluate.pairsets.
     load_with_controls`): that row's harm measure is its change minus the control's
-    (:func:`geomsafe.pareto.frontier.harm_groups`)."""
+    (:func:`geomsafe.pareto.frontier.harm_groups`). With ``run_missing=False`` nothing is run:
+    the summary covers the finished cells of the grid (a partial grid; the base measures must
+    exist)."""
     cfg = (config or ParetoConfig()).validate()
     base_guard = (guard_config or GuardConfig()).validate()
     names = base_guard.concepts or atlas.harmful
@@ -247,6 +250,8 @@ def run_grid(
     base = json.loads(base_path.read_text()) if base_path.is_file() else None
     if base is not None and base.get("fingerprint") != base_fp:
         raise GeomsafeError(f"{base_path} was made with other settings; use another --out")
+    if base is None and not run_missing:
+        raise GeomsafeError(f"{base_path} is missing: nothing has run in {out} with these settings")
     if base is None:
         t0, c0 = time.perf_counter(), time.process_time()
         base = {
@@ -271,6 +276,9 @@ def run_grid(
             }
         )
         found = store.load(cell, fp)
+        if found is None and not run_missing:
+            log(f"{cell.key}: not run, left out of the summary")
+            continue
         if found is None:
             t0 = time.perf_counter()
             store.save(cell, fp, run_cell(lm, cell, data, rows, prompts, atlas, cfg, base_guard))
