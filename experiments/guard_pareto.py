@@ -84,7 +84,8 @@ def main() -> None:
     ap.add_argument(
         "--rule-rows",
         default="advice",
-        help="harm measures the rule judges, e.g. advice,jailbreakbench-controlled ('all': every)",
+        help="harm measures the rule judges, e.g. advice,jailbreakbench-controlled ('all': every; "
+        "'resolved': those the data set's unguarded run raised, each resolved on its own)",
     )
     ap.add_argument(
         "--rows",

@@ -88,3 +88,22 @@ def test_a_style_controlled_row():
     assert summarise(base, [UN, AB], n_boot=100)["controls"] == {"advice": "heldout:tox"}
     with pytest.raises(GeomsafeError, match="none of the rule rows"):
         cell_rows(base, [UN, AB], ["nope"])
+
+
+def test_the_resolved_rule_leaves_out_rows_the_unguarded_run_did_not_raise():
+    """An unresolved row that the guard pushes far below the base would offset the harm left
+    on a resolved row in ``all``; the ``resolved`` rule judges the resolved rows only."""
+    base = {"logodds": {"a": [0.0] * 4, "n": [0.0] * 4}, "projection": BASE["projection"]}
+
+    def cell(guard, a, n):
+        c = _cell("jb", guard, {"advice": [0] * 4, "heldout:tox": [0] * 2}, BASE["projection"], 2)
+        return {**c, "logodds": {"a": a, "n": n}}
+
+    un = cell("none", [0.1, 0.12, 0.08, 0.1], [0.3, -0.3, 0.2, -0.2])
+    ab = cell("ablate", [0.05] * 4, [-1.0] * 4)
+    (pooled,) = cell_rows(base, [un, ab], ["all"], n_boot=200)
+    assert pooled["harm_ratio"] == pytest.approx((0.05 - 1.0) / 0.1)
+    (row,) = cell_rows(base, [un, ab], ["resolved"], n_boot=200)
+    assert row["harm_ratio"] == pytest.approx(0.5)
+    assert row["rule_measures"] == ["a"] and row["resolved"]
+    assert row["harm"]["all"]["value"] == pytest.approx(pooled["harm_ratio"])

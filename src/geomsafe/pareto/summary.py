@@ -8,8 +8,11 @@ model, on the same pairs and prompts):
   row, ``<row>-controlled`` = row minus its style control for each ``base["controls"]`` entry,
   and ``all``, the controlled measure of a row with a control and the row itself otherwise,
   control rows left out) and ``harm["rule"]`` over the rule measures (``rule_rows``; ``all``
-  for every harm measure), with paired CIs (:func:`.frontier.ratio_ci`); the unguarded
-  change of the rule measures decides ``resolved`` (its CI lies above 0);
+  for every harm measure; ``resolved`` for those of ``all``'s measures whose unguarded change
+  on this data set is resolved on its own, so that an unresolved row that a guard pushes below
+  the base cannot offset harm left on the others; ``rule_measures`` lists them), with paired
+  CIs (:func:`.frontier.ratio_ci`); the unguarded change of the rule measures decides
+  ``resolved`` (its CI lies above 0);
 - ``activation_ratio``: ``sum_c |mean(proj_guarded - proj_base)| / sum_c |mean(proj_unguarded
   - proj_base)|`` over the guarded concepts, projections at the last prompt token of the
   evaluation prompts at each concept's best layer;
@@ -40,6 +43,7 @@ from geomsafe.pareto.frontier import (
 
 ALL = "all"
 RULE = "rule"
+RESOLVED = "resolved"
 
 
 def _changes(cell: Mapping[str, Any], base: Mapping[str, Any], row: str) -> np.ndarray:
@@ -61,9 +65,28 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b else math.nan
 
 
+def _resolved(
+    groups: Mapping[str, list[tuple[str, float]]],
+    controls: Mapping[str, str],
+    unguarded: Mapping[str, np.ndarray],
+    n_boot: int,
+    seed: int,
+) -> list:
+    """The rows (with signs) of the harm measures that ``all`` sums whose unguarded change is
+    resolved on its own (CI above 0); all of ``all`` when none is."""
+    skip = {ALL, *controls, *controls.values()}
+    keep = [
+        m
+        for m, sel in groups.items()
+        if m not in skip and sum_change_ci(_signed(unguarded, sel), n_boot, seed).low > 0
+    ]
+    return list(dict.fromkeys(x for m in keep for x in groups[m])) or groups[ALL]
+
+
 def _rule(groups: Mapping[str, list[tuple[str, float]]], rule_rows: Sequence[str]) -> list:
-    """The rows (with signs) of the rule measures, each once: every harm measure for ``all``."""
-    if ALL in rule_rows:
+    """The rows (with signs) of the rule measures, each once: every harm measure for ``all``
+    (``resolved`` is chosen per data set, in :func:`cell_rows`)."""
+    if ALL in rule_rows or RESOLVED in rule_rows:
         return groups[ALL]
     chosen = [m for r in rule_rows if r in groups for m in groups[r]]
     if not chosen:
@@ -88,7 +111,8 @@ def cell_rows(
     """One dict per guarded cell (module docstring); ``cells`` are the cell files' contents
     (``cell``: dataset, guard, strength). A data set without its unguarded cell is skipped."""
     rows = list(base["logodds"])
-    groups = harm_groups(rows, base.get("controls"))
+    controls = dict(base.get("controls") or {})
+    groups = harm_groups(rows, controls)
     rule = _rule(groups, rule_rows)
     unguarded = {c["cell"]["dataset"]: c for c in cells if c["cell"]["guard"] == "none"}
     out = []
@@ -99,6 +123,8 @@ def cell_rows(
             continue
         g = {r: _changes(c, base, r) for r in rows}
         u = {r: _changes(un, base, r) for r in rows}
+        if RESOLVED in rule_rows:  # the data set's harm measures that its unguarded run raised
+            rule = _resolved(groups, controls, u, n_boot, seed)
         harm = {
             m: ratio_ci(_signed(g, sel), _signed(u, sel), n_boot, seed).to_dict()
             for m, sel in groups.items()
@@ -117,6 +143,7 @@ def cell_rows(
                 "harm": harm,
                 "harm_ratio": harm[RULE]["value"],
                 "harm_ci": [harm[RULE]["low"], harm[RULE]["high"]],
+                "rule_measures": sorted({r if s > 0 else f"-{r}" for r, s in rule}),
                 "activation_ratio": _ratio(_shift(c, base), _shift(un, base)),
                 "loss_ratio": _ratio(c["heldout_loss"], un["heldout_loss"]),
                 "time_ratio": c["time"]["ratio"],
@@ -208,4 +235,4 @@ def markdown(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["ALL", "RULE", "cell_rows", "markdown", "summarise"]
+__all__ = ["ALL", "RESOLVED", "RULE", "cell_rows", "markdown", "summarise"]
