@@ -107,3 +107,14 @@ def test_the_resolved_rule_leaves_out_rows_the_unguarded_run_did_not_raise():
     assert row["harm_ratio"] == pytest.approx(0.5)
     assert row["rule_measures"] == ["a"] and row["resolved"]
     assert row["harm"]["all"]["value"] == pytest.approx(pooled["harm_ratio"])
+
+
+def test_the_time_ratio_pairs_the_steps_by_batch():
+    """Steps of unequal length (the same batches in both lists) move a ratio of medians; the
+    summed times of the same steps do not."""
+    timed = {**AB, "time": {"ratio": 9.0, "guarded_s": [1.1, 5.5, 2.2], "unguarded_s": [1, 5, 2]}}
+    (row,) = cell_rows(BASE, [UN, timed], ["advice"], n_boot=50)
+    assert row["time_ratio"] == pytest.approx(8.8 / 8.0)
+    assert row["time_ratio_median"] == 9.0
+    (old,) = cell_rows(BASE, [UN, AB], ["advice"], n_boot=50)  # no step times kept: its ratio
+    assert old["time_ratio"] == 1.02

@@ -9,8 +9,9 @@ pair_logodds`), the projections of the evaluation prompts (:func:`geomsafe.proje
 prompt_projection`) and the held-out task loss (:func:`geomsafe.train.heldout_loss`). A guarded
 cell also times guarded and unguarded training steps side by side (``time_rounds`` rounds of
 one ``time_steps``-step call each, order alternating, first step of each call dropped):
-``time_ratio`` = median guarded step / median unguarded step. The base model's log-odds and
-projections are the same for every cell: computed once, kept in ``base.json``.
+the cell keeps every step time (``time.ratio`` = median guarded / median unguarded step; the
+summary's ``time_ratio`` is the paired ratio of sums, :mod:`.summary`). The base model's
+log-odds and projections are the same for every cell: computed once, kept in ``base.json``.
 
 Files in ``out``: ``base.json``, ``cells/*.json`` (one per cell), ``pareto.json`` (summary,
 :mod:`.summary`; ``geomsafe report`` shows it) and ``pareto.md``.

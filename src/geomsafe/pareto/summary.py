@@ -18,8 +18,11 @@ model, on the same pairs and prompts):
   evaluation prompts at each concept's best layer;
 - ``loss_ratio``: held-out task loss (mean response-token cross-entropy on the data set's
   held-out examples) guarded / unguarded;
-- ``time_ratio``: median training step time guarded / unguarded, measured side by side in the
-  cell (interleaved calls; the first step of each call dropped).
+- ``time_ratio``: training time guarded / unguarded over the same steps, measured side by side
+  in the cell (interleaved calls on the same batches; the first step of each call dropped):
+  ``sum(guarded_s) / sum(unguarded_s)``, the steps paired by batch, so that batches of unequal
+  length (a code set's steps here took 2.4-5.7 s) do not move it as they move a ratio of
+  medians (kept as ``time_ratio_median``, the cell's own ``time.ratio``).
 """
 
 from __future__ import annotations
@@ -63,6 +66,15 @@ def _shift(cell: Mapping[str, Any], base: Mapping[str, Any]) -> float:
 
 def _ratio(a: float, b: float) -> float:
     return a / b if b else math.nan
+
+
+def _time_ratio(time: Mapping[str, Any]) -> float:
+    """Summed guarded / summed unguarded step times, paired by batch (module docstring); the
+    cell's median ratio when its step times are not recorded in pairs."""
+    g, u = time.get("guarded_s") or [], time.get("unguarded_s") or []
+    if g and len(g) == len(u):
+        return _ratio(float(sum(g)), float(sum(u)))
+    return float(time["ratio"])
 
 
 def _resolved(
@@ -146,7 +158,8 @@ def cell_rows(
                 "rule_measures": sorted({r if s > 0 else f"-{r}" for r, s in rule}),
                 "activation_ratio": _ratio(_shift(c, base), _shift(un, base)),
                 "loss_ratio": _ratio(c["heldout_loss"], un["heldout_loss"]),
-                "time_ratio": c["time"]["ratio"],
+                "time_ratio": _time_ratio(c["time"]),
+                "time_ratio_median": c["time"]["ratio"],
             }
         )
     return out
