@@ -118,3 +118,22 @@ def test_the_time_ratio_pairs_the_steps_by_batch():
     assert row["time_ratio_median"] == 9.0
     (old,) = cell_rows(BASE, [UN, AB], ["advice"], n_boot=50)  # no step times kept: its ratio
     assert old["time_ratio"] == 1.02
+
+
+def test_a_control_shared_by_two_rows_is_subtracted_for_each():
+    base = {"logodds": {r: [0.0] * 3 for r in ("h1", "h2", "c")}, "projection": BASE["projection"]}
+    base["controls"] = {"h1": "c", "h2": "c"}
+
+    def cell(guard, h, c):
+        made = _cell(
+            "jb", guard, {"advice": [0] * 4, "heldout:tox": [0] * 2}, BASE["projection"], 2
+        )
+        return {**made, "logodds": {"h1": [h] * 3, "h2": [h] * 3, "c": [c] * 3}}
+
+    un, guarded = cell("none", 0.3, 0.1), cell("steer", 0.2, 0.1)
+    (row,) = cell_rows(base, [un, guarded], ["all"], n_boot=50)
+    assert row["unguarded_change"]["value"] == pytest.approx((0.3 - 0.1) * 2)
+    assert row["harm_ratio"] == pytest.approx((0.1 + 0.1) / 0.4)
+    (named,) = cell_rows(base, [un, guarded], ["h1-controlled", "h2-controlled"], n_boot=50)
+    assert named["harm_ratio"] == pytest.approx(row["harm_ratio"])
+    assert named["rule_measures"] == ["h1-controlled", "h2-controlled"]

@@ -77,40 +77,51 @@ def _time_ratio(time: Mapping[str, Any]) -> float:
     return float(time["ratio"])
 
 
+Groups = Mapping[str, list[tuple[str, float]]]
+
+
 def _resolved(
-    groups: Mapping[str, list[tuple[str, float]]],
+    groups: Groups,
     controls: Mapping[str, str],
     unguarded: Mapping[str, np.ndarray],
     n_boot: int,
     seed: int,
-) -> list:
-    """The rows (with signs) of the harm measures that ``all`` sums whose unguarded change is
-    resolved on its own (CI above 0); all of ``all`` when none is."""
+) -> list[str]:
+    """The harm measures that ``all`` sums whose unguarded change is resolved on its own (CI
+    above 0); ``all`` when none is."""
     skip = {ALL, *controls, *controls.values()}
     keep = [
         m
         for m, sel in groups.items()
         if m not in skip and sum_change_ci(_signed(unguarded, sel), n_boot, seed).low > 0
     ]
-    return list(dict.fromkeys(x for m in keep for x in groups[m])) or groups[ALL]
+    return keep or [ALL]
 
 
-def _rule(groups: Mapping[str, list[tuple[str, float]]], rule_rows: Sequence[str]) -> list:
-    """The rows (with signs) of the rule measures, each once: every harm measure for ``all``
-    (``resolved`` is chosen per data set, in :func:`cell_rows`)."""
+def _rule(groups: Groups, rule_rows: Sequence[str]) -> list[str]:
+    """The rule's harm measures, each once: ``all`` for ``all`` (``resolved`` is chosen per
+    data set, in :func:`cell_rows`)."""
     if ALL in rule_rows or RESOLVED in rule_rows:
-        return groups[ALL]
-    chosen = [m for r in rule_rows if r in groups for m in groups[r]]
+        return [ALL]
+    chosen = list(dict.fromkeys(r for r in rule_rows if r in groups))
     if not chosen:
         raise GeomsafeError(f"none of the rule rows {list(rule_rows)} is measured ({list(groups)})")
-    return list(dict.fromkeys(chosen))
+    return chosen
+
+
+def _selection(groups: Groups, measures: Sequence[str]) -> list[tuple[str, float]]:
+    return [x for m in measures for x in groups[m]]
 
 
 def _signed(changes: Mapping[str, np.ndarray], sel: Sequence[tuple[str, float]]) -> dict:
-    """``{row: changes}`` of a selection, a subtracted row under ``-row`` with negated changes
-    (rows with sign +1 keep their names, so a selection without controls bootstraps exactly as
-    the plain rows would)."""
-    return {(r if sign > 0 else f"-{r}"): sign * changes[r] for r, sign in sel}
+    """``{row: weight * changes}`` of a selection, each row once with its signs summed (a
+    control that two measures subtract counts twice, as one stratum); a row with a negative
+    weight is keyed ``-row``. Rows of weight +1 keep their names, so a selection without
+    controls bootstraps exactly as the plain rows would."""
+    weight: dict[str, float] = {}
+    for r, sign in sel:
+        weight[r] = weight.get(r, 0.0) + sign
+    return {(r if w > 0 else f"-{r}"): w * changes[r] for r, w in weight.items() if w != 0}
 
 
 def cell_rows(
@@ -125,7 +136,7 @@ def cell_rows(
     rows = list(base["logodds"])
     controls = dict(base.get("controls") or {})
     groups = harm_groups(rows, controls)
-    rule = _rule(groups, rule_rows)
+    measures = _rule(groups, rule_rows)
     unguarded = {c["cell"]["dataset"]: c for c in cells if c["cell"]["guard"] == "none"}
     out = []
     for c in cells:
@@ -136,7 +147,8 @@ def cell_rows(
         g = {r: _changes(c, base, r) for r in rows}
         u = {r: _changes(un, base, r) for r in rows}
         if RESOLVED in rule_rows:  # the data set's harm measures that its unguarded run raised
-            rule = _resolved(groups, controls, u, n_boot, seed)
+            measures = _resolved(groups, controls, u, n_boot, seed)
+        rule = _selection(groups, measures)
         harm = {
             m: ratio_ci(_signed(g, sel), _signed(u, sel), n_boot, seed).to_dict()
             for m, sel in groups.items()
@@ -155,7 +167,7 @@ def cell_rows(
                 "harm": harm,
                 "harm_ratio": harm[RULE]["value"],
                 "harm_ci": [harm[RULE]["low"], harm[RULE]["high"]],
-                "rule_measures": sorted({r if s > 0 else f"-{r}" for r, s in rule}),
+                "rule_measures": list(measures),
                 "activation_ratio": _ratio(_shift(c, base), _shift(un, base)),
                 "loss_ratio": _ratio(c["heldout_loss"], un["heldout_loss"]),
                 "time_ratio": _time_ratio(c["time"]),
