@@ -175,4 +175,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except GeomsafeError as exc:  # bad input (a data set, a row, a folder): one line
+        raise SystemExit(f"error: {exc}") from None
