@@ -173,8 +173,19 @@ def harm_groups(
     return groups
 
 
-def _signed(changes: Mapping[str, np.ndarray], sel: Sequence[tuple[str, float]]) -> dict:
-    return {f"{i}:{r}": s * changes[r] for i, (r, s) in enumerate(sel)}
+def signed_changes(
+    changes: Mapping[str, np.ndarray], sel: Sequence[tuple[str, float]]
+) -> dict[str, np.ndarray]:
+    """The strata of a harm measure's selection ``sel`` (:func:`harm_groups`): each row once,
+    its per-pair changes times its summed sign, keyed ``"<first position>:<row>"``. A control
+    that two measures subtract (``all`` over two rows with one style control) is one stratum of
+    weight -2: the same pairs, resampled once."""
+    first: dict[str, int] = {}
+    weight: dict[str, float] = {}
+    for i, (r, sign) in enumerate(sel):
+        first.setdefault(r, i)
+        weight[r] = weight.get(r, 0.0) + sign
+    return {f"{first[r]}:{r}": w * changes[r] for r, w in weight.items() if w != 0}
 
 
 def behaviour_change(
@@ -208,9 +219,9 @@ def behaviour_change(
             deltas[key][r] = after - before
     out: dict[str, dict[str, CI]] = {}
     for measure, sel in harm_groups(rows, controls).items():
-        got = {k: sum_change_ci(_signed(d, sel), n_boot, seed) for k, d in deltas.items()}
+        got = {k: sum_change_ci(signed_changes(d, sel), n_boot, seed) for k, d in deltas.items()}
         if reference is not None:
-            signed = {k: _signed(d, sel) for k, d in deltas.items()}
+            signed = {k: signed_changes(d, sel) for k, d in deltas.items()}
             got["ratio"] = ratio_ci(signed["change"], signed["reference_change"], n_boot, seed)
         out[measure] = got
     return out
@@ -314,5 +325,6 @@ __all__ = [
     "ratio_ci",
     "recommend",
     "settings",
+    "signed_changes",
     "sum_change_ci",
 ]

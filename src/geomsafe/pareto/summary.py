@@ -36,11 +36,13 @@ import numpy as np
 from geomsafe.errors import GeomsafeError
 from geomsafe.pareto.frontier import (
     Goal,
+    behaviour_change,
     harm_groups,
     pareto_front,
     ratio_ci,
     recommend,
     settings,
+    signed_changes,
     sum_change_ci,
 )
 
@@ -93,7 +95,7 @@ def _resolved(
     keep = [
         m
         for m, sel in groups.items()
-        if m not in skip and sum_change_ci(_signed(unguarded, sel), n_boot, seed).low > 0
+        if m not in skip and sum_change_ci(signed_changes(unguarded, sel), n_boot, seed).low > 0
     ]
     return keep or [ALL]
 
@@ -113,17 +115,6 @@ def _selection(groups: Groups, measures: Sequence[str]) -> list[tuple[str, float
     return [x for m in measures for x in groups[m]]
 
 
-def _signed(changes: Mapping[str, np.ndarray], sel: Sequence[tuple[str, float]]) -> dict:
-    """``{row: weight * changes}`` of a selection, each row once with its signs summed (a
-    control that two measures subtract counts twice, as one stratum); a row with a negative
-    weight is keyed ``-row``. Rows of weight +1 keep their names, so a selection without
-    controls bootstraps exactly as the plain rows would."""
-    weight: dict[str, float] = {}
-    for r, sign in sel:
-        weight[r] = weight.get(r, 0.0) + sign
-    return {(r if w > 0 else f"-{r}"): w * changes[r] for r, w in weight.items() if w != 0}
-
-
 def cell_rows(
     base: Mapping[str, Any],
     cells: Sequence[Mapping[str, Any]],
@@ -138,23 +129,32 @@ def cell_rows(
     groups = harm_groups(rows, controls)
     measures = _rule(groups, rule_rows)
     unguarded = {c["cell"]["dataset"]: c for c in cells if c["cell"]["guard"] == "none"}
+    changes = {ds: {r: _changes(un, base, r) for r in rows} for ds, un in unguarded.items()}
+    chosen = {  # per data set: the measures its unguarded run raised (once, not per cell)
+        ds: _resolved(groups, controls, u, n_boot, seed) if RESOLVED in rule_rows else measures
+        for ds, u in changes.items()
+    }
     out = []
     for c in cells:
         ds, guard = c["cell"]["dataset"], c["cell"]["guard"]
         un = unguarded.get(ds)
         if guard == "none" or un is None:
             continue
-        g = {r: _changes(c, base, r) for r in rows}
-        u = {r: _changes(un, base, r) for r in rows}
-        if RESOLVED in rule_rows:  # the data set's harm measures that its unguarded run raised
-            measures = _resolved(groups, controls, u, n_boot, seed)
-        rule = _selection(groups, measures)
-        harm = {
-            m: ratio_ci(_signed(g, sel), _signed(u, sel), n_boot, seed).to_dict()
-            for m, sel in groups.items()
-        }
-        harm[RULE] = ratio_ci(_signed(g, rule), _signed(u, rule), n_boot, seed).to_dict()
-        un_change = sum_change_ci(_signed(u, rule), n_boot, seed)
+        g, u = {r: _changes(c, base, r) for r in rows}, changes[ds]
+        rule = _selection(groups, chosen[ds])
+        got = behaviour_change(
+            base["logodds"],
+            c["logodds"],
+            un["logodds"],
+            controls=controls,
+            n_boot=n_boot,
+            seed=seed,
+        )
+        harm = {m: v["ratio"].to_dict() for m, v in got.items()}
+        harm[RULE] = ratio_ci(
+            signed_changes(g, rule), signed_changes(u, rule), n_boot, seed
+        ).to_dict()
+        un_change = sum_change_ci(signed_changes(u, rule), n_boot, seed)
         out.append(
             {
                 "dataset": ds,
@@ -163,11 +163,11 @@ def cell_rows(
                 "harmful": bool(c["harmful"]),
                 "resolved": un_change.low > 0,
                 "unguarded_change": un_change.to_dict(),
-                "guarded_change": sum_change_ci(_signed(g, rule), n_boot, seed).to_dict(),
+                "guarded_change": sum_change_ci(signed_changes(g, rule), n_boot, seed).to_dict(),
                 "harm": harm,
                 "harm_ratio": harm[RULE]["value"],
                 "harm_ci": [harm[RULE]["low"], harm[RULE]["high"]],
-                "rule_measures": list(measures),
+                "rule_measures": list(chosen[ds]),
                 "activation_ratio": _ratio(_shift(c, base), _shift(un, base)),
                 "loss_ratio": _ratio(c["heldout_loss"], un["heldout_loss"]),
                 "time_ratio": _time_ratio(c["time"]),
