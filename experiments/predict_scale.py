@@ -1,7 +1,7 @@
 """Does `predict` grow linearly in time and stay bounded in memory with the data set's size?
 
     python experiments/predict_scale.py [--model default] [--data FILE] [--sizes 1500,3000,6000]
-        [--atlas DIR] [--threads 2] [--generate] [--out DIR]
+        [--atlas DIR] [--threads 2] [--generate] [--resume] [--out DIR]
 
 Each size N is one ``geomsafe predict --max-examples N`` subprocess on ``--data`` (default: the
 full emergent-misalignment ``insecure.jsonl``, 6,000 examples), one after another, timed with
@@ -15,6 +15,9 @@ Per size: wall and CPU seconds, peak RSS, and the time of the model-dependent pa
 then the least-squares line ``seconds = a + b N`` over the sizes with its R² and the seconds per
 1,000 examples of each size, which are about equal when the time is linear. Results:
 ``<out>/predict_scale.json`` and ``.md`` (``<out>``: ``$GEOMSAFE_RESULTS/predict_scale``).
+``--resume`` keeps the sizes already in ``<out>/predict_scale.json`` when it was made with the
+same model, data, atlas and generation setting, and runs only the others (add a large size to a
+measured small-size series without re-running it; the record keeps each run's own command).
 """
 
 from __future__ import annotations
@@ -43,6 +46,28 @@ def linear_fit(sizes: Sequence[int], seconds: Sequence[float]) -> dict[str, floa
     return {"intercept_s": float(intercept), "s_per_1000": float(slope * 1000), "r2": r2}
 
 
+def _earlier_runs(record: Path, setting: dict[str, Any], sizes: Sequence[int]) -> dict[str, Any]:
+    """The runs of ``sizes`` in an earlier record with the same setting (none if it differs)."""
+    if not record.exists():
+        return {}
+    old = json.loads(record.read_text())
+    # records from before ``--resume`` hold no atlas/generate keys: read them from the commands
+    for key, value in setting.items():
+        if key in old and old[key] != value:
+            print(f"--resume: the record's {key} differs; measuring every size", flush=True)
+            return {}
+    kept = {str(n): old["runs"][str(n)] for n in sizes if str(n) in old.get("runs", {})}
+    same = all(
+        f"--atlas {setting['atlas']} " in r["command"]
+        and ("--no-generate" in r["command"]) != setting["generate"]
+        for r in kept.values()
+    )
+    if not same:
+        print("--resume: the record's atlas or generation differs; measuring all", flush=True)
+        return {}
+    return kept
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="default")
@@ -51,6 +76,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--atlas", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--generate", action="store_true")
+    ap.add_argument("--resume", action="store_true", help="keep sizes already measured in --out")
     ap.add_argument("--out", default=str(RESULTS / "predict_scale"))
     return ap.parse_args(argv)
 
@@ -71,7 +97,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         runs["audit"] = {**timed([exe, *cmd, *threads], out / "audit.log"), "command": cmd}
         if runs["audit"]["rc"] != 0:
             raise SystemExit(f"error: the audit failed: {last_line(out / 'audit.log')}")
+    setting = {"model": args.model, "data": args.data, "atlas": atlas, "generate": args.generate}
+    if args.resume:
+        runs |= _earlier_runs(out / "predict_scale.json", setting, sizes)
     for n in sizes:
+        if str(n) in runs:
+            print(f"[{n}] kept from the earlier record", flush=True)
+            continue
         folder = out / f"predict-{n}"
         cmd = [
             *("predict", "--model", args.model, "--data", args.data, "--atlas", atlas),
@@ -98,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     done = [runs[str(n)] for n in sizes]
     fit = linear_fit([r["n_examples"] for r in done], [r["predict_s"] for r in done])
     per_1000 = {str(r["n_examples"]): r["predict_s"] / r["n_examples"] * 1000 for r in done}
-    payload = {"model": args.model, "data": args.data, "runs": runs, "fit": fit}
+    payload = {**setting, "runs": runs, "fit": fit}
     payload |= {"s_per_1000": per_1000, "machine": machine()}
     write_json(out / "predict_scale.json", payload)
     lines = ["| examples | wall | predict | s / 1,000 | peak RSS |", "|---|---|---|---|---|"]

@@ -51,3 +51,29 @@ def test_one_predict_per_size(tmp_path):
     )
     with pytest.raises(SystemExit, match="two positive sizes"):
         ps.main(["--sizes", "5"])
+
+
+def test_resume_keeps_measured_sizes_and_refits(tmp_path, monkeypatch):
+    model = save_tiny(tmp_path / "model")
+    rude = ConceptSet(
+        "rude", "harmful", [Pair(f"q{i}", "you idiot " * (1 + i % 3), "thanks") for i in range(8)]
+    )
+    extract(load(str(model)), [rude], progress=False).atlas.save(tmp_path / "atlas")
+    data = write_data(tmp_path, "d", "fine words ", n=12)
+    out = tmp_path / "scale"
+    base = [
+        *("--model", str(model), "--data", str(data), "--atlas", str(tmp_path / "atlas")),
+        *("--threads", "1", "--out", str(out)),
+    ]
+    first = ps.main([*base, "--sizes", "4,8"])
+    calls = []
+    real = ps.timed
+    monkeypatch.setattr(ps, "timed", lambda argv, log: calls.append(argv) or real(argv, log))
+    got = ps.main([*base, "--sizes", "4,8,12", "--resume"])
+    assert len(calls) == 1 and "12" in calls[0]  # only the new size ran
+    assert got["runs"]["4"] == first["runs"]["4"] and got["runs"]["8"] == first["runs"]["8"]
+    assert got["runs"]["12"]["n_examples"] == 12 and set(got["s_per_1000"]) == {"4", "8", "12"}
+    # another generation setting is not the same series: every size runs again
+    calls.clear()
+    ps.main([*base, "--sizes", "4,8", "--resume", "--generate"])
+    assert len(calls) == 2
