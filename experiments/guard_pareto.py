@@ -6,7 +6,7 @@ a recommended default chosen from the data by a stated rule.
     python experiments/guard_pareto.py [--model default] [--quick] [--out DIR] \\
         [--datasets insecure,jailbroken,concept:dangerous_advice,task:code] \\
         [--guards orthogonal,steer,ablate,projection,covariance] [--strengths low,mid,high] \\
-        [--steps 30] [--n-train 160] [--pairs 50] [--rule-rows advice] \\
+        [--steps 30] [--n-train 160] [--pairs 50] [--rule-rows advice] [--harm-rule worst] \\
         [--rows jailbreakbench,toxigen] [--data-root DIR]
 
 1. Atlas of ``--concepts`` (harmful) and ``--targets`` (for covariance) from the base model,
@@ -47,6 +47,7 @@ from geomsafe.models import load
 from geomsafe.options import split_csv
 from geomsafe.pareto import harm_rows, load_train_set, run_grid
 from geomsafe.pareto.grid import GUARD_NAMES, LEVELS
+from geomsafe.pareto.summary import HARM_RULES
 from guard_effect import eval_questions, middle_atlas, recipe
 
 DATASETS = "insecure,jailbroken,concept:dangerous_advice,task:code"
@@ -86,6 +87,13 @@ def main() -> None:
         default="advice",
         help="harm measures the rule judges, e.g. advice,jailbreakbench-controlled ('all': every; "
         "'resolved': those the data set's unguarded run raised, each resolved on its own)",
+    )
+    ap.add_argument(
+        "--harm-rule",
+        choices=HARM_RULES,
+        default="worst",
+        help="several rule measures: judge the worst one's ratio (default) or the ratio of their "
+        "summed changes (where one measure pushed below the base offsets another's harm)",
     )
     ap.add_argument(
         "--rows",
@@ -147,6 +155,7 @@ def main() -> None:
         time_rounds=args.time_rounds,
         n_boot=args.n_boot,
         rule_rows=split_csv(args.rule_rows),
+        harm_rule=args.harm_rule,
     )
     summary = run_grid(
         lm,

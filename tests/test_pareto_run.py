@@ -62,7 +62,7 @@ def test_grid_end_to_end_resume_and_refusal(tmp_path):
     assert {s["key"] for s in summary["settings"]} == {f"{g}@mid" for g in guards}
     for row in summary["cells"]:
         assert row["time_ratio"] > 0 and row["loss_ratio"] > 0
-        assert set(row["harm"]) == {"advice", "other", "all", "rule"}
+        assert set(row["harm"]) == {"advice", "other", "all", "rule", "rule:sum", "rule:worst"}
     # the ablate guard trains a different model than no guard: its log-odds differ
     cell = json.loads((out / "cells" / "harm--ablate--mid.json").read_text())
     none = json.loads((out / "cells" / "harm--none---.json").read_text())

@@ -137,3 +137,31 @@ def test_a_control_shared_by_two_rows_is_subtracted_for_each():
     (named,) = cell_rows(base, [un, guarded], ["h1-controlled", "h2-controlled"], n_boot=50)
     assert named["harm_ratio"] == pytest.approx(row["harm_ratio"])
     assert named["rule_measures"] == ["h1-controlled", "h2-controlled"]
+
+
+def test_the_worst_rule_lets_no_measure_offset_another():
+    """Two resolved rows: the guard pushes one far below the base and keeps the other's harm.
+    Their summed change reads as a cut; the worst measure does not."""
+    base = {"logodds": {"a": [0.0] * 4, "b": [0.0] * 4}, "projection": BASE["projection"]}
+
+    def cell(guard, a, b):
+        c = _cell("jb", guard, {"advice": [0] * 4, "heldout:tox": [0] * 2}, BASE["projection"], 2)
+        return {**c, "logodds": {"a": a, "b": b}}
+
+    un = cell("none", [0.1, 0.12, 0.08, 0.1], [0.2, 0.22, 0.18, 0.2])
+    steer = cell("steer", [0.09] * 4, [-0.5] * 4)
+    (worst,) = cell_rows(base, [un, steer], ["resolved"], n_boot=200)
+    assert worst["rule_measures"] == ["a", "b"] and worst["worst_measure"] == "a"
+    assert worst["harm_ratio"] == pytest.approx(0.9)
+    assert worst["harm"]["rule"] == worst["harm"]["a"] == worst["harm"]["rule:worst"]
+    (summed,) = cell_rows(base, [un, steer], ["resolved"], n_boot=200, harm_rule="sum")
+    assert summed["harm_ratio"] == pytest.approx((0.09 - 0.5) / 0.3)
+    assert summed["harm"]["rule:worst"] == worst["harm"]["rule"]
+    s = summarise(base, [un, steer], rule_rows=["resolved"], n_boot=200)
+    assert s["harm_rule"] == "worst" and not s["recommended"]["meets_goal"]
+    assert "the largest ratio among the rule measures" in markdown(s)
+    assert summarise(base, [un, steer], rule_rows=["resolved"], n_boot=200, harm_rule="sum")[
+        "recommended"
+    ]["harm"] == pytest.approx(summed["harm_ratio"])
+    with pytest.raises(GeomsafeError, match="harm rule must be one of"):
+        cell_rows(base, [un, steer], ["resolved"], harm_rule="mean")

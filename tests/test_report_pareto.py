@@ -42,6 +42,7 @@ def test_section_and_report(tmp_path):
     assert "Guard Pareto frontier" in html
     assert "Recommended default: <b>ablate@mid</b> (meets the goal)" in html
     assert "projection@high" in html and "python experiments/guard_pareto.py" in html
+    assert "harm per data set: the largest ratio among the rule measures" in html
 
 
 def test_no_recommendation_when_nothing_is_resolved(tmp_path):

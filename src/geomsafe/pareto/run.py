@@ -38,7 +38,7 @@ from geomsafe.models import LoadedModel
 from geomsafe.pareto.data import TrainSet
 from geomsafe.pareto.frontier import Goal, harm_groups
 from geomsafe.pareto.grid import Cell, CellStore, cells, fingerprint, guard_config
-from geomsafe.pareto.summary import markdown, summarise
+from geomsafe.pareto.summary import HARM_RULES, markdown, summarise
 from geomsafe.projection import prompt_projection
 from geomsafe.train.config import TrainConfig
 from geomsafe.train.data import TrainData, build
@@ -63,12 +63,15 @@ class ParetoConfig:
     time_rounds: int = 2  # timing rounds (each: one guarded and one unguarded call)
     n_boot: int = 1000
     rule_rows: list[str] = field(default_factory=lambda: ["advice"])  # "all": every row
+    harm_rule: str = "worst"  # how several rule measures make one harm figure (summary.py)
     logodds_batch: int = 16
     goal: Goal = field(default_factory=Goal)
 
     def validate(self) -> ParetoConfig:
         if self.steps < 1 or self.time_steps < 2 or self.time_rounds < 1:
             raise GeomsafeError("need steps >= 1, time_steps >= 2 and time_rounds >= 1")
+        if self.harm_rule not in HARM_RULES:
+            raise GeomsafeError(f"harm rule must be one of {', '.join(HARM_RULES)}")
         return self
 
     def train_config(self) -> TrainConfig:
@@ -193,7 +196,7 @@ def _settings(
 ) -> dict[str, Any]:
     """What the base measures and every cell depend on (before the data set)."""
     recipe = cfg.to_dict()
-    for key in ("time_steps", "time_rounds", "n_boot", "rule_rows", "goal"):
+    for key in ("time_steps", "time_rounds", "n_boot", "rule_rows", "harm_rule", "goal"):
         recipe.pop(key)  # these change the summary or the timing, not the trained numbers
     out = {
         "model": [lm.spec, lm.source],
@@ -288,7 +291,9 @@ def run_grid(
         else:
             log(f"{cell.key}: already done, skipped")
         done.append(found)
-    summary = summarise(base, done, cfg.goal, cfg.rule_rows, cfg.n_boot, cfg.seed)
+    summary = summarise(
+        base, done, cfg.goal, cfg.rule_rows, cfg.n_boot, cfg.seed, harm_rule=cfg.harm_rule
+    )
     summary = {
         **summary,
         "config": cfg.to_dict(),

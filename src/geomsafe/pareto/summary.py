@@ -12,7 +12,12 @@ model, on the same pairs and prompts):
   on this data set is resolved on its own, so that an unresolved row that a guard pushes below
   the base cannot offset harm left on the others; ``rule_measures`` lists them), with paired
   CIs (:func:`.frontier.ratio_ci`); the unguarded change of the rule measures decides
-  ``resolved`` (its CI lies above 0);
+  ``resolved`` (its CI lies above 0). How several rule measures make one harm figure is
+  ``harm_rule``: ``worst`` (the default) takes the largest of their own ratios (and that
+  measure's CI; ``worst_measure`` names it), so that a guard cannot pass by over-correcting one
+  behaviour while another keeps its harm; ``sum`` takes the ratio of their summed changes, in
+  which a measure pushed below the base offsets another's harm. Both are kept per cell
+  (``harm["rule:worst"]``, ``harm["rule:sum"]``); ``harm["rule"]`` is the chosen one;
 - ``activation_ratio``: ``sum_c |mean(proj_guarded - proj_base)| / sum_c |mean(proj_unguarded
   - proj_base)|`` over the guarded concepts, projections at the last prompt token of the
   evaluation prompts at each concept's best layer;
@@ -49,6 +54,7 @@ from geomsafe.pareto.frontier import (
 ALL = "all"
 RULE = "rule"
 RESOLVED = "resolved"
+HARM_RULES = ("worst", "sum")
 
 
 def _changes(cell: Mapping[str, Any], base: Mapping[str, Any], row: str) -> np.ndarray:
@@ -115,15 +121,25 @@ def _selection(groups: Groups, measures: Sequence[str]) -> list[tuple[str, float
     return [x for m in measures for x in groups[m]]
 
 
+def _worst(harm: Mapping[str, Mapping[str, float]], measures: Sequence[str]) -> tuple[str, Any]:
+    """The rule measure with the largest finite ratio (the first measure when none is finite)."""
+    finite = [m for m in measures if math.isfinite(harm[m]["value"])]
+    name = max(finite, key=lambda m: harm[m]["value"]) if finite else measures[0]
+    return name, dict(harm[name])
+
+
 def cell_rows(
     base: Mapping[str, Any],
     cells: Sequence[Mapping[str, Any]],
     rule_rows: Sequence[str],
     n_boot: int = 1000,
     seed: int = 0,
+    harm_rule: str = "worst",
 ) -> list[dict[str, Any]]:
     """One dict per guarded cell (module docstring); ``cells`` are the cell files' contents
     (``cell``: dataset, guard, strength). A data set without its unguarded cell is skipped."""
+    if harm_rule not in HARM_RULES:
+        raise GeomsafeError(f"harm rule must be one of {', '.join(HARM_RULES)}, not {harm_rule!r}")
     rows = list(base["logodds"])
     controls = dict(base.get("controls") or {})
     groups = harm_groups(rows, controls)
@@ -151,9 +167,11 @@ def cell_rows(
             seed=seed,
         )
         harm = {m: v["ratio"].to_dict() for m, v in got.items()}
-        harm[RULE] = ratio_ci(
+        harm[f"{RULE}:sum"] = ratio_ci(
             signed_changes(g, rule), signed_changes(u, rule), n_boot, seed
         ).to_dict()
+        worst, harm[f"{RULE}:worst"] = _worst(harm, chosen[ds])
+        harm[RULE] = harm[f"{RULE}:{harm_rule}"]
         un_change = sum_change_ci(signed_changes(u, rule), n_boot, seed)
         out.append(
             {
@@ -168,6 +186,7 @@ def cell_rows(
                 "harm_ratio": harm[RULE]["value"],
                 "harm_ci": [harm[RULE]["low"], harm[RULE]["high"]],
                 "rule_measures": list(chosen[ds]),
+                "worst_measure": worst,
                 "activation_ratio": _ratio(_shift(c, base), _shift(un, base)),
                 "loss_ratio": _ratio(c["heldout_loss"], un["heldout_loss"]),
                 "time_ratio": _time_ratio(c["time"]),
@@ -184,10 +203,11 @@ def summarise(
     rule_rows: Sequence[str] = ("advice",),
     n_boot: int = 1000,
     seed: int = 0,
+    harm_rule: str = "worst",
 ) -> dict[str, Any]:
     """The ``pareto.json`` summary: cells, settings (worst cases), front and recommendation."""
     goal = goal or Goal()
-    rows = cell_rows(base, cells, rule_rows, n_boot, seed)
+    rows = cell_rows(base, cells, rule_rows, n_boot, seed, harm_rule)
     sets = settings(rows, goal)
     front = pareto_front({s.key: (s.harm, s.loss) for s in sets})
     best = recommend(sets)
@@ -204,6 +224,7 @@ def summarise(
     return {
         "goal": goal.to_dict(),
         "rule_rows": list(rule_rows),
+        "harm_rule": harm_rule,
         "rows": list(base["logodds"]),
         "controls": dict(base.get("controls") or {}),
         "cells": rows,
@@ -213,6 +234,13 @@ def summarise(
         "recommended": best.to_dict() if best else None,
         "meets_goal": [s.key for s in sets if s.meets_goal],
     }
+
+
+HARM_RULE_TEXT = {
+    "worst": "the largest ratio among the rule measures (no measure offsets another)",
+    "sum": "the ratio of the rule measures' summed changes (a measure below the base offsets "
+    "another's harm)",
+}
 
 
 def _f(x: Any, fmt: str = "{:.3f}") -> str:
@@ -246,7 +274,12 @@ def markdown(summary: Mapping[str, Any]) -> str:
             f" | {'yes' if s['key'] in summary['front'] else ''} |"
         )
     best = summary["recommended"]
-    lines += ["", f"Rule: {summary['goal']['rule']}. Rule rows: {', '.join(summary['rule_rows'])}."]
+    how = HARM_RULE_TEXT[summary.get("harm_rule", "sum")]
+    lines += [
+        "",
+        f"Rule: {summary['goal']['rule']}. Rule rows: {', '.join(summary['rule_rows'])}; "
+        f"harm per data set: {how}.",
+    ]
     if best:
         verdict = "meets the goal" if best["meets_goal"] else "closest to the goal (not met)"
         ci = best["harm_ci"] or (math.nan, math.nan)
@@ -260,4 +293,13 @@ def markdown(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["ALL", "RESOLVED", "RULE", "cell_rows", "markdown", "summarise"]
+__all__ = [
+    "ALL",
+    "HARM_RULES",
+    "HARM_RULE_TEXT",
+    "RESOLVED",
+    "RULE",
+    "cell_rows",
+    "markdown",
+    "summarise",
+]

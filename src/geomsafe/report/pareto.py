@@ -8,6 +8,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from geomsafe.pareto.summary import HARM_RULE_TEXT
 from geomsafe.report import plots
 
 
@@ -64,6 +65,7 @@ def section(summary: Mapping[str, Any]) -> dict[str, Any]:
         "recommended": summary.get("recommended"),
         "rule": summary["goal"].get("rule", ""),
         "rule_rows": summary.get("rule_rows", []),
+        "harm_rule": HARM_RULE_TEXT.get(summary.get("harm_rule", ""), ""),
         "command": summary.get("command"),
     }
 
