@@ -26,19 +26,23 @@ def test_linear_fit_recovers_a_line():
     assert ps.linear_fit([1, 2, 3], [1.0, 3.0, 2.0])["r2"] < 0.9
 
 
-def test_one_predict_per_size(tmp_path):
+def _setup(tmp_path: Path) -> list[str]:
+    """A tiny saved model, its one-concept atlas and 12 examples: the common arguments."""
     model = save_tiny(tmp_path / "model")
     rude = ConceptSet(
         "rude", "harmful", [Pair(f"q{i}", "you idiot " * (1 + i % 3), "thanks") for i in range(8)]
     )
     extract(load(str(model)), [rude], progress=False).atlas.save(tmp_path / "atlas")
     data = write_data(tmp_path, "d", "fine words ", n=12)
-    out = tmp_path / "scale"
-    argv = [
+    return [
         *("--model", str(model), "--data", str(data), "--atlas", str(tmp_path / "atlas")),
-        *("--sizes", "4,8,12", "--threads", "1", "--out", str(out)),
+        *("--threads", "1", "--out", str(tmp_path / "scale")),
     ]
-    got = ps.main(argv)
+
+
+def test_one_predict_per_size(tmp_path):
+    out = tmp_path / "scale"
+    got = ps.main([*_setup(tmp_path), "--sizes", "4,8,12"])
     assert [got["runs"][n]["n_examples"] for n in ("4", "8", "12")] == [4, 8, 12]
     assert all(
         got["runs"][n]["rc"] == 0 and "--no-generate" in got["runs"][n]["command"]
@@ -54,17 +58,7 @@ def test_one_predict_per_size(tmp_path):
 
 
 def test_resume_keeps_measured_sizes_and_refits(tmp_path, monkeypatch):
-    model = save_tiny(tmp_path / "model")
-    rude = ConceptSet(
-        "rude", "harmful", [Pair(f"q{i}", "you idiot " * (1 + i % 3), "thanks") for i in range(8)]
-    )
-    extract(load(str(model)), [rude], progress=False).atlas.save(tmp_path / "atlas")
-    data = write_data(tmp_path, "d", "fine words ", n=12)
-    out = tmp_path / "scale"
-    base = [
-        *("--model", str(model), "--data", str(data), "--atlas", str(tmp_path / "atlas")),
-        *("--threads", "1", "--out", str(out)),
-    ]
+    base = _setup(tmp_path)
     first = ps.main([*base, "--sizes", "4,8"])
     calls = []
     real = ps.timed
@@ -73,7 +67,10 @@ def test_resume_keeps_measured_sizes_and_refits(tmp_path, monkeypatch):
     assert len(calls) == 1 and "12" in calls[0]  # only the new size ran
     assert got["runs"]["4"] == first["runs"]["4"] and got["runs"]["8"] == first["runs"]["8"]
     assert got["runs"]["12"]["n_examples"] == 12 and set(got["s_per_1000"]) == {"4", "8", "12"}
-    # another generation setting is not the same series: every size runs again
-    calls.clear()
-    ps.main([*base, "--sizes", "4,8", "--resume", "--generate"])
-    assert len(calls) == 2
+    # another generation setting, atlas or data is not the same series: nothing is kept
+    record, atlas = tmp_path / "scale" / "predict_scale.json", base[base.index("--atlas") + 1]
+    setting = {k: got[k] for k in ("model", "data", "atlas", "generate")}
+    assert set(ps._earlier_runs(record, setting, [4, 8, 12])) == {"4", "8", "12"}
+    assert ps._earlier_runs(record, {**setting, "generate": True}, [4, 8]) == {}
+    assert ps._earlier_runs(record, {**setting, "data": "other.jsonl"}, [4, 8]) == {}
+    assert ps._earlier_runs(record, {**setting, "atlas": atlas + "2"}, [4, 8]) == {}
