@@ -165,3 +165,28 @@ def test_the_worst_rule_lets_no_measure_offset_another():
     ]["harm"] == pytest.approx(summed["harm_ratio"])
     with pytest.raises(GeomsafeError, match="harm rule must be one of"):
         cell_rows(base, [un, steer], ["resolved"], harm_rule="mean")
+
+
+def test_the_recommendation_is_taken_among_settings_measured_on_every_data_set():
+    """A setting run on one data set of two has a milder worst case; it is not recommended
+    over a setting measured on both."""
+    zero = {"advice": [0.0] * 4, "heldout:tox": [0.0] * 2}
+    un_code = _cell("code", "none", zero, BASE["projection"], 1.0, harmful=False)
+    ab_code = _cell("code", "ablate", zero, BASE["projection"], 1.01, harmful=False)
+    steer = _cell(
+        "insecure",
+        "steer",
+        {"advice": [0.001] * 4, "heldout:tox": [0.0] * 2},
+        {"tox": [0.0, 0.0], "dec": [1.0, 1.0]},
+        2.0,
+    )
+    s = summarise(BASE, [UN, AB, un_code, ab_code, steer], n_boot=100)
+    assert s["datasets"] == ["code", "insecure"] and s["complete_settings"] == ["ablate@mid"]
+    assert s["recommended"]["key"] == "ablate@mid"
+    by_key = {x["key"]: x for x in s["settings"]}
+    assert by_key["steer@mid"]["excess"] < by_key["ablate@mid"]["excess"]
+    assert list(by_key["steer@mid"]["datasets"]) == ["insecure"]
+    md = markdown(s)
+    assert "| steer@mid | 1 of 2 |" in md and "measured on every data set: ablate@mid" in md
+    # without a complete setting that has a harm figure, every setting is a candidate
+    assert summarise(BASE, [UN, steer, un_code], n_boot=100)["recommended"]["key"] == "steer@mid"

@@ -36,7 +36,9 @@ ratios over every data set (benign ones included). A setting meets the goal iff
 ``excess <= 1``. **Recommended default**: the setting with the smallest excess (the most slack
 against the goal when some meet it, the closest when none does); ties by smaller harm, then
 smaller loss ratio. A setting without a resolved harmful data set has no harm figure and is
-never recommended.
+never recommended. In a partial grid a worst case over fewer data sets is a milder one, so the
+recommendation is taken among the *complete* settings, those measured on every data set that
+has an unguarded cell, when there is any (:func:`recommend` with ``datasets``).
 
 **Pareto front** (harm ratio vs loss ratio): the settings that no other setting beats on both
 (at least as low on each and lower on one).
@@ -255,6 +257,7 @@ class Setting:
     activation: float  # largest activation ratio over harmful data sets (NaN: none)
     excess: float
     meets_goal: bool
+    datasets: tuple[str, ...] = ()  # the data sets this setting was measured on
 
     @property
     def key(self) -> str:
@@ -302,15 +305,19 @@ def settings(rows: Sequence[Mapping[str, Any]], goal: Goal) -> list[Setting]:
                 act,
                 excess,
                 excess <= 1.0,
+                tuple(sorted({r["dataset"] for r in items})),
             )
         )
     return out
 
 
-def recommend(candidates: Sequence[Setting]) -> Setting | None:
+def recommend(candidates: Sequence[Setting], datasets: Sequence[str] = ()) -> Setting | None:
     """The recommended default (module docstring): smallest excess, then harm, then loss;
-    None when no setting has a harm figure."""
+    None when no setting has a harm figure. With ``datasets`` (every data set of the grid),
+    among the settings measured on all of them when any of those has a harm figure."""
     ok = [s for s in candidates if math.isfinite(s.excess)]
+    complete = [s for s in ok if set(datasets) <= set(s.datasets)]
+    ok = complete or ok
     if not ok:
         return None
     return min(ok, key=lambda s: (s.excess, s.harm, s.loss))
