@@ -55,6 +55,11 @@ ALL = "all"
 RULE = "rule"
 RESOLVED = "resolved"
 HARM_RULES = ("worst", "sum")
+HARM_RULE_TEXT = {
+    "worst": "the largest ratio among the rule measures (no measure offsets another)",
+    "sum": "the ratio of the rule measures' summed changes (a measure below the base offsets "
+    "another's harm)",
+}
 
 
 def _changes(cell: Mapping[str, Any], base: Mapping[str, Any], row: str) -> np.ndarray:
@@ -226,6 +231,7 @@ def summarise(
         "goal": goal.to_dict(),
         "rule_rows": list(rule_rows),
         "harm_rule": harm_rule,
+        "harm_rule_text": HARM_RULE_TEXT[harm_rule],
         "rows": list(base["logodds"]),
         "controls": dict(base.get("controls") or {}),
         "cells": rows,
@@ -237,13 +243,6 @@ def summarise(
         "recommended": best.to_dict() if best else None,
         "meets_goal": [s.key for s in sets if s.meets_goal],
     }
-
-
-HARM_RULE_TEXT = {
-    "worst": "the largest ratio among the rule measures (no measure offsets another)",
-    "sum": "the ratio of the rule measures' summed changes (a measure below the base offsets "
-    "another's harm)",
-}
 
 
 def _f(x: Any, fmt: str = "{:.3f}") -> str:

@@ -8,7 +8,6 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from geomsafe.pareto.summary import HARM_RULE_TEXT
 from geomsafe.report import plots
 
 
@@ -65,7 +64,7 @@ def section(summary: Mapping[str, Any]) -> dict[str, Any]:
         "recommended": summary.get("recommended"),
         "rule": summary["goal"].get("rule", ""),
         "rule_rows": summary.get("rule_rows", []),
-        "harm_rule": HARM_RULE_TEXT.get(summary.get("harm_rule", ""), ""),
+        "harm_rule": summary.get("harm_rule_text", ""),
         "command": summary.get("command"),
     }
 
