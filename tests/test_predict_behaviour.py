@@ -88,3 +88,19 @@ def test_per_example_scores_separate_the_examples_that_push():
     est = behavioural_estimate(lm, data, {"rude": _pairs()}, rank=32, progress=False)
     c = est.contributions[:, 0]
     assert float(c[:4].mean()) > float(c[4:].mean())
+
+
+def test_the_sketch_cache_belongs_to_its_model_and_goes_with_it():
+    """Keyed by the model object, held weakly: a model built later (which may reuse a freed
+    model's address) starts with no cached sketches."""
+    import gc
+
+    from geomsafe.predict import behaviour
+
+    lm = tiny_model("gpt2")
+    behavioural_estimate(lm, _data("you idiot "), {"rude": _pairs()}, progress=False)
+    assert len(behaviour._CACHE[lm.model]) == 1
+    del lm
+    gc.collect()
+    fresh = tiny_model("llama")
+    assert fresh.model not in behaviour._CACHE

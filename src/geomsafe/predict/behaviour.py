@@ -23,6 +23,7 @@ one per data example; two small einsums per linear module per batch for the per-
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,8 +38,12 @@ from geomsafe.models import LoadedModel
 from geomsafe.predict.likelihood import length_batches
 from geomsafe.predict.sketch import inner, sketch_matrices, sketching, stack
 
-_CACHE: dict[tuple, dict[str, Tensor]] = {}
-_CACHE_SIZE = 32
+# per model object (weakly held: an entry goes with its model, so a new model that reuses a
+# freed one's address never reads its sketches), then by (pairs, max_length, cache_key)
+_CACHE: weakref.WeakKeyDictionary[object, dict[tuple, dict[str, Tensor]]] = (
+    weakref.WeakKeyDictionary()
+)
+_CACHE_SIZE = 32  # entries per model
 
 
 def logodds_sketch(
@@ -53,10 +58,11 @@ def logodds_sketch(
     progress: bool = True,
 ) -> dict[str, Tensor]:
     """The sketch of ``∇ lo`` for the pair set's mean log-odds (module docstring); cached in
-    memory by (model object, pairs sha256, ``cache_key``)."""
-    key = (id(lm.model), pairs.sha256(), max_length, *cache_key)
-    if key in _CACHE:
-        return _CACHE[key]
+    memory per model object (held weakly) by (pairs sha256, ``cache_key``)."""
+    key = (pairs.sha256(), max_length, *cache_key)
+    cached = _CACHE.setdefault(lm.model, {})
+    if key in cached:
+        return cached[key]
     examples = [ex for p in pairs.pairs for ex in p.examples()]
     encoded = [encode(lm.tokenizer, ex, max_length) for ex in examples]
     n_pairs = len(pairs.pairs)
@@ -71,9 +77,9 @@ def logodds_sketch(
             lp = response_logps(lm, [encoded[i] for i in idx])
             (lp * torch.tensor([weights[i] for i in idx], dtype=lp.dtype)).sum().backward()
     total = distributed.sum_dict(sk.total, lm.device)
-    if len(_CACHE) >= _CACHE_SIZE:
-        _CACHE.pop(next(iter(_CACHE)))
-    _CACHE[key] = total
+    if len(cached) >= _CACHE_SIZE:
+        cached.pop(next(iter(cached)))
+    cached[key] = total
     return total
 
 
