@@ -286,12 +286,11 @@ def markdown(summary: Mapping[str, Any]) -> str:
     ]
     if best:
         verdict = "meets the goal" if best["meets_goal"] else "closest to the goal (not met)"
-        if summary.get("complete_settings") and len(summary["complete_settings"]) < len(
-            summary["settings"]
-        ):
+        complete = summary.get("complete_settings") or []
+        if best["key"] in complete and len(complete) < len(summary["settings"]):
             lines.append(
                 "Recommended among the settings measured on every data set: "
-                + ", ".join(summary["complete_settings"])
+                + ", ".join(complete)
                 + " (a worst case over fewer data sets is a milder one)."
             )
         ci = best["harm_ci"] or (math.nan, math.nan)
