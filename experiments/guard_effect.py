@@ -131,7 +131,9 @@ def middle_atlas(
     save: str | None = None,
 ) -> FeatureAtlas:
     """An atlas of ``specs`` (harmful) and ``targets`` at layers ``LO:HI`` (default: the middle
-    third, where concept directions are cleanest), saved to ``save`` when given."""
+    third, where concept directions are cleanest), saved to ``save`` when given. Every concept,
+    a user's file too, builds its direction from its direction half only: the other half is a
+    held-out behavioural row (``concept:<name>``)."""
     if layers:
         lo, hi = (int(x) for x in layers.split(":"))
     else:
@@ -144,6 +146,7 @@ def middle_atlas(
         max_pairs=max_pairs,
         seed=seed,
         progress=False,
+        split=True,
     )
     if save:
         atlas.save(save)

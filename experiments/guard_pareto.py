@@ -40,9 +40,11 @@ import torch
 from _common import RESULTS, machine
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.errors import GeomsafeError
+from geomsafe.evaluate.logodds import refuse_overlap
 from geomsafe.evaluate.pairsets import load_with_controls
 from geomsafe.evaluate.prompts import resolve_data_root
 from geomsafe.guard import GuardConfig
+from geomsafe.guard.resolve import concept_names
 from geomsafe.models import load
 from geomsafe.options import split_csv
 from geomsafe.pareto import harm_rows, load_train_set, run_grid
@@ -136,6 +138,7 @@ def main() -> None:
             args.save_atlas,
         )
     print(f"atlas ready ({time.perf_counter() - t0:.0f} s): layers {atlas.layers}")
+    refuse_overlap(rows, atlas.stats)  # no row may hold a prompt a direction was built from
     sets = [
         load_train_set(
             d,
@@ -167,7 +170,7 @@ def main() -> None:
         guards=split_csv(args.guards),
         strengths=split_csv(args.strengths),
         config=cfg,
-        guard_config=GuardConfig(concepts=concepts),
+        guard_config=GuardConfig(concepts=concept_names(concepts)),
         controls=controls,
         run_missing=not args.summarise_only,
         extra={

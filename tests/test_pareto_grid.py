@@ -46,6 +46,11 @@ def test_an_extra_level_runs_only_for_its_guards():
         cells(["jb"], ["ablate"], ["one-sided"])
     made = guard_config("projection", "one-sided", GuardConfig(), [3])
     assert made.projection_mode == "increase" and made.weight == 1.0
+    made = guard_config("projection", "one-sided-high", GuardConfig(), [3])
+    assert made.projection_mode == "increase" and made.weight == 10.0
+    made = guard_config("projection", "one-sided-band", GuardConfig(), [3, 4, 5])
+    assert made.projection_mode == "increase" and made.weight == 1.0
+    assert made.layers == [3, 4, 5]
 
 
 @pytest.mark.parametrize("guard", list(STRENGTHS))

@@ -96,10 +96,14 @@ def extract_atlas(
     max_pairs: int | None = 64,
     seed: int = 0,
     progress: bool = True,
+    split: bool | None = None,
 ) -> FeatureAtlas:
-    """Extract an atlas of the harmful ``concepts`` (and ``targets``) from their pairs."""
-    sets = [load_for_direction(c, "harmful").subset(max_pairs, seed) for c in concepts]
-    sets += [load_for_direction(t, "target").subset(max_pairs, seed) for t in targets]
+    """Extract an atlas of the harmful ``concepts`` (and ``targets``) from their pairs: the
+    direction half of built-in concepts and all pairs of a user's concept file, or the
+    direction half of every concept with ``split=True`` (when the other half is evaluated,
+    :func:`geomsafe.concepts.load_for_direction`)."""
+    sets = [load_for_direction(c, "harmful", split=split).subset(max_pairs, seed) for c in concepts]
+    sets += [load_for_direction(t, "target", split=split).subset(max_pairs, seed) for t in targets]
     layer_list = list(layers) if layers is not None else None
     return directions.extract(lm, sets, layers=layer_list, seed=seed, progress=progress).atlas
 

@@ -20,7 +20,9 @@ early); defaults: each concept at its best atlas layer, constant schedule.
 
 Extra levels, run only when named in ``strengths`` and only for the guards that have them:
 ``projection@one-sided`` = ``weight=1``, ``projection_mode="increase"`` (only moves towards the
-harmful side are penalised, as in BLOCK-EM's one-sided penalty).
+harmful side are penalised, as in BLOCK-EM's one-sided penalty); ``projection@one-sided-high``
+the same at ``weight=10``; ``projection@one-sided-band`` the same at ``weight=1`` on every atlas
+layer (a band) instead of each concept's best layer.
 
 A cell's file records a **fingerprint** (sha256 of the settings that decide its numbers: the
 model, the training recipe, the data, the rows, the atlas); :meth:`CellStore.load` returns a
@@ -59,6 +61,8 @@ STRENGTHS: dict[str, dict[str, dict[str, Any]]] = {
         "mid": {"weight": 1.0},
         "high": {"weight": 10.0},
         "one-sided": {"weight": 1.0, "projection_mode": "increase"},
+        "one-sided-high": {"weight": 10.0, "projection_mode": "increase"},
+        "one-sided-band": {"weight": 1.0, "projection_mode": "increase", "layers": BAND},
     },
     "covariance": {"low": {"weight": 0.1}, "mid": {"weight": 1.0}, "high": {"weight": 10.0}},
 }
