@@ -13,6 +13,7 @@ the evaluation's), dropping every request that near-duplicates one of the ``--ex
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from geomsafe import __version__
 from geomsafe.concepts.compliance import NEAR_DUPLICATE, compliance_concept, write_concept
@@ -22,7 +23,7 @@ from geomsafe.evaluate.prompts import need_root, resolve_data_root
 from geomsafe.options import split_csv
 
 
-def _requests(name: str, root) -> list[tuple[str, str]]:
+def _requests(name: str, root: Path | None) -> list[tuple[str, str]]:
     if name not in COMPLIANCE_CSV:
         raise GeomsafeError(f"unknown compliance set {name!r}; use {', '.join(COMPLIANCE_CSV)}")
     ps = load_compliance_csv(name, need_root(root, EXTERNAL[name]))
