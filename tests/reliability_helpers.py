@@ -1,9 +1,11 @@
 """What the reliability tests check of a command's end: its stderr lines without progress
-bars, and the one ``geomsafe: error: ...`` line with exit code 2."""
+bars, and the one ``geomsafe: error: ...`` line with exit code 2; and how a child that will get
+Ctrl-C is started."""
 
 from __future__ import annotations
 
 import re
+import signal
 
 PROGRESS = re.compile(r"\d+%\||it/s\]|s/it\]")
 
@@ -23,3 +25,10 @@ def one_error_line(result, *parts: str) -> str:
     for part in parts:
         assert part in lines[0], lines[0]
     return lines[0]
+
+
+def default_sigint() -> None:
+    """``preexec_fn`` of a child that the test interrupts: SIGINT back to its default. A test run
+    started in the background by a shell without job control inherits SIGINT ignored, and a
+    Python child that starts with SIGINT ignored never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 import geomsafe
 from geomsafe.cli import main
 from geomsafe.testing import save_tiny
-from reliability_helpers import lines_of, one_error_line
+from reliability_helpers import default_sigint, lines_of, one_error_line
 
 SRC = Path(geomsafe.__file__).resolve().parents[1]
 TORCH = re.compile(rb"\|\s+torch\b")  # -X importtime: a torch module was imported
@@ -72,7 +72,13 @@ def test_real_ctrl_c_during_the_imports_is_one_line_and_exit_130(model_dir: Path
     code = "import sys; sys.argv[0] = 'geomsafe'; from geomsafe.cli import main; main()"
     args = [sys.executable, "-X", "importtime", "-c", code, "finetune", "--model", str(model_dir)]
     args += ["--data", str(_chat(tmp_path / "d.jsonl")), "--out", str(tmp_path / "out")]
-    proc = subprocess.Popen(args, env=_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        args,
+        env=_env(),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        preexec_fn=default_sigint,
+    )
     err = bytearray()
     reader = threading.Thread(target=_drain, args=(proc, err))
     reader.start()
