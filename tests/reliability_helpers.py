@@ -5,7 +5,6 @@ Ctrl-C is started."""
 from __future__ import annotations
 
 import re
-import signal
 
 PROGRESS = re.compile(r"\d+%\||it/s\]|s/it\]")
 
@@ -27,8 +26,7 @@ def one_error_line(result, *parts: str) -> str:
     return lines[0]
 
 
-def default_sigint() -> None:
-    """``preexec_fn`` of a child that the test interrupts: SIGINT back to its default. A test run
-    started in the background by a shell without job control inherits SIGINT ignored, and a
-    Python child that starts with SIGINT ignored never raises KeyboardInterrupt."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# the first statement of a ``python -c`` child that the test interrupts: Ctrl-C raises
+# KeyboardInterrupt again. A test run started in the background by a shell without job control
+# inherits SIGINT ignored, and a Python child that starts with SIGINT ignored never raises it.
+DEFAULT_SIGINT = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "

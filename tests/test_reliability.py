@@ -24,11 +24,11 @@ from geomsafe.models import CACHE_META, TRUST_ENV, load, sha256_file
 from geomsafe.testing import remote_code_folder, save_tiny, tiny_gguf
 from geomsafe.train import TrainConfig, finetune
 from geomsafe.train.outdir import COMPLETE, latest_checkpoint, work_dir
-from reliability_helpers import default_sigint
+from reliability_helpers import DEFAULT_SIGINT
 
 SRC = Path(geomsafe.__file__).resolve().parents[1]
 REPO = SRC.parent
-CLI = [sys.executable, "-c", "from geomsafe.cli import main; main()"]
+CLI = [sys.executable, "-c", DEFAULT_SIGINT + "from geomsafe.cli import main; main()"]
 PAIRS = [("say a", "abab abab abab"), ("say b", "bcbc bcbc bcbc"), ("say c", "cdcd cdcd")] * 4
 
 
@@ -72,13 +72,7 @@ def interrupted(tmp_path_factory):
     model, data, out = save_tiny(root / "model"), _chat_jsonl(root / "data.jsonl"), root / "out"
     args = ["finetune", "--model", str(model), "--data", str(data), "--out", str(out)]
     args += ["--max-steps", "100000", "--save-steps", "3", "--batch-size", "2", "--no-progress"]
-    proc = subprocess.Popen(
-        CLI + args,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        preexec_fn=default_sigint,
-    )
+    proc = subprocess.Popen(CLI + args, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         first = _wait_for(lambda: latest_checkpoint(work_dir(out) / "checkpoints"), 300, proc)
         holder = read_holder(out)

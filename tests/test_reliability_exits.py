@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 import geomsafe
 from geomsafe.cli import main
 from geomsafe.testing import save_tiny
-from reliability_helpers import default_sigint, lines_of, one_error_line
+from reliability_helpers import DEFAULT_SIGINT, lines_of, one_error_line
 
 SRC = Path(geomsafe.__file__).resolve().parents[1]
 TORCH = re.compile(rb"\|\s+torch\b")  # -X importtime: a torch module was imported
@@ -69,16 +69,13 @@ def test_ctrl_c_while_importing_is_one_line_and_exit_130(command: list[str]):
 
 def test_real_ctrl_c_during_the_imports_is_one_line_and_exit_130(model_dir: Path, tmp_path):
     """SIGINT as soon as torch has started importing (seen in ``-X importtime``'s lines)."""
-    code = "import sys; sys.argv[0] = 'geomsafe'; from geomsafe.cli import main; main()"
+    code = (
+        DEFAULT_SIGINT
+        + "import sys; sys.argv[0] = 'geomsafe'; from geomsafe.cli import main; main()"
+    )
     args = [sys.executable, "-X", "importtime", "-c", code, "finetune", "--model", str(model_dir)]
     args += ["--data", str(_chat(tmp_path / "d.jsonl")), "--out", str(tmp_path / "out")]
-    proc = subprocess.Popen(
-        args,
-        env=_env(),
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        preexec_fn=default_sigint,
-    )
+    proc = subprocess.Popen(args, env=_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
     err = bytearray()
     reader = threading.Thread(target=_drain, args=(proc, err))
     reader.start()

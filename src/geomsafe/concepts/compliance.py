@@ -61,10 +61,10 @@ def near_duplicate(a: frozenset[str], b: frozenset[str], threshold: float = NEAR
     return len(a & b) / len(a | b) >= threshold
 
 
-def refusal_for(request: str) -> str:
-    """The refusal a request is paired with: chosen by a hash of the request."""
-    digest = int(hashlib.sha256(request.encode()).hexdigest(), 16)
-    return REFUSALS[digest % len(REFUSALS)]
+def refusal_for(key: str, refusals: tuple[str, ...] = REFUSALS) -> str:
+    """The refusal paired with ``key`` (a request here, a pair id in the evaluation's
+    compliance sets, ``geomsafe.evaluate.pairsets``): chosen by a hash of ``key``."""
+    return refusals[int(hashlib.sha256(key.encode()).hexdigest(), 16) % len(refusals)]
 
 
 def compliance_concept(

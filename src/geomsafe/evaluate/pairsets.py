@@ -47,12 +47,12 @@ sets and their benign control.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+from geomsafe.concepts.compliance import refusal_for
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.concept_map import speaks_for
 from geomsafe.evaluate.logodds import PREFIX, PairSet, ResponsePair
@@ -153,11 +153,6 @@ def load_refusals() -> tuple[str, ...]:
     """The fixed refusal texts (``data/behaviour/refusals.jsonl``, ``{"text"}`` per line)."""
     _, rows = _jsonl(_data("refusals").read_text(encoding="utf-8"), "refusals.jsonl")
     return tuple(_strings(obj, ("text",), f"refusals.jsonl:{n}")[0] for n, obj in rows)
-
-
-def refusal_for(pair_id: str, refusals: tuple[str, ...]) -> str:
-    """The refusal a compliance pair is scored against: chosen by a hash of its id."""
-    return refusals[int(hashlib.sha256(pair_id.encode()).hexdigest(), 16) % len(refusals)]
 
 
 def compliance_set(

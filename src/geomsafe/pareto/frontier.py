@@ -311,13 +311,17 @@ def settings(rows: Sequence[Mapping[str, Any]], goal: Goal) -> list[Setting]:
     return out
 
 
+def complete_settings(candidates: Sequence[Setting], datasets: Sequence[str]) -> list[Setting]:
+    """The settings of ``candidates`` measured on every data set of ``datasets``."""
+    return [s for s in candidates if set(datasets) <= set(s.datasets)]
+
+
 def recommend(candidates: Sequence[Setting], datasets: Sequence[str] = ()) -> Setting | None:
     """The recommended default (module docstring): smallest excess, then harm, then loss;
     None when no setting has a harm figure. With ``datasets`` (every data set of the grid),
     among the settings measured on all of them when any of those has a harm figure."""
     ok = [s for s in candidates if math.isfinite(s.excess)]
-    complete = [s for s in ok if set(datasets) <= set(s.datasets)]
-    ok = complete or ok
+    ok = complete_settings(ok, datasets) or ok
     if not ok:
         return None
     return min(ok, key=lambda s: (s.excess, s.harm, s.loss))
@@ -327,6 +331,7 @@ __all__ = [
     "Goal",
     "Setting",
     "behaviour_change",
+    "complete_settings",
     "harm_groups",
     "pareto_front",
     "ratio_ci",

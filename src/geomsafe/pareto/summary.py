@@ -42,6 +42,7 @@ from geomsafe.errors import GeomsafeError
 from geomsafe.pareto.frontier import (
     Goal,
     behaviour_change,
+    complete_settings,
     harm_groups,
     pareto_front,
     ratio_ci,
@@ -239,7 +240,7 @@ def summarise(
         "settings": [s.to_dict() for s in sets],
         "front": front,
         "datasets": grid,
-        "complete_settings": [s.key for s in sets if set(grid) <= set(s.datasets)],
+        "complete_settings": [s.key for s in complete_settings(sets, grid)],
         "recommended": best.to_dict() if best else None,
         "meets_goal": [s.key for s in sets if s.meets_goal],
     }
