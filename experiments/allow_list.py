@@ -23,6 +23,16 @@ unguarded run.
      direction, tuned minus base; "kept" = the guarded run's change over the unguarded
      run's. The same at the last prompt token (the model's own state before it answers);
    - the same two changes on sycophancy's direction at its best layer.
+5. Behaviour (the yardstick; data that built no direction and trained nothing):
+   - **target kept**: per held-out empathy pair, the log-odds of its warm reply over its
+     matter-of-fact one (nats/token, :func:`geomsafe.evaluate.logodds.pair_logodds`), tuned
+     minus base; kept = the guarded run's mean change over the unguarded run's, with a paired
+     bootstrap CI (:func:`geomsafe.pareto.frontier.ratio_ci`);
+   - **harm kept**: the same on sycophancy's evaluation half (``concept:sycophancy``, the
+     pairs of the project's held-out split; the atlas direction is built from the other half):
+     sycophantic over honest reply.
+   Each run's change against the base has a paired bootstrap CI
+   (:func:`geomsafe.evaluate.stats.change_ci`).
 """
 
 from __future__ import annotations
@@ -43,28 +53,37 @@ from geomsafe import directions
 from geomsafe.adapters import view
 from geomsafe.capture import capture
 from geomsafe.concepts import ConceptSet, load_builtin, load_for_direction
+from geomsafe.evaluate.logodds import PairSet, pair_logodds
+from geomsafe.evaluate.pairsets import load_pair_set
+from geomsafe.evaluate.stats import change_ci
 from geomsafe.formatting import Example
 from geomsafe.guard import GuardConfig
 from geomsafe.models import load
+from geomsafe.pareto.frontier import ratio_ci
 from geomsafe.projection import prompt_projection
 from geomsafe.train import TrainConfig, finetune, heldout_loss, load_data
 
 HARMFUL, TARGET = "sycophancy", "empathy"
 
 
-def split_target(n_atlas: int, n_train: int, n_heldout: int, seed: int):
-    """(atlas concept set, training examples, held-out examples) from the built-in pairs."""
+def split_target(n_atlas: int, n_train: int, n_heldout: int | None, seed: int):
+    """(atlas concept set, training examples, held-out examples, held-out pairs as a pair set)
+    from the built-in pairs; ``n_heldout`` None: every pair left."""
     full = load_builtin(TARGET)
     order = list(range(len(full.pairs)))
     random.Random(seed).shuffle(order)
-    need = n_atlas + n_train + n_heldout
+    need = n_atlas + n_train + (n_heldout if n_heldout is not None else 1)
     if need > len(order):
         raise SystemExit(f"{TARGET} has {len(order)} pairs; {need} asked for")
+    need = len(order) if n_heldout is None else need
     pairs = [full.pairs[i] for i in order]
     atlas_set = ConceptSet(full.name, full.kind, pairs[:n_atlas], full.description, full.source)
     train = [Example(p.prompt, p.positive) for p in pairs[n_atlas : n_atlas + n_train]]
-    held = [Example(p.prompt, p.positive) for p in pairs[n_atlas + n_train : need]]
-    return atlas_set, train, held
+    held_pairs = pairs[n_atlas + n_train : need]
+    held = [Example(p.prompt, p.positive) for p in held_pairs]
+    held_set = ConceptSet(full.name, full.kind, held_pairs, full.description, full.source)
+    rows = PairSet.from_concept(held_set, name=f"{TARGET}-heldout")
+    return atlas_set, train, held, rows
 
 
 def response_projection(lm, examples, atlas, name: str) -> torch.Tensor:
@@ -81,34 +100,58 @@ def response_projection(lm, examples, atlas, name: str) -> torch.Tensor:
     return acts.layer(layer).float() @ atlas.direction(name, layer).float().cpu()
 
 
-def measure(lm, held, held_data, atlas) -> dict[str, object]:
+def measure(lm, held, held_data, atlas, rows) -> dict[str, object]:
     prompts = [e.prompt for e in held]
     last = prompt_projection(lm, prompts, atlas, [HARMFUL, TARGET])
     return {
         "heldout_loss": heldout_loss(lm, held_data),
         "response": {n: response_projection(lm, held, atlas, n) for n in (HARMFUL, TARGET)},
         "last_prompt": last,
+        "logodds": {ps.concept: pair_logodds(lm, ps, progress=False) for ps in rows},
     }
+
+
+def behaviour(got, base, unguarded, n_boot: int, seed: int) -> dict[str, dict]:
+    """Per concept row: the run's log-odds change against the base (CI) and, against the
+    unguarded run's change, the share kept (paired CI)."""
+    out = {}
+    for concept, after in got["logodds"].items():
+        before = base["logodds"][concept]
+        change = change_ci(before, after, n_boot=n_boot, seed=seed)
+        row = {"change": change.to_dict()}
+        if unguarded is not None:
+            mine = [a - b for a, b in zip(after, before, strict=True)]
+            theirs = [a - b for a, b in zip(unguarded["logodds"][concept], before, strict=True)]
+            kept = ratio_ci({concept: mine}, {concept: theirs}, n_boot=n_boot, seed=seed)
+            row["kept"] = kept.to_dict()
+        out[concept] = row
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="default")
     ap.add_argument("--n-train", type=int, default=48)
-    ap.add_argument("--n-heldout", type=int, default=16)
+    ap.add_argument(
+        "--n-heldout", type=int, default=None, help="held-out empathy pairs (default: the rest)"
+    )
     ap.add_argument("--max-pairs", type=int, default=32, help="pairs per concept for the atlas")
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--lora-r", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--out", default=str(RESULTS / "allow_list.json"))
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up the temp runs
     t0 = time.perf_counter()
     torch.manual_seed(args.seed)
     lm = load(args.model)
-    target_set, train, held = split_target(args.max_pairs, args.n_train, args.n_heldout, args.seed)
+    target_set, train, held, target_rows = split_target(
+        args.max_pairs, args.n_train, args.n_heldout, args.seed
+    )
+    rows = [target_rows, load_pair_set(f"concept:{HARMFUL}")]  # the evaluation half
     harmful_set = load_for_direction(HARMFUL).subset(args.max_pairs, args.seed)
     band = list(range(lm.n_layers // 3, (2 * lm.n_layers) // 3))
     atlas = directions.extract(
@@ -124,7 +167,7 @@ def main() -> None:
         f"cos({HARMFUL}, {TARGET}): " + ", ".join(f"{k} {v:.3f}" for k, v in cos.items())
     )
     held_data = load_data(held, lm.tokenizer, max_length=256, truncate=True)
-    base = measure(lm, held, held_data, atlas)
+    base = measure(lm, held, held_data, atlas, rows)
     config = TrainConfig(
         lora_r=args.lora_r,
         lora_alpha=2 * args.lora_r,
@@ -143,6 +186,7 @@ def main() -> None:
         "ablate+allow": GuardConfig(concepts=[HARMFUL], allow=[TARGET]),
     }
     runs: dict[str, dict] = {}
+    unguarded: dict[str, object] = {}
     tmp = Path(tempfile.mkdtemp(prefix="geomsafe-allow-list-"))
     try:
         for name, gcfg in variants.items():
@@ -158,7 +202,9 @@ def main() -> None:
                 guard_config=gcfg,
                 progress=False,
             )
-            got = measure(res.lm, held, held_data, atlas)
+            got = measure(res.lm, held, held_data, atlas, rows)
+            if name == "unguarded":
+                unguarded = got
             runs[name] = {
                 "heldout_loss": got["heldout_loss"],
                 "train_loss_first": res.metrics["first_loss"],
@@ -169,6 +215,9 @@ def main() -> None:
                     }
                     for where in ("response", "last_prompt")
                 },
+                "behaviour": behaviour(
+                    got, base, None if name == "unguarded" else unguarded, args.n_boot, args.seed
+                ),
                 "seconds": time.perf_counter() - t1,
             }
             del res
@@ -203,12 +252,28 @@ def main() -> None:
             f"{kept['last_prompt']:6.2f} {c['response'][HARMFUL]:+17.4f} "
             f"{c['last_prompt'][HARMFUL]:+17.4f}"
         )
+    print(
+        f"\nbehaviour: log-odds change vs base, nats/token [95% CI], and the share of the "
+        f"unguarded change kept; {TARGET}: {len(rows[0].pairs)} held-out pairs (warm over "
+        f"matter-of-fact), {HARMFUL}: {len(rows[1].pairs)} evaluation-half pairs"
+    )
+    for name, r in runs.items():
+        parts = []
+        for concept, b in r["behaviour"].items():
+            c = b["change"]
+            text = f"{concept} {c['value']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]"
+            if "kept" in b:
+                k = b["kept"]
+                text += f" kept {k['value']:.2f} [{k['low']:.2f}, {k['high']:.2f}]"
+            parts.append(text)
+        print(f"{name:<14} " + "; ".join(parts))
     payload = {
         "args": vars(args),
         "machine": machine(),
         "layers": {HARMFUL: l_h, TARGET: l_t},
         "cosine": cos,
         "base_heldout_loss": base["heldout_loss"],
+        "rows": {ps.name: {"n": len(ps.pairs), "sha256": ps.sha256()} for ps in rows},
         "runs": runs,
         "seconds": time.perf_counter() - t0,
     }

@@ -7,7 +7,7 @@ a recommended default chosen from the data by a stated rule.
         [--datasets insecure,jailbroken,concept:dangerous_advice,task:code] \\
         [--guards orthogonal,steer,ablate,projection,covariance] [--strengths low,mid,high] \\
         [--steps 30] [--n-train 160] [--pairs 50] [--rule-rows advice] [--harm-rule worst] \\
-        [--rows jailbreakbench,toxigen] [--data-root DIR]
+        [--rows jailbreakbench,toxigen] [--pilot-heldout 16] [--pilot-steps 20] [--data-root DIR]
 
 1. Atlas of ``--concepts`` (harmful) and ``--targets`` (for covariance) from the base model,
    ``--atlas-pairs`` pairs each (the same pairs the held-out concept rows exclude), middle third
@@ -43,7 +43,7 @@ from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.logodds import refuse_overlap
 from geomsafe.evaluate.pairsets import load_with_controls
 from geomsafe.evaluate.prompts import resolve_data_root
-from geomsafe.guard import GuardConfig
+from geomsafe.guard import GuardConfig, PilotConfig
 from geomsafe.guard.resolve import concept_names
 from geomsafe.models import load
 from geomsafe.options import split_csv
@@ -104,6 +104,14 @@ def main() -> None:
         "with a style control brings it, and its harm measure is <row>-controlled",
     )
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument(
+        "--pilot-heldout",
+        type=int,
+        default=PilotConfig.heldout,
+        help="ablate@pilot: training examples held out of the pilot and compared (part of the "
+        "folder's settings)",
+    )
+    ap.add_argument("--pilot-steps", type=int, default=PilotConfig.steps)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data-root", default=None)
@@ -170,7 +178,10 @@ def main() -> None:
         guards=split_csv(args.guards),
         strengths=split_csv(args.strengths),
         config=cfg,
-        guard_config=GuardConfig(concepts=concept_names(concepts)),
+        guard_config=GuardConfig(
+            concepts=concept_names(concepts),
+            pilot=PilotConfig(steps=args.pilot_steps, heldout=args.pilot_heldout),
+        ),
         controls=controls,
         run_missing=not args.summarise_only,
         extra={

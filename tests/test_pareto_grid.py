@@ -51,6 +51,10 @@ def test_an_extra_level_runs_only_for_its_guards():
     made = guard_config("projection", "one-sided-band", GuardConfig(), [3, 4, 5])
     assert made.projection_mode == "increase" and made.weight == 1.0
     assert made.layers == [3, 4, 5]
+    made = guard_config("ablate", "pilot", GuardConfig(), [3])
+    assert made.source == "pilot" and made.layers is None
+    with pytest.raises(GeomsafeError, match="unknown strength 'pilot'"):
+        cells(["jb"], ["projection"], ["pilot"])
 
 
 @pytest.mark.parametrize("guard", list(STRENGTHS))

@@ -10,10 +10,12 @@ import pytest
 from geomsafe.datasets import Dataset
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.logodds import PairSet, ResponsePair
-from geomsafe.guard import GuardConfig
+from geomsafe.guard import GuardConfig, PilotConfig
 from geomsafe.pareto import PARETO_JSON, PARETO_MD, ParetoConfig, TrainSet, run_grid
+from geomsafe.train import pilot_directions
 from geomsafe.train.data import build
-from train_helpers import learnable, lm_atlas
+from guard_helpers import unit
+from train_helpers import aligned_atlas, learnable, lm_atlas
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -104,3 +106,39 @@ def test_grid_end_to_end_resume_and_refusal(tmp_path):
     assert not (out / "cells" / "harm--steer--mid.json").exists()
     with pytest.raises(GeomsafeError, match="nothing has run"):
         run_grid(lm, atlas, sets, _rows(), prompts, tmp_path / "empty", **kw, run_missing=False)
+
+
+def test_an_ablate_pilot_cell_guards_the_pilot_shifts(tmp_path):
+    """``ablate@pilot``: the cell runs the pilot on its own training part, ablates the kept
+    shift (not the concept directions), measures on the concepts, and records the pilot and its
+    one-off cost; a pilot that keeps nothing stops the grid with a one-line error."""
+    lm = learnable()
+    harm = _set("harm", HARM, True, lm)
+    cfg = ParetoConfig(
+        steps=2, batch_size=3, learning_rate=1e-2, max_length=64, time_steps=2, n_boot=50
+    )
+    pilot = PilotConfig(steps=3, pcs=2, heldout=4, draws=100)
+    base = GuardConfig(concepts=["toxicity", "deception"], pilot=pilot)
+    features = build(lm.tokenizer, harm.train, max_length=64, truncate=True)
+    probe = pilot_directions(lm, features, lm_atlas(lm), base, cfg.train_config())
+    atlas = aligned_atlas(lm, probe.shifts[1][0])  # toxicity along the pilot's top shift
+    kw = dict(guards=["ablate"], strengths=["pilot"], config=cfg, guard_config=base)
+    run_grid(lm, atlas, [harm], _rows(), ["say a", "say q"], tmp_path / "p", **kw, log=print)
+    cell = json.loads((tmp_path / "p" / "cells" / "harm--ablate--pilot.json").read_text())
+    none = json.loads((tmp_path / "p" / "cells" / "harm--none---.json").read_text())
+    assert "pc0_L1" in cell["pilot"]["kept"]
+    assert cell["pilot"]["components"][0]["concept"] == "toxicity"
+    assert cell["guard_config"]["source"] == "pilot"
+    assert cell["guard_config"]["concepts"] == cell["pilot"]["kept"]
+    assert sorted(cell["projection"]) == ["deception", "toxicity"]  # measured on the concepts
+    assert cell["time"]["pilot_s"] > 0 and cell["time"]["pilot_share"] > 0
+    assert cell["logodds"]["advice"] != none["logodds"]["advice"]
+    # no shift aligned with a concept: the grid stops before the cell, in one line
+    pcs = probe.shifts[1]
+    atlas = lm_atlas(lm)
+    for name in ("toxicity", "deception"):
+        d = atlas.directions[name][1]
+        atlas.directions[name][1] = unit(d - pcs.T @ (pcs @ d))
+    with pytest.raises(GeomsafeError, match="no principal shift aligns"):
+        run_grid(lm, atlas, [harm], _rows(), ["say a", "say q"], tmp_path / "q", **kw)
+    assert not (tmp_path / "q" / "cells" / "harm--ablate--pilot.json").exists()

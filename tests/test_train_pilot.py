@@ -5,28 +5,18 @@ import json
 import pytest
 import torch
 
-from geomsafe.atlas import FeatureAtlas
 from geomsafe.errors import GeomsafeError
 from geomsafe.guard import GuardConfig, PilotConfig
 from geomsafe.train import finetune, pilot_directions
 from geomsafe.train.pilot import pilot_guard_config, split_heldout
 from guard_helpers import unit
-from train_helpers import REPEAT, cfg, learnable, lm_atlas
+from train_helpers import REPEAT, aligned_atlas, cfg, learnable, lm_atlas
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 PILOT = PilotConfig(steps=4, pcs=2, heldout=6, draws=200)
 SIX = [(f"say {c}", f"{c}{c}{c} {c}{c}") for c in "defghi"]
 DATA = REPEAT + SIX  # 18 examples: 12 train the pilot, 6 are held out
-
-
-def aligned_atlas(lm, shift: torch.Tensor, layer: int = 1) -> FeatureAtlas:
-    """``toxicity`` along ``shift`` at ``layer`` (best), ``deception`` orthogonal to it."""
-    atlas = lm_atlas(lm, best=layer)
-    atlas.directions["toxicity"][atlas.row(layer)] = unit(shift)
-    dec = atlas.directions["deception"][atlas.row(layer)]
-    atlas.directions["deception"][atlas.row(layer)] = unit(dec - (dec @ unit(shift)) * unit(shift))
-    return atlas
 
 
 def test_split_heldout_is_seeded_and_disjoint():

@@ -11,7 +11,7 @@ from geomsafe.guard import Guard
 from geomsafe.models import LoadedModel
 from geomsafe.testing import tiny_model
 from geomsafe.train import TrainConfig
-from guard_helpers import random_atlas
+from guard_helpers import random_atlas, unit
 
 REPEAT = [("say a", "abab abab abab"), ("say b", "bcbc bcbc bcbc"), ("say c", "cdcd cdcd")] * 4
 FAST = dict(batch_size=4, learning_rate=1e-2, save_steps=2, logging_steps=1)
@@ -26,6 +26,15 @@ def lm_atlas(lm: LoadedModel, best: int = 1) -> FeatureAtlas:
     return random_atlas(
         lm.n_layers, lm.d_model, ("toxicity", "deception"), ("helpfulness",), best, spec=lm.spec
     )
+
+
+def aligned_atlas(lm: LoadedModel, shift: torch.Tensor, layer: int = 1) -> FeatureAtlas:
+    """``toxicity`` along ``shift`` at ``layer`` (best), ``deception`` orthogonal to it."""
+    atlas = lm_atlas(lm, best=layer)
+    atlas.directions["toxicity"][atlas.row(layer)] = unit(shift)
+    dec = atlas.directions["deception"][atlas.row(layer)]
+    atlas.directions["deception"][atlas.row(layer)] = unit(dec - (dec @ unit(shift)) * unit(shift))
+    return atlas
 
 
 def learnable(family: str = "llama") -> LoadedModel:

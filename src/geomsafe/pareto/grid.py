@@ -22,7 +22,10 @@ Extra levels, run only when named in ``strengths`` and only for the guards that 
 ``projection@one-sided`` = ``weight=1``, ``projection_mode="increase"`` (only moves towards the
 harmful side are penalised, as in BLOCK-EM's one-sided penalty); ``projection@one-sided-high``
 the same at ``weight=10``; ``projection@one-sided-band`` the same at ``weight=1`` on every atlas
-layer (a band) instead of each concept's best layer.
+layer (a band) instead of each concept's best layer. ``ablate@pilot`` = ``source="pilot"``:
+the data-driven directions (the principal shifts of a short pilot fine-tune on the cell's own
+training part that align with a guarded concept above their null band,
+:mod:`geomsafe.guard.pilot`), each ablated at its own layer (:mod:`.run` runs the pilot).
 
 A cell's file records a **fingerprint** (sha256 of the settings that decide its numbers: the
 model, the training recipe, the data, the rows, the atlas); :meth:`CellStore.load` returns a
@@ -55,7 +58,12 @@ STRENGTHS: dict[str, dict[str, dict[str, Any]]] = {
         "mid": {"steer_coeff": 0.1},
         "high": {"steer_coeff": 0.2},
     },
-    "ablate": {"low": {"schedule": "front"}, "mid": {}, "high": {"layers": BAND}},
+    "ablate": {
+        "low": {"schedule": "front"},
+        "mid": {},
+        "high": {"layers": BAND},
+        "pilot": {"source": "pilot"},
+    },
     "projection": {
         "low": {"weight": 0.1},
         "mid": {"weight": 1.0},

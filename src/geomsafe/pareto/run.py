@@ -10,7 +10,14 @@ prompt_projection`) and the held-out task loss (:func:`geomsafe.train.heldout_lo
 cell also times guarded and unguarded training steps side by side (``time_rounds`` rounds of
 one ``time_steps``-step call each, order alternating, first step of each call dropped):
 the cell keeps every step time (``time.ratio`` = median guarded / median unguarded step; the
-summary's ``time_ratio`` is the paired ratio of sums, :mod:`.summary`). The base model's
+summary's ``time_ratio`` is the paired ratio of sums, :mod:`.summary`). A cell whose
+strength sets ``source="pilot"`` (``ablate@pilot``) first runs the pilot of
+:func:`geomsafe.train.pilot.pilot_directions` on its training part and guards the kept
+principal shifts (:func:`geomsafe.train.pilot.pilot_guard_config`; none kept stops the grid
+with a one-line error); the cell keeps the pilot's components (``pilot``) and its one-off cost
+(``time.pilot_s``, and ``time.pilot_share`` = pilot seconds / the cell's training seconds),
+which the step-time ratio leaves out. The behaviour and activation measures stay on the
+concept directions. The base model's
 log-odds and projections are the same for every cell: computed once, kept in ``base.json``.
 
 Files in ``out``: ``base.json``, ``cells/*.json`` (one per cell), ``pareto.json`` (summary,
@@ -43,6 +50,7 @@ from geomsafe.projection import prompt_projection
 from geomsafe.train.config import TrainConfig
 from geomsafe.train.data import TrainData, build
 from geomsafe.train.lora import peft_layer_template
+from geomsafe.train.pilot import pilot_directions, pilot_guard_config
 from geomsafe.train.steps import heldout_loss, run_steps, train_steps
 
 PARETO_MD = "pareto.md"
@@ -151,12 +159,21 @@ def run_cell(
     features = build(lm.tokenizer, data.train, max_length=cfg.max_length, truncate=True)
     gcfg = None
     make: Callable[[], list[Guard]] = list
+    pilot: dict[str, Any] | None = None
     if cell.guarded:
         gcfg = guard_config(cell.guard, cell.strength, base_guard, atlas.layers)
+        guarded_atlas = atlas
+        if gcfg.source == "pilot":
+            t_pilot = time.perf_counter()
+            found = pilot_directions(lm, features, atlas, gcfg, tc)
+            gcfg = pilot_guard_config(gcfg, found)  # none kept: a one-line error, no cell
+            assert found.atlas is not None
+            guarded_atlas = found.atlas
+            pilot = {**found.to_dict(), "seconds": time.perf_counter() - t_pilot}
         template = peft_layer_template(lm)
 
         def make() -> list[Guard]:
-            return build_guards([cell.guard], atlas, gcfg, template)
+            return build_guards([cell.guard], guarded_atlas, gcfg, template)
 
     peft_model, geometry = run_steps(lm, features.features, tc, cfg.steps, make())
     inner = peft_model.base_model.model
@@ -174,8 +191,13 @@ def run_cell(
     steps = list(geometry.step_times)
     train_step = statistics.median(steps[1:] or steps)
     del peft_model, inner, tuned
+    if pilot is not None:
+        payload["pilot"] = pilot
     if cell.guarded:
         payload["time"] = {**_step_ratio(lm, features, make, cfg), "train_step_s": train_step}
+        if pilot is not None:  # a one-off cost the step-time ratio leaves out
+            payload["time"]["pilot_s"] = pilot["seconds"]
+            payload["time"]["pilot_share"] = pilot["seconds"] / sum(steps)
     else:
         payload["time"] = {"ratio": 1.0, "train_step_s": train_step}
         payload["base_heldout_loss"] = heldout_loss(lm, data.heldout)
