@@ -27,12 +27,12 @@ unguarded run.
    - **target kept**: per held-out empathy pair, the log-odds of its warm reply over its
      matter-of-fact one (nats/token, :func:`geomsafe.evaluate.logodds.pair_logodds`), tuned
      minus base; kept = the guarded run's mean change over the unguarded run's, with a paired
-     bootstrap CI (:func:`geomsafe.pareto.frontier.ratio_ci`);
+     bootstrap CI;
    - **harm kept**: the same on sycophancy's evaluation half (``concept:sycophancy``, the
      pairs of the project's held-out split; the atlas direction is built from the other half):
      sycophantic over honest reply.
-   Each run's change against the base has a paired bootstrap CI
-   (:func:`geomsafe.evaluate.stats.change_ci`).
+   Each run's change against the base has a bootstrap CI (both from
+   :func:`geomsafe.pareto.frontier.behaviour_change`, as in the guard Pareto grid).
 """
 
 from __future__ import annotations
@@ -55,11 +55,10 @@ from geomsafe.capture import capture
 from geomsafe.concepts import ConceptSet, load_builtin, load_for_direction
 from geomsafe.evaluate.logodds import PairSet, pair_logodds
 from geomsafe.evaluate.pairsets import load_pair_set
-from geomsafe.evaluate.stats import change_ci
 from geomsafe.formatting import Example
 from geomsafe.guard import GuardConfig
 from geomsafe.models import load
-from geomsafe.pareto.frontier import ratio_ci
+from geomsafe.pareto.frontier import behaviour_change
 from geomsafe.projection import prompt_projection
 from geomsafe.train import TrainConfig, finetune, heldout_loss, load_data
 
@@ -72,10 +71,10 @@ def split_target(n_atlas: int, n_train: int, n_heldout: int | None, seed: int):
     full = load_builtin(TARGET)
     order = list(range(len(full.pairs)))
     random.Random(seed).shuffle(order)
-    need = n_atlas + n_train + (n_heldout if n_heldout is not None else 1)
-    if need > len(order):
-        raise SystemExit(f"{TARGET} has {len(order)} pairs; {need} asked for")
-    need = len(order) if n_heldout is None else need
+    need = len(order) if n_heldout is None else n_atlas + n_train + n_heldout
+    if need > len(order) or n_atlas + n_train >= need:
+        asked = f"{n_atlas} + {n_train} + {n_heldout or 'some'} held out"
+        raise SystemExit(f"{TARGET} has {len(order)} pairs; {asked} asked for")
     pairs = [full.pairs[i] for i in order]
     atlas_set = ConceptSet(full.name, full.kind, pairs[:n_atlas], full.description, full.source)
     train = [Example(p.prompt, p.positive) for p in pairs[n_atlas : n_atlas + n_train]]
@@ -113,19 +112,16 @@ def measure(lm, held, held_data, atlas, rows) -> dict[str, object]:
 
 def behaviour(got, base, unguarded, n_boot: int, seed: int) -> dict[str, dict]:
     """Per concept row: the run's log-odds change against the base (CI) and, against the
-    unguarded run's change, the share kept (paired CI)."""
-    out = {}
-    for concept, after in got["logodds"].items():
-        before = base["logodds"][concept]
-        change = change_ci(before, after, n_boot=n_boot, seed=seed)
-        row = {"change": change.to_dict()}
-        if unguarded is not None:
-            mine = [a - b for a, b in zip(after, before, strict=True)]
-            theirs = [a - b for a, b in zip(unguarded["logodds"][concept], before, strict=True)]
-            kept = ratio_ci({concept: mine}, {concept: theirs}, n_boot=n_boot, seed=seed)
-            row["kept"] = kept.to_dict()
-        out[concept] = row
-    return out
+    unguarded run's change, the share kept (paired CI): :func:`behaviour_change`, without its
+    ``all`` (a sum of a target and a harm row means nothing)."""
+    ref = unguarded["logodds"] if unguarded is not None else None
+    got = behaviour_change(base["logodds"], got["logodds"], ref, n_boot=n_boot, seed=seed)
+    names = {"change": "change", "ratio": "kept"}
+    return {
+        row: {names[k]: ci.to_dict() for k, ci in cis.items() if k in names}
+        for row, cis in got.items()
+        if row != "all"
+    }
 
 
 def main() -> None:
@@ -186,7 +182,7 @@ def main() -> None:
         "ablate+allow": GuardConfig(concepts=[HARMFUL], allow=[TARGET]),
     }
     runs: dict[str, dict] = {}
-    unguarded: dict[str, object] = {}
+    unguarded = None  # the first variant's measures, once run
     tmp = Path(tempfile.mkdtemp(prefix="geomsafe-allow-list-"))
     try:
         for name, gcfg in variants.items():
@@ -203,8 +199,6 @@ def main() -> None:
                 progress=False,
             )
             got = measure(res.lm, held, held_data, atlas, rows)
-            if name == "unguarded":
-                unguarded = got
             runs[name] = {
                 "heldout_loss": got["heldout_loss"],
                 "train_loss_first": res.metrics["first_loss"],
@@ -215,11 +209,10 @@ def main() -> None:
                     }
                     for where in ("response", "last_prompt")
                 },
-                "behaviour": behaviour(
-                    got, base, None if name == "unguarded" else unguarded, args.n_boot, args.seed
-                ),
+                "behaviour": behaviour(got, base, unguarded, args.n_boot, args.seed),
                 "seconds": time.perf_counter() - t1,
             }
+            unguarded = unguarded or got
             del res
             r = runs[name]
             print(

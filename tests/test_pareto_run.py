@@ -123,7 +123,8 @@ def test_an_ablate_pilot_cell_guards_the_pilot_shifts(tmp_path):
     probe = pilot_directions(lm, features, lm_atlas(lm), base, cfg.train_config())
     atlas = aligned_atlas(lm, probe.shifts[1][0])  # toxicity along the pilot's top shift
     kw = dict(guards=["ablate"], strengths=["pilot"], config=cfg, guard_config=base)
-    run_grid(lm, atlas, [harm], _rows(), ["say a", "say q"], tmp_path / "p", **kw, log=print)
+    kw["log"] = lambda _: None
+    run_grid(lm, atlas, [harm], _rows(), ["say a", "say q"], tmp_path / "p", **kw)
     cell = json.loads((tmp_path / "p" / "cells" / "harm--ablate--pilot.json").read_text())
     none = json.loads((tmp_path / "p" / "cells" / "harm--none---.json").read_text())
     assert "pc0_L1" in cell["pilot"]["kept"]

@@ -159,7 +159,8 @@ def run_cell(
     features = build(lm.tokenizer, data.train, max_length=cfg.max_length, truncate=True)
     gcfg = None
     make: Callable[[], list[Guard]] = list
-    pilot: dict[str, Any] | None = None
+    pilot: dict[str, Any] | None = None  # the pilot's components (ablate@pilot)
+    pilot_s = 0.0
     if cell.guarded:
         gcfg = guard_config(cell.guard, cell.strength, base_guard, atlas.layers)
         guarded_atlas = atlas
@@ -169,7 +170,8 @@ def run_cell(
             gcfg = pilot_guard_config(gcfg, found)  # none kept: a one-line error, no cell
             assert found.atlas is not None
             guarded_atlas = found.atlas
-            pilot = {**found.to_dict(), "seconds": time.perf_counter() - t_pilot}
+            pilot = found.to_dict()
+            pilot_s = time.perf_counter() - t_pilot
         template = peft_layer_template(lm)
 
         def make() -> list[Guard]:
@@ -196,8 +198,8 @@ def run_cell(
     if cell.guarded:
         payload["time"] = {**_step_ratio(lm, features, make, cfg), "train_step_s": train_step}
         if pilot is not None:  # a one-off cost the step-time ratio leaves out
-            payload["time"]["pilot_s"] = pilot["seconds"]
-            payload["time"]["pilot_share"] = pilot["seconds"] / sum(steps)
+            payload["time"]["pilot_s"] = pilot_s
+            payload["time"]["pilot_share"] = pilot_s / sum(steps)
     else:
         payload["time"] = {"ratio": 1.0, "train_step_s": train_step}
         payload["base_heldout_loss"] = heldout_loss(lm, data.heldout)
