@@ -3,7 +3,7 @@
 Hook site: the output of decoder layer ``l`` (the residual stream after block ``l``). This
 equals Hugging Face's ``hidden_states[l + 1]`` for every layer but the last, whose
 ``hidden_states`` entry is taken after the final norm. Hooks are installed only inside the
-:func:`record` context manager and removed in ``finally``.
+:func:`record` context manager (through :mod:`geomsafe.hooks`) and removed when it ends.
 
 :func:`capture` runs the backbone (no LM head) over batched, length-sorted examples, with
 left or right padding (position ids follow the attention mask so both paddings give the

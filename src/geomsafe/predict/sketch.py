@@ -91,6 +91,7 @@ def sketching(
     dev = lm.device
     moved = None if against is None else {k: v.to(dev) for k, v in against.items()}
     sk = Sketcher({k: v.to(dev) for k, v in matrices.items()}, moved)
+
     def on_forward(name: str):
         def hook(_mod, args, output):
             if not torch.is_grad_enabled() or not output.requires_grad:
