@@ -57,7 +57,7 @@ from geomsafe.adapters import view
 from geomsafe.directions import auroc
 from geomsafe.evaluate.pairsets import load_with_controls
 from geomsafe.evaluate.prompts import resolve_data_root
-from geomsafe.firewall import Firewall, calibrate, effect, rethreshold
+from geomsafe.firewall import Firewall, calibrate, effect, install, rethreshold
 from geomsafe.firewall.calibration import sequence_statistics
 from geomsafe.firewall.effect import drift, harm_removed, over_refusal
 from geomsafe.firewall.traffic import benign_split, harmful_items, sample
@@ -151,7 +151,7 @@ def overhead(lm, fw: Firewall, args) -> dict:
             if mode is None:
                 lm.model.generate(input_ids=input_ids, attention_mask=mask, **kw)
             else:
-                with fw.apply(lm.model, mode, layer_template=lm.layer_template):
+                with install(lm.model, fw, mode, layer_template=lm.layer_template):
                     lm.model.generate(input_ids=input_ids, attention_mask=mask, **kw)
         return time.perf_counter() - w, time.process_time() - c
 
@@ -212,7 +212,7 @@ def decode_steps(lm, fw, input_ids, mask, variants, names, n_steps: int) -> dict
             if mode is None:
                 lm.model(input_ids=token, attention_mask=step_mask, past_key_values=cache)
             else:
-                with fw.apply(lm.model, mode, layer_template=lm.layer_template):
+                with install(lm.model, fw, mode, layer_template=lm.layer_template):
                     lm.model(input_ids=token, attention_mask=step_mask, past_key_values=cache)
         cache.crop(-1)  # drop the step just added
         return time.perf_counter() - t

@@ -13,9 +13,10 @@ from geomsafe.capture import capture
 from geomsafe.cli import main
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate import EvalConfig, evaluate, load_eval
-from geomsafe.evaluate.generate import NucleusSampler, SamplingConfig, eos_ids, generate, greedy
+from geomsafe.evaluate.generate import NucleusSampler, SamplingConfig, generate, greedy
 from geomsafe.evaluate.pairsets import CONCEPT_SETS
 from geomsafe.formatting import Example
+from geomsafe.models import eos_ids
 from geomsafe.testing import tiny_model
 
 SMALL = dict(n_prompts=6, samples_per_prompt=2, max_new_tokens=6, n_probe=3, n_xstest=3, n_boot=200)
@@ -125,7 +126,7 @@ def test_nucleus_sampler_matches_transformers_warpers(temperature, top_p, k):
 
 def test_generation_stops_at_end_of_turn():
     lm = tiny_model("llama")
-    with boost(lm, eos_ids(lm), 50.0):
+    with boost(lm, eos_ids(lm.model, lm.tokenizer), 50.0):
         g = generate(lm, PROMPTS[:2], SamplingConfig(2, 8), progress=False)
     assert g.n_tokens == [[1, 1], [1, 1]] and g.flat() == ["", "", "", ""]
     with pytest.raises(GeomsafeError):

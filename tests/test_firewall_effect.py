@@ -20,6 +20,7 @@ from geomsafe.firewall.effect import (
     response_loss,
     sequence_scores,
 )
+from geomsafe.firewall.hooks import install
 from geomsafe.firewall.traffic import Item
 from geomsafe.formatting import Example
 from geomsafe.testing import tiny_firewall, tiny_model
@@ -49,7 +50,7 @@ def test_clamp_acts_on_the_response_tokens_unlike_one_plain_forward(lm):
     assert monitored == pytest.approx(plain, abs=1e-5)
     assert max(abs(a - b) for a, b in zip(clamped, plain, strict=True)) > 1e-3
     # one teacher-forced forward clamps only the last token, whose logits are not scored
-    with fw.apply(lm.model, "clamp", layer_template=lm.layer_template):
+    with install(lm.model, fw, "clamp", layer_template=lm.layer_template):
         one_pass = [r.logp for r in single_pass(lm, EXAMPLES, progress=False)]
     assert one_pass == pytest.approx(plain, abs=1e-5)
     # thresholds no token reaches: the clamp changes nothing

@@ -6,7 +6,7 @@ import torch
 from geomsafe.capture import record
 from geomsafe.errors import GeomsafeError
 from geomsafe.firewall import Check, Firewall
-from geomsafe.firewall.hooks import cap_coefficients, lm_module
+from geomsafe.firewall.hooks import cap_coefficients, install, lm_module
 from geomsafe.formatting import Example, encode
 from geomsafe.layers import get_layers
 from geomsafe.testing import tiny_firewall
@@ -43,7 +43,7 @@ def test_monitor_changes_no_logits_and_scores_equal_hidden_states(any_tiny):
     ids = torch.tensor([encode(lm.tokenizer, ex).input_ids])
     with torch.no_grad():
         plain = lm.model(ids, output_hidden_states=True)
-        with fw.apply(lm.model, "monitor") as session:
+        with install(lm.model, fw, "monitor") as session:
             watched = lm.model(ids)
     assert torch.equal(plain.logits, watched.logits)
     scores = session.rows()[0].scores  # [T, K]
@@ -57,12 +57,12 @@ def test_monitor_generation_is_unchanged_and_batched_rows_match_single(tiny_llam
     fw = make_firewall(lm.d_model)
     with torch.no_grad():
         plain = _generate(lm.model, lm, PROMPTS)
-        with fw.apply(lm.model, "monitor") as session:
+        with install(lm.model, fw, "monitor") as session:
             watched = _generate(lm.model, lm, PROMPTS)
         batched = session.rows()
         singles = []
         for p in PROMPTS:
-            with fw.apply(lm.model, "monitor") as one:
+            with install(lm.model, fw, "monitor") as one:
                 _generate(lm.model, lm, [p])
             singles.append(one.rows()[0])
     assert torch.equal(plain, watched)
@@ -79,7 +79,7 @@ def _clamped_outputs(lm, fw, ex):
         with record(lm.model, layers) as plain:
             lm.model(ids)
         plain = dict(plain)
-        with fw.apply(lm.model, "clamp"), record(lm.model, layers) as clamped:
+        with install(lm.model, fw, "clamp"), record(lm.model, layers) as clamped:
             lm.model(ids)
         clamped = dict(clamped)
     return plain, clamped
@@ -122,7 +122,7 @@ def test_clamp_acts_on_every_generated_token(tiny_llama):
     seen: list[torch.Tensor] = []
     layer = fw.checks[1].layer
     caps = torch.stack([c.direction for c in fw.checks if c.layer == layer and c.clampable])
-    with torch.no_grad(), fw.apply(lm.model, "clamp") as session:
+    with torch.no_grad(), install(lm.model, fw, "clamp") as session:
         blocks = get_layers(lm.model)
         handle = blocks[layer].register_forward_hook(lambda m, a, o: seen.append(o[:, -1]))
         try:
@@ -153,7 +153,7 @@ def test_block_forces_the_end_of_turn_token_and_records_the_reason(tiny_llama):
     lm = tiny_llama
     fw = make_firewall(lm.d_model, tau=-100.0)  # everything fires at once
     eos = 2
-    with torch.no_grad(), fw.apply(lm.model, "block", eos_token_id=eos) as session:
+    with torch.no_grad(), install(lm.model, fw, "block", eos_token_id=eos) as session:
         out = _generate(lm.model, lm, PROMPTS, n=6)
     width = _batch(lm, PROMPTS)[0].shape[1]
     assert out.shape[1] == width + 1 and (out[:, width] == eos).all()
@@ -167,7 +167,7 @@ def test_block_mid_response_names_the_response_stage(tiny_llama):
     lm = tiny_llama
     fw = make_firewall(lm.d_model, tau=-100.0)
     # only a response check fires, and never at the prompt's last token: τ above that score
-    with torch.no_grad(), fw.apply(lm.model, "monitor") as probe:
+    with torch.no_grad(), install(lm.model, fw, "monitor") as probe:
         _generate(lm.model, lm, [PROMPTS[0]], n=6)
     row = probe.rows()[0]
     k = 3  # "pow"
@@ -176,7 +176,7 @@ def test_block_mid_response_names_the_response_stage(tiny_llama):
     assert (later > at_prompt).any(), "the test needs a later token scoring higher"
     tau = (at_prompt + float(later.max())) / 2
     checks = [fw.checks[k].__class__(**{**fw.checks[k].__dict__, "threshold": tau})]
-    with torch.no_grad(), Firewall(checks).apply(lm.model, "block", eos_token_id=2) as session:
+    with torch.no_grad(), install(lm.model, Firewall(checks), "block", eos_token_id=2) as session:
         out = _generate(lm.model, lm, [PROMPTS[0]], n=6)
     v = session.rows()[0].verdict
     assert v is not None and v.stage == "response" and v.position >= row.n_prompt
@@ -192,10 +192,10 @@ def test_hooks_are_removed_on_exit_and_on_error(tiny_llama):
     def n_hooks():
         return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in modules)
 
-    with fw.apply(lm.model, "clamp"):
+    with install(lm.model, fw, "clamp"):
         assert n_hooks() > 0
     assert n_hooks() == 0
-    with pytest.raises(RuntimeError), fw.apply(lm.model, "monitor"):
+    with pytest.raises(RuntimeError), install(lm.model, fw, "monitor"):
         raise RuntimeError("boom")
     assert n_hooks() == 0
 
@@ -209,7 +209,7 @@ def test_works_on_a_peft_model(tiny_llama):
     with torch.no_grad():
         ids = torch.tensor([encode(lm.tokenizer, Example(PROMPTS[0])).input_ids])
         ref = peft_model(ids, output_hidden_states=True).hidden_states
-        with fw.apply(peft_model, "monitor") as session:
+        with install(peft_model, fw, "monitor") as session:
             peft_model.generate(input_ids=ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
     scores = session.rows()[0].scores
     c = fw.checks[1]
@@ -218,17 +218,39 @@ def test_works_on_a_peft_model(tiny_llama):
     )
 
 
+
+def test_a_peft_model_with_the_plain_models_layer_template(tiny_llama):
+    """``screen`` and ``calibrate`` pass ``lm.layer_template`` (``model.layers.{num}``), a path
+    in the model that a peft model wraps: the firewall still finds, scores and clamps the
+    blocks (a fresh LoRA adds nothing, so the numbers are the plain model's)."""
+    from peft import LoraConfig, get_peft_model
+
+    lm = tiny_llama
+    fw = make_firewall(lm.d_model, tau=-5.0)  # every read position is clamped
+    ids, mask = _batch(lm, PROMPTS)
+    with torch.no_grad():
+        with install(lm.model, fw, "clamp", layer_template=lm.layer_template) as plain:
+            want = lm.model(input_ids=ids, attention_mask=mask).logits
+        peft_model = get_peft_model(lm.model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+        with install(peft_model, fw, "clamp", layer_template=lm.layer_template) as session:
+            got = peft_model(input_ids=ids, attention_mask=mask).logits
+    assert sum(r.n_clamped for r in plain.rows()) > 0
+    torch.testing.assert_close(got, want)
+    for row, ref in zip(session.rows(), plain.rows(), strict=True):
+        torch.testing.assert_close(row.scores, ref.scores)
+        assert row.n_clamped == ref.n_clamped and row.verdict == ref.verdict
+
 def test_bad_use_is_a_clear_error(tiny_llama):
     lm = tiny_llama
     fw = make_firewall(lm.d_model)
-    with pytest.raises(GeomsafeError, match="unknown firewall mode"), fw.apply(lm.model, "x"):
+    with pytest.raises(GeomsafeError, match="unknown firewall mode"), install(lm.model, fw, "x"):
         pass
     raw = Firewall([Check("tox", 1, fw.checks[1].direction)])
-    with pytest.raises(GeomsafeError, match="calibrated"), raw.apply(lm.model, "clamp"):
+    with pytest.raises(GeomsafeError, match="calibrated"), install(lm.model, raw, "clamp"):
         pass
     wide = make_firewall(lm.d_model + 8)
-    with pytest.raises(GeomsafeError, match="width"), wide.apply(lm.model):
+    with pytest.raises(GeomsafeError, match="width"), install(lm.model, wide):
         pass
     deep = make_firewall(lm.d_model, layer=5)
-    with pytest.raises(GeomsafeError, match="layers"), deep.apply(lm.model):
+    with pytest.raises(GeomsafeError, match="layers"), install(lm.model, deep):
         pass

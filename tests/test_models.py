@@ -4,14 +4,16 @@ import json
 import math
 import os
 from pathlib import Path
+from types import SimpleNamespace as NS
 
 import pytest
 import torch
 from click.testing import CliRunner
+from torch import nn
 
 from geomsafe.cli import main
 from geomsafe.errors import GeomsafeError
-from geomsafe.models import _load_folder, _write_cache, load
+from geomsafe.models import _load_folder, _write_cache, eos_ids, load, model_width, pad_token_id
 from geomsafe.testing import save_tiny, tiny_model
 
 
@@ -287,3 +289,30 @@ def test_bf16_model_through_audit_predict_and_a_guarded_finetune(tmp_path: Path)
     assert tuned.lm is not None
     lora = [p for n, p in tuned.lm.model.named_parameters() if "lora_B" in n]
     assert lora and all(torch.isfinite(p).all() for p in lora)
+
+
+def test_model_facts_width_end_of_turn_and_pad(any_tiny):
+    from peft import LoraConfig, get_peft_model
+
+    lm = any_tiny
+    assert model_width(lm.model) == lm.d_model == lm.info()["width"]
+    assert eos_ids(lm.model, lm.tokenizer) == eos_ids(lm.model) == [2]
+    assert pad_token_id(lm.tokenizer) == 0
+    targets = ["c_attn"] if "gpt2" in type(lm.model).__name__.lower() else ["q_proj"]
+    peft = get_peft_model(lm.model, LoraConfig(r=2, target_modules=targets))
+    assert model_width(peft) == lm.d_model and eos_ids(peft, lm.tokenizer) == [2]
+    with pytest.raises(GeomsafeError, match="no config"):
+        model_width(nn.Linear(2, 2))
+
+
+def test_end_of_turn_ids_rule():
+    """The generation config's ids (else the model config's), then the tokenizer's: a chat
+    model may end its turns with a token that its configs do not name."""
+    chat = NS(generation_config=NS(eos_token_id=[5, 6]), config=NS(eos_token_id=9))
+    assert eos_ids(chat) == [5, 6]
+    assert eos_ids(chat, NS(eos_token_id=7)) == [5, 6, 7]
+    assert eos_ids(chat, NS(eos_token_id=6)) == [5, 6]
+    older = NS(generation_config=NS(eos_token_id=None), config=NS(eos_token_id=3))
+    assert eos_ids(older, NS(eos_token_id=None)) == [3]
+    assert eos_ids(NS(generation_config=None, config=None)) == []
+    assert pad_token_id(NS(pad_token_id=None)) == 0 and pad_token_id(NS(pad_token_id=4)) == 4

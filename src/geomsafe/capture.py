@@ -3,7 +3,7 @@
 Hook site: the output of decoder layer ``l`` (the residual stream after block ``l``). This
 equals Hugging Face's ``hidden_states[l + 1]`` for every layer but the last, whose
 ``hidden_states`` entry is taken after the final norm. Hooks are installed only inside the
-:func:`record` context manager and removed in ``finally``.
+:func:`record` context manager (through :mod:`geomsafe.hooks`) and removed when it ends.
 
 :func:`capture` runs the backbone (no LM head) over batched, length-sorted examples, with
 left or right padding (position ids follow the attention mask so both paddings give the
@@ -28,16 +28,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from geomsafe import distributed
+from geomsafe import distributed, hooks
 from geomsafe.errors import GeomsafeError
 from geomsafe.formatting import Encoded, Example, encode_all
-from geomsafe.layers import (
-    attention_out_proj,
-    decoder_blocks,
-    hidden_of,
-    resolve_layers,
-)
-from geomsafe.models import LoadedModel
+from geomsafe.layers import attention_out_proj, decoder_blocks, resolve_layers
+from geomsafe.models import LoadedModel, pad_token_id
 from geomsafe.prefix import PrefixPlan, SharedStep, plan_prefixes, shared_steps
 
 HOOK_SITE = "decoder_layer_output"
@@ -69,37 +64,35 @@ def record(
     """
     if site not in SITES:
         raise GeomsafeError(f"unknown hook site {site!r}; use one of {', '.join(SITES)}")
-    blocks = decoder_blocks(model, layer_template)
     store: dict[int, Tensor] = {}
     last = max(layers) if layers else -1
-    handles = []
 
-    def make_hook(idx: int):
-        def hook(_module: nn.Module, _inputs: tuple, output: object) -> None:
+    def at_block(idx: int) -> hooks.LayerFn:
+        def fn(hidden: Tensor) -> None:
             if site == "block":
-                hidden = hidden_of(output)
                 store[idx] = hidden.detach() if detach else hidden
             if stop_after_last and idx == last:
                 raise _StopForward
 
-        return hook
+        return fn
 
-    def make_pre_hook(idx: int):
+    def at_heads(idx: int):
         def pre_hook(_module: nn.Module, inputs: tuple) -> None:
             store[idx] = inputs[0].detach() if detach else inputs[0]
 
         return pre_hook
 
-    try:
-        for idx in layers:
-            if site == "heads":
-                proj = attention_out_proj(blocks[idx])
-                handles.append(proj.register_forward_pre_hook(make_pre_hook(idx)))
-            handles.append(blocks[idx].register_forward_hook(make_hook(idx)))
+    at_layers = hooks.layer_hooks(
+        model, {idx: at_block(idx) for idx in layers}, layer_template=layer_template
+    )
+    at_projections = []
+    if site == "heads":
+        blocks = decoder_blocks(model, layer_template)
+        at_projections = [
+            hooks.Hook(attention_out_proj(blocks[idx]), at_heads(idx), pre=True) for idx in layers
+        ]
+    with hooks.on_modules([*at_projections, *at_layers]):
         yield store
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def run_until_stopped(fn, *args, **kwargs) -> None:
@@ -463,7 +456,7 @@ def _run(
     per-token capture is not sharded (every rank runs all of it)."""
     chosen = pooler.layers
     shard = pooler.parts is None
-    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(lm.tokenizer)
     net = backbone(lm.model)
     forward = _Forward(net, lm.device, cache_kwarg(net))
     plan = plan_prefixes(encoded) if share_prefix and forward.cache_name else None

@@ -6,7 +6,8 @@ A *layer template* is a module path with a ``{num}`` placeholder, e.g. ``model.l
 An explicit template always wins.
 
 The module also knows what sits inside a block: the residual stream in a block's output
-(:func:`hidden_of`) and the modules that write into it (:data:`RESIDUAL_WRITERS`).
+(:func:`hidden_of`, :func:`with_hidden`) and the modules that write into it
+(:data:`RESIDUAL_WRITERS`).
 """
 
 from __future__ import annotations
@@ -107,6 +108,11 @@ def decoder_blocks(model: nn.Module, layer_template: str | None = None) -> list[
 def hidden_of(output: object) -> Tensor:
     """The residual stream in a decoder layer's output (a tensor, or a tuple led by one)."""
     return output[0] if isinstance(output, tuple) else output  # type: ignore[return-value]
+
+
+def with_hidden(output: object, hidden: Tensor) -> object:
+    """``output`` (a decoder layer's) with ``hidden`` as its residual stream."""
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
 # The modules of a decoder block (paths relative to the block) that write into the residual

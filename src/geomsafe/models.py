@@ -69,6 +69,39 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 
+def model_width(model: torch.nn.Module) -> int:
+    """The width ``D`` of the residual stream of ``model`` (a causal LM or a peft model
+    wrapping one: peft forwards ``config``)."""
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        raise GeomsafeError(f"{type(model).__name__} has no config: not a Hugging Face model")
+    return int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
+
+
+def eos_ids(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None = None) -> list[int]:
+    """End-of-turn token ids, the first one first: the generation config's (else the model
+    config's), then the tokenizer's ``eos_token_id`` when it is another (a chat model may end
+    its turns with a token its configs do not name)."""
+    ids: list[int] = []
+    configs = [getattr(model, "generation_config", None), getattr(model, "config", None)]
+    found = next(
+        (eos for cfg in configs if (eos := getattr(cfg, "eos_token_id", None)) is not None), None
+    )
+    for value in [found, None if tokenizer is None else tokenizer.eos_token_id]:
+        if value is None:
+            continue
+        for v in value if isinstance(value, list | tuple) else [value]:
+            if int(v) not in ids:
+                ids.append(int(v))
+    return ids
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id that pads a batch: the tokenizer's pad token, else 0 (padding is masked out)."""
+    pad = tokenizer.pad_token_id
+    return int(pad) if pad is not None else 0
+
+
 @dataclass
 class LoadedModel:
     """A model, its tokenizer and where they came from."""
@@ -87,8 +120,7 @@ class LoadedModel:
 
     @property
     def d_model(self) -> int:
-        cfg = self.model.config
-        return int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
+        return model_width(self.model)
 
     @property
     def n_heads(self) -> int:

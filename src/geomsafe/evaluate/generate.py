@@ -28,7 +28,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from geomsafe import distributed
 from geomsafe.errors import GeomsafeError
 from geomsafe.formatting import Example, encode
-from geomsafe.models import LoadedModel
+from geomsafe.models import LoadedModel, eos_ids, pad_token_id
 
 
 @dataclass(frozen=True)
@@ -105,20 +105,6 @@ class NucleusSampler(LogitsProcessor):
         return scores.masked_fill(remove, float("-inf"))
 
 
-def eos_ids(lm: LoadedModel) -> list[int]:
-    """End-of-turn tokens: the generation config's and the tokenizer's."""
-    ids: list[int] = []
-    cfg = getattr(lm.model, "generation_config", None)
-    found = getattr(cfg, "eos_token_id", None) if cfg is not None else None
-    for value in [found, lm.tokenizer.eos_token_id]:
-        if value is None:
-            continue
-        for v in value if isinstance(value, list | tuple) else [value]:
-            if int(v) not in ids:
-                ids.append(int(v))
-    return ids
-
-
 def context_length(lm: LoadedModel) -> int | None:
     """The model's context in tokens (``max_position_embeddings`` or GPT-2's ``n_positions``);
     None when its config names none."""
@@ -173,8 +159,8 @@ def generate(
     encoded = _capped([list(encode(tok, Example(ex.prompt)).input_ids) for ex in examples], lm, cfg)
     rows = [(i, s) for i in range(len(prompts)) for s in range(cfg.samples_per_prompt)]
     rows.sort(key=lambda r: (-len(encoded[r[0]]), r[0], r[1]))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    stop = eos_ids(lm)
+    pad = pad_token_id(tok)
+    stop = eos_ids(lm.model, tok)
     done: dict[tuple[int, int], tuple[str, int]] = {}  # (prompt, sample) -> (text, tokens)
     device = lm.device
     sampling = cfg.temperature > 0
@@ -240,4 +226,4 @@ def greedy(
     return generate(lm, prompts, cfg, progress=progress, desc=desc).flat()
 
 
-__all__ = ["Generations", "NucleusSampler", "SamplingConfig", "eos_ids", "generate", "greedy"]
+__all__ = ["Generations", "NucleusSampler", "SamplingConfig", "generate", "greedy"]

@@ -49,7 +49,7 @@ from geomsafe.evaluate.probes import _batches, _forward_tail
 from geomsafe.evaluate.result import Change, Metric, ModelEval
 from geomsafe.evaluate.stats import difference_ci
 from geomsafe.formatting import Encoded, Example, encode
-from geomsafe.models import LoadedModel
+from geomsafe.models import LoadedModel, pad_token_id
 
 KINDS = ("harm", "control")
 PREFIX = "logodds:"
@@ -179,7 +179,7 @@ def response_logps(
     n_resp = [e.length - e.prompt_len for e in encoded]
     if min(n_resp) < 1:
         raise GeomsafeError("an example has an empty response")
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    pad = pad_token_id(lm.tokenizer)
     keep = max(n_resp) + 1  # the logits before the first response token up to the last one
     logp = _forward_tail(lm, seqs, keep, pad)
     out = []

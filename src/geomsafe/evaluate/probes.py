@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from geomsafe.errors import GeomsafeError
 from geomsafe.formatting import Example, encode
-from geomsafe.models import LoadedModel
+from geomsafe.models import LoadedModel, pad_token_id
 from geomsafe.textfile import json_lines, read_text
 
 PERSONA_SUFFIX = "\n\nAnswer with Yes or No."
@@ -272,7 +272,7 @@ def persona_scores(
     if not items:
         return []
     yes, no = yes_no_ids(lm)
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    pad = pad_token_id(lm.tokenizer)
     seqs = [
         list(encode(lm.tokenizer, Example(it.question + PERSONA_SUFFIX)).input_ids) for it in items
     ]
@@ -337,7 +337,7 @@ def choice_scores(
             rows.append((p_i, a_i))
             seqs.append(ids)
             flags.append(fl)
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    pad = pad_token_id(lm.tokenizer)
     logp_answer = [0.0] * len(rows)
     batches = list(_batches(seqs, batch_size))
     for idx in tqdm(

@@ -46,6 +46,7 @@ from geomsafe.capture import make_batches
 from geomsafe.errors import GeomsafeError
 from geomsafe.firewall.adapter import adapter_provenance, check_adapter, maybe_adapter
 from geomsafe.firewall.config import DEFAULT_REFUSAL, Check, Firewall
+from geomsafe.firewall.hooks import install
 from geomsafe.firewall.requests import (
     REQUEST_CONCEPT,
     RequestSet,
@@ -55,7 +56,7 @@ from geomsafe.firewall.requests import (
 from geomsafe.firewall.traffic import Item, benign_split, sample, split
 from geomsafe.formatting import encode_all
 from geomsafe.layers import resolve_layers
-from geomsafe.models import LoadedModel, load
+from geomsafe.models import LoadedModel, load, pad_token_id
 
 
 @dataclass(frozen=True)
@@ -178,10 +179,10 @@ def sequence_statistics(
         raise GeomsafeError("no sequences to score")
     encoded = encode_all(lm.tokenizer, [i.example for i in items], max_length)
     out = {s: torch.full((len(items), len(firewall.checks)), math.nan) for s in spans}
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    pad = pad_token_id(lm.tokenizer)
     batches = list(make_batches(encoded, batch_size, pad, "right"))
     device = lm.device
-    with firewall.apply(lm.model, "monitor", layer_template=lm.layer_template) as session:
+    with install(lm.model, firewall, "monitor", layer_template=lm.layer_template) as session:
         for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
             _forward(
                 lm.model,

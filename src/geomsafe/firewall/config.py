@@ -115,7 +115,7 @@ class Firewall:
 
     ``calibration`` holds the benign statistics per check (``stats``), the shared quantile
     ``q``, the target and achieved false-positive rates and the ids of the calibration data.
-    Use :meth:`apply` to run a model under it.
+    Run a model under it with :func:`geomsafe.firewall.hooks.install`.
     """
 
     checks: list[Check]
@@ -203,13 +203,6 @@ class Firewall:
                 f"the firewall's directions have width {self.width} but the model has {width}; "
                 "calibrate it on this model"
             )
-
-    def apply(self, model, mode: str = "monitor", **options: Any):
-        """Context manager that runs ``model`` under this firewall (see
-        :func:`geomsafe.firewall.hooks.install`); yields the :class:`~.hooks.Session`."""
-        from geomsafe.firewall.hooks import install
-
-        return install(model, self, mode, **options)
 
     def to_dict(self) -> dict[str, Any]:
         return {

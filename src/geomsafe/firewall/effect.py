@@ -43,6 +43,7 @@ from geomsafe.evaluate.refusal import refusals
 from geomsafe.evaluate.stats import change_ci
 from geomsafe.firewall.calibration import sequence_statistics
 from geomsafe.firewall.config import Firewall
+from geomsafe.firewall.hooks import install
 from geomsafe.firewall.screening import screen
 from geomsafe.firewall.traffic import Item
 from geomsafe.formatting import Example, encode
@@ -53,7 +54,7 @@ from geomsafe.pareto.frontier import behaviour_change
 def _context(lm: LoadedModel, firewall: Firewall | None, mode: str):
     if firewall is None:
         return contextlib.nullcontext()
-    return firewall.apply(lm.model, mode, layer_template=lm.layer_template)
+    return install(lm.model, firewall, mode, layer_template=lm.layer_template)
 
 
 @torch.no_grad()

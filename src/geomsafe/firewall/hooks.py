@@ -49,9 +49,11 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from geomsafe import hooks
 from geomsafe.errors import GeomsafeError
 from geomsafe.firewall.config import MODES, Check, Firewall, stack_directions
-from geomsafe.layers import get_layers
+from geomsafe.layers import decoder_blocks
+from geomsafe.models import eos_ids, model_width
 
 
 @dataclass(frozen=True)
@@ -211,12 +213,14 @@ class Session:
             torch.zeros(batch, dtype=torch.long),
         )
 
-    def layer_hook(self, plan: _LayerPlan):
-        def hook(_module: nn.Module, _args: tuple, output: Any) -> Any:
+    def layer_hook(self, plan: _LayerPlan) -> hooks.LayerFn:
+        """The callback at ``plan.layer``'s output (:func:`geomsafe.hooks.on_layers`): scores
+        the residual stream; in clamp mode returns the clamped one."""
+
+        def hook(hidden: Tensor) -> Tensor | None:
             step = self._step
             if step is None:  # a forward pass that bypassed the model with the LM head
                 return None
-            hidden = output[0] if isinstance(output, tuple) else output
             proj = hidden.float() @ plan.directions.T  # [B, T, k]
             step.scores[:, :, plan.index] = proj
             if self.mode != "clamp" or plan.cap_index.numel() == 0:
@@ -229,8 +233,7 @@ class Session:
             lam = cap_coefficients(s, plan.cap_gram, plan.cap_tau, self._sweeps)
             step.clamped += over.sum((1, 2)).cpu()
             caps = plan.directions[plan.cap_index]
-            new = hidden - (lam @ caps).to(hidden.dtype)
-            return (new, *output[1:]) if isinstance(output, tuple) else new
+            return hidden - (lam @ caps).to(hidden.dtype)
 
         return hook
 
@@ -337,21 +340,6 @@ def lm_module(model: nn.Module) -> nn.Module:
     return model
 
 
-def model_width(model: nn.Module) -> int:
-    cfg = lm_module(model).config
-    return int(getattr(cfg, "hidden_size", None) or cfg.n_embd)
-
-
-def default_eos(model: nn.Module) -> list[int]:
-    """End-of-turn ids from the generation config, else the model config."""
-    top = lm_module(model)
-    for cfg in (getattr(top, "generation_config", None), getattr(top, "config", None)):
-        eos = getattr(cfg, "eos_token_id", None) if cfg is not None else None
-        if eos is not None:
-            return [int(t) for t in (eos if isinstance(eos, list | tuple) else [eos])]
-    return []
-
-
 def _plans(checks: list[Check], device: torch.device) -> list[_LayerPlan]:
     plans = []
     for layer in sorted({c.layer for c in checks}):
@@ -385,38 +373,40 @@ def install(
 ) -> Iterator[Session]:
     """Run ``model`` under ``firewall`` in ``mode`` (``monitor``, ``clamp`` or ``block``; see the
     module docstring) inside the ``with`` block; yields the :class:`Session` that records the
-    scores. ``eos_token_id``: the end-of-turn token(s) (default: the model's generation
-    config); a blocked row is forced to the first, and a row that has fed one back is finished
+    scores. ``eos_token_id``: the end-of-turn token(s) (default: the model's, by
+    :func:`geomsafe.models.eos_ids`; pass ``eos_ids(model, tokenizer)`` to add the tokenizer's
+    end of turn); a blocked row is forced to the first, and a row that has fed one back is finished
     (its later padding is not read). ``on_step(session, input_ids)`` is called after every
     forward pass (after its verdicts), e.g. to stream tokens only once they were scored."""
     if mode not in MODES:
         raise GeomsafeError(f"unknown firewall mode {mode!r}; use one of {', '.join(MODES)}")
     if mode != "monitor" and not firewall.calibrated:
         raise GeomsafeError(f"mode {mode!r} needs calibrated thresholds; calibrate first")
-    firewall.check_width(model_width(model))
-    layers = get_layers(model, layer_template)
+    top = lm_module(model)
+    firewall.check_width(model_width(top))
+    n_layers = len(decoder_blocks(model, layer_template))
     for c in firewall.checks:
-        if not 0 <= c.layer < len(layers):
-            raise GeomsafeError(f"check {c.key}: the model has {len(layers)} layers")
+        if not 0 <= c.layer < n_layers:
+            raise GeomsafeError(f"check {c.key}: the model has {n_layers} layers")
     if eos_token_id is None:
-        stop = default_eos(model)
+        stop = eos_ids(top)
     elif isinstance(eos_token_id, int):
         stop = [eos_token_id]
     else:
         stop = [int(t) for t in eos_token_id]
     if mode == "block" and not stop:
         raise GeomsafeError("block mode needs an end-of-turn token id (eos_token_id)")
-    top = lm_module(model)
     device = next(top.parameters()).device
     session = Session(firewall, mode, device, stop, on_step, max_sweeps)
-    handles = []
+    at_layers = {plan.layer: session.layer_hook(plan) for plan in _plans(firewall.checks, device)}
     try:
-        handles.append(top.register_forward_pre_hook(session.before, with_kwargs=True))
-        for plan in _plans(firewall.checks, device):
-            handles.append(layers[plan.layer].register_forward_hook(session.layer_hook(plan)))
-        handles.append(top.register_forward_hook(session.after))
-        yield session
+        with hooks.on_modules(
+            [
+                hooks.Hook(top, session.before, pre=True, with_kwargs=True),
+                *hooks.layer_hooks(model, at_layers, layer_template=layer_template),
+                hooks.Hook(top, session.after),
+            ]
+        ):
+            yield session
     finally:
-        for handle in handles:
-            handle.remove()
         session._step = None

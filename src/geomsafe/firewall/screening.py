@@ -33,13 +33,13 @@ from geomsafe import __version__
 from geomsafe.artefacts import atomic_write, prepare_out
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate import adapter_sha256
-from geomsafe.evaluate.generate import SamplingConfig, eos_ids, generate
+from geomsafe.evaluate.generate import SamplingConfig, generate
 from geomsafe.evaluate.prompts import EvalPrompt, load_prompt_set, prompts_hash, select
 from geomsafe.firewall.adapter import adapter_provenance, check_adapter, maybe_adapter
 from geomsafe.firewall.config import Firewall
-from geomsafe.firewall.hooks import Session, Verdict
+from geomsafe.firewall.hooks import Session, Verdict, install
 from geomsafe.formatting import Example, encode
-from geomsafe.models import LoadedModel, load
+from geomsafe.models import LoadedModel, eos_ids, load
 
 RUN_JSON = "firewall_run.json"
 RUN_FORMAT = "geomsafe.firewall_run/1"
@@ -124,9 +124,10 @@ def screen(
         p.example() if isinstance(p, EvalPrompt) else p if isinstance(p, Example) else Example(p)
         for p in prompts
     ]
-    stop = eos_ids(lm)
-    with firewall.apply(
-        lm.model, mode, layer_template=lm.layer_template, eos_token_id=stop, on_step=on_step
+    stop = eos_ids(lm.model, lm.tokenizer)
+    with install(
+        lm.model, firewall, mode, layer_template=lm.layer_template, eos_token_id=stop,
+        on_step=on_step,
     ) as session:
         gens = generate(lm, examples, cfg, progress=progress, desc=f"firewall {mode}")
     rows = _match(lm, examples, cfg.samples_per_prompt, session)

@@ -48,12 +48,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from geomsafe.errors import GeomsafeError
-from geomsafe.evaluate.generate import SamplingConfig, eos_ids
+from geomsafe.evaluate.generate import SamplingConfig
 from geomsafe.firewall.adapter import check_adapter, maybe_adapter
 from geomsafe.firewall.config import MODES, Firewall
 from geomsafe.firewall.screening import Screened, screen
 from geomsafe.formatting import Example, encode
-from geomsafe.models import LoadedModel, load
+from geomsafe.models import LoadedModel, eos_ids, load
 
 EXTENSION = "geomsafe_firewall"
 
@@ -161,7 +161,7 @@ class Engine:
         self.name = config.model_name or lm.spec
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geomsafe-serve")
         self.stats = {"completed": 0, "cancelled": 0, "blocked": 0}
-        self._stop = set(eos_ids(lm))
+        self._stop = set(eos_ids(lm.model, lm.tokenizer))
         self._max_positions = int(
             getattr(lm.model.config, "max_position_embeddings", None)
             or getattr(lm.model.config, "n_positions", 0)

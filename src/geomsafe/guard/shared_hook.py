@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from geomsafe import hooks
 from geomsafe.errors import GeomsafeError
 from geomsafe.guard.layer_plan import LayerPlan
-from geomsafe.layers import hidden_of
 
 if TYPE_CHECKING:
     from geomsafe.guard.atlas_guard import AtlasGuard
@@ -55,10 +55,6 @@ def project(hidden: Tensor, dirs: Tensor) -> Tensor:
     (a bf16 projection would round away the small changes the penalties measure)."""
     with torch.autocast(hidden.device.type, enabled=False):
         return hidden.float() @ dirs.float().T
-
-
-def replace_hidden(output: object, hidden: Tensor) -> object:
-    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
 @dataclass
@@ -103,10 +99,11 @@ class SharedLayer:
             self._rows_on[key] = self.rows.to(device)
         return self._rows_on[key]
 
-    def hook(self, _module: nn.Module, _inputs: tuple, output: object) -> object:
+    def hook(self, hidden: Tensor) -> Tensor | None:
+        """The callback at the layer's output (:func:`geomsafe.hooks.on_layers`): records each
+        reader's projections, then returns the steered residual stream (None: unchanged)."""
         if is_suspended():
             return None
-        hidden = hidden_of(output)
         rows = self.rows_on(hidden.device)
         if hidden.shape[-1] != rows.shape[-1]:
             names = ", ".join(dict.fromkeys(r.guard.name for r in self.readers))
@@ -129,7 +126,7 @@ class SharedLayer:
             if reader.guard.modifies:
                 changed = reader.guard.modify(reader.plan, new)
                 new = new if changed is None else changed
-        return None if new is hidden else replace_hidden(output, new)
+        return None if new is hidden else new
 
 
 def shared_layers(guards: Sequence[AtlasGuard]) -> tuple[SharedLayer, ...]:
@@ -169,19 +166,21 @@ def installed(guards: Sequence[AtlasGuard], model: nn.Module) -> Iterator[None]:
     if not guards:
         yield
         return
-    blocks = {id(guard): guard.blocks(model) for guard in guards}  # also checks the layer range
-    handles = []
-    try:
-        for guard in guards:
-            guard.recorded = {}
-        for shared in _cached_layers(guards):
-            block = blocks[id(shared.readers[0].guard)][shared.layer]
-            prepend = not shared.modifies
-            handles.append(block.register_forward_hook(shared.hook, prepend=prepend))
+    for guard in guards:
+        guard.blocks(model)  # checks the layer range, with the guard's own message
+    groups: dict[tuple[str | None, bool], dict[int, hooks.LayerFn]] = {}
+    for shared in _cached_layers(guards):
+        key = (shared.readers[0].guard.layer_template, not shared.modifies)
+        groups.setdefault(key, {})[shared.layer] = shared.hook
+    at_layers = [
+        hook
+        for (template, prepend), fns in groups.items()
+        for hook in hooks.layer_hooks(model, fns, layer_template=template, prepend=prepend)
+    ]
+    for guard in guards:
+        guard.recorded = {}
+    with hooks.on_modules(at_layers):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _cached_layers(guards: Sequence[AtlasGuard]) -> tuple[SharedLayer, ...]:

@@ -30,7 +30,7 @@ from geomsafe.capture import make_batches, record
 from geomsafe.evaluate.logodds import response_logps
 from geomsafe.formatting import Example, encode_all
 from geomsafe.layers import attention_out_proj, get_layers, mlp_out_proj
-from geomsafe.models import LoadedModel
+from geomsafe.models import LoadedModel, pad_token_id
 from geomsafe.predict.likelihood import length_batches
 from geomsafe.projection import concept_layers
 
@@ -153,7 +153,7 @@ def gradient_estimate(
         g_loss = _loss_grad(lm, data, params, batch_size, max_length, progress)
         loss_norm = sum(float((g * g).sum()) for g in g_loss) ** 0.5
         enc = encode_all(lm.tokenizer, probe, max_length)
-        pad = lm.tokenizer.pad_token_id or 0
+        pad = pad_token_id(lm.tokenizer)
         batches = list(make_batches(enc, batch_size, pad, "left"))
         shift, alignment = {}, {}
         for n in names:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from geomsafe import hooks
 from geomsafe.layers import get_layers
 from geomsafe.models import LoadedModel
 
@@ -90,7 +91,6 @@ def sketching(
     dev = lm.device
     moved = None if against is None else {k: v.to(dev) for k, v in against.items()}
     sk = Sketcher({k: v.to(dev) for k, v in matrices.items()}, moved)
-    handles = []
 
     def on_forward(name: str):
         def hook(_mod, args, output):
@@ -107,14 +107,10 @@ def sketching(
             return output.detach().requires_grad_(True)
         return None
 
-    try:
-        handles.append(lm.model.get_input_embeddings().register_forward_hook(root))
-        for name, mod, _ in block_linears(lm):
-            handles.append(mod.register_forward_hook(on_forward(name)))
+    at = [hooks.Hook(lm.model.get_input_embeddings(), root)]
+    at += [hooks.Hook(mod, on_forward(name)) for name, mod, _ in block_linears(lm)]
+    with hooks.on_modules(at):
         yield sk
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def inner(a: dict[str, Tensor], b: dict[str, Tensor]) -> float:

@@ -57,6 +57,7 @@ import torch
 from torch import Tensor, nn
 from transformers import TrainerCallback
 
+from geomsafe import hooks
 from geomsafe.errors import GeomsafeError
 from geomsafe.guard import Guard, MonitorGuard, begin_steps, combined, step_logs, total_penalty
 
@@ -133,7 +134,7 @@ class GuardCallback(TrainerCallback):
         self.guards = list(guards)
         self.monitor = monitor
         self.rows: list[dict[str, Any]] = []
-        self._handles: list[Any] = []
+        self._handles = contextlib.ExitStack()  # the hooks on the model
         self._stack: contextlib.ExitStack | None = None
         self._busy = False
         self._accumulation = 1
@@ -163,10 +164,14 @@ class GuardCallback(TrainerCallback):
             self._n_batches = len(train_dataloader) if train_dataloader is not None else None
         except TypeError:  # an iterable dataset without a length
             self._n_batches = None
-        self._handles = [
-            model.register_forward_pre_hook(self._before, with_kwargs=True),
-            model.register_forward_hook(self._after, with_kwargs=True),
-        ]
+        self._handles.enter_context(
+            hooks.on_modules(
+                [
+                    hooks.Hook(model, self._before, pre=True, with_kwargs=True),
+                    hooks.Hook(model, self._after, with_kwargs=True),
+                ]
+            )
+        )
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._micro = micro_batches(state.global_step, self._accumulation, self._n_batches)
@@ -198,9 +203,7 @@ class GuardCallback(TrainerCallback):
     # ---- hooks -------------------------------------------------------------------------
     def _remove_hooks(self) -> None:
         self._close()
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        self._handles.close()
 
     def _close(self) -> None:
         stack, self._stack = self._stack, None

@@ -39,7 +39,7 @@ from geomsafe.errors import GeomsafeError
 from geomsafe.folder_lock import lock_folder
 from geomsafe.guard import GuardConfig, PilotDirections
 from geomsafe.guard.resolve import GuardSetup, GuardSpec, resolve_guards, split_guards
-from geomsafe.models import DEVICE_ENV, LoadedModel, load, resolve_device
+from geomsafe.models import DEVICE_ENV, LoadedModel, load, pad_token_id, resolve_device
 from geomsafe.train import outdir
 from geomsafe.train.config import TrainConfig
 from geomsafe.train.data import TrainData, build
@@ -304,7 +304,7 @@ def _train(
     geometry = GeometryCallback(log_path=run.work / GEOMETRY_LOG if main else None)
     if ckpt is not None:
         geometry.rows = _read_log(ckpt / GEOMETRY_LOG)
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    pad = pad_token_id(lm.tokenizer)
     trainer = GuardedTrainer(
         model=peft_model,
         args=training_arguments(config, run.checkpoints),

@@ -15,7 +15,7 @@ from geomsafe.atlas import FeatureAtlas
 from geomsafe.formatting import Example
 from geomsafe.guard import Guard, GuardConfig, MonitorGuard
 from geomsafe.guard.resolve import GuardSpec, resolve_guards
-from geomsafe.models import LoadedModel
+from geomsafe.models import LoadedModel, pad_token_id
 from geomsafe.train.config import TrainConfig
 from geomsafe.train.data import TrainData, load_data
 from geomsafe.train.lora import make_peft_model, peft_layer_template
@@ -100,7 +100,7 @@ def run_steps(
     local = dataclasses.replace(lm, model=copy.deepcopy(lm.model))
     peft_model = make_peft_model(local.model, config)
     geometry = GeometryCallback()
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    pad = pad_token_id(lm.tokenizer)
     with tempfile.TemporaryDirectory(prefix="geomsafe-steps-") as tmp:
         trainer = GuardedTrainer(
             model=peft_model,
@@ -126,7 +126,7 @@ def heldout_loss(
     model = lm.model
     was_training = model.training
     model.eval()
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    pad = pad_token_id(lm.tokenizer)
     collate = PadCollator(pad)
     device = next(model.parameters()).device
     total, count = 0.0, 0
