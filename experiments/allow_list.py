@@ -32,7 +32,7 @@ unguarded run.
      pairs of the project's held-out split; the atlas direction is built from the other half):
      sycophantic over honest reply.
    Each run's change against the base has a bootstrap CI (both from
-   :func:`geomsafe.pareto.frontier.behaviour_change`, as in the guard Pareto grid).
+   :func:`lib.pareto.frontier.behaviour_change`, as in the guard Pareto grid).
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ from pathlib import Path
 
 import torch
 
-from _common import RESULTS, machine, write_json
 from geomsafe import directions
 from geomsafe.adapters import view
 from geomsafe.capture import capture
@@ -58,9 +57,10 @@ from geomsafe.evaluate.pairsets import load_pair_set
 from geomsafe.formatting import Example
 from geomsafe.guard import GuardConfig
 from geomsafe.models import load
-from geomsafe.pareto.frontier import behaviour_change
 from geomsafe.projection import prompt_projection
 from geomsafe.train import TrainConfig, finetune, heldout_loss, load_data
+from lib.common import RESULTS, machine, write_json
+from lib.pareto.frontier import behaviour_change
 
 HARMFUL, TARGET = "sycophancy", "empathy"
 

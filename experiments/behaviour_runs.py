@@ -51,7 +51,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from _common import RESULTS, machine, write_json
 from geomsafe.artefacts import atomic_write
 from geomsafe.bench.tasks import EXTERNAL, resolve_task
 from geomsafe.concepts import load_for_direction
@@ -62,6 +61,7 @@ from geomsafe.evaluate.pairsets import DEFAULT_SETS
 from geomsafe.evaluate.plan import make_plan
 from geomsafe.models import LoadedModel, load
 from geomsafe.train import TrainConfig, finetune
+from lib.common import RESULTS, machine, write_json
 
 TASKS = ("task:code", "task:factual_qa", "task:instruction_following", "task:summarisation")
 MIX_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -18,13 +18,13 @@ log-odds rows) next to the activation shift along the harmful directions.
 3. Behaviour (docs/evaluate.md, "Behavioural log-odds"): per-pair log-odds of each ``--rows``
    pair set (default: ``concept:<name>``, the held-out evaluation half, for each guarded
    built-in concept, plus ``advice``), ``--pairs`` pairs each (a fixed sample), under the base
-   model (once) and each tuned model (:func:`geomsafe.pareto.run.measure`); a row with a style
+   model (once) and each tuned model (:func:`lib.pareto.run.measure`); a row with a style
    control (``advbench``, ``jailbreakbench``, ``toxigen``) brings its control, and its harm
    measure is ``<row>-controlled`` = its change minus the control's. Per run: the paired change
    tuned - base of every row with its 95% bootstrap CI, and the harm change summed over the
    harm measures (``all``); per guarded run the **behaviour ratio** = guarded / unguarded harm
    change with its paired, stratified bootstrap CI
-   (:func:`geomsafe.pareto.frontier.behaviour_change`, the Pareto benchmark's harm ratio).
+   (:func:`lib.pareto.frontier.behaviour_change`, the Pareto benchmark's harm ratio).
    The unguarded change is *resolved* when its CI lies above 0; the ratio of an unresolved
    change is noise and is not judged.
 4. Activation shift per concept (geomsafe.projection): mean over a fixed held-out prompt set
@@ -56,7 +56,6 @@ import numpy as np
 import torch
 import yaml
 
-from _common import RESULTS, machine, write_json
 from behaviour_runs import base_dataset
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.concepts import load_builtin
@@ -70,12 +69,13 @@ from geomsafe.guard import GuardConfig
 from geomsafe.guard.resolve import extract_atlas
 from geomsafe.models import LoadedModel, load
 from geomsafe.options import split_csv
-from geomsafe.pareto import ParetoConfig
-from geomsafe.pareto.frontier import behaviour_change
-from geomsafe.pareto.run import measure
 from geomsafe.projection import concept_layers
 from geomsafe.train import finetune, heldout_loss
 from geomsafe.train.data import build
+from lib.common import RESULTS, machine, write_json
+from lib.pareto import ParetoConfig
+from lib.pareto.frontier import behaviour_change
+from lib.pareto.run import measure
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 INSECURE = DATA / "emergent-misalignment" / "data" / "insecure.jsonl"

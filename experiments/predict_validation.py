@@ -62,7 +62,6 @@ import numpy as np
 import torch
 
 import behaviour_runs as br
-from _common import RESULTS, machine, write_json
 from geomsafe.artefacts import VALIDATION_JSON, atomic_write
 from geomsafe.artefacts import write_json as write_artefact
 from geomsafe.atlas import FeatureAtlas
@@ -79,6 +78,7 @@ from geomsafe.predict import predict, probe_prompts
 from geomsafe.projection import mean_projection, measured_shift
 from geomsafe.report.validation import DEFAULT_ESTIMATOR, GOALS, level_change, spearman_p
 from geomsafe.train import finetune
+from lib.common import RESULTS, machine, write_json
 
 ESTIMATORS = ("risk", "projection_difference", "prompt_anchored", "gradient", "gradient_alignment")
 CONCEPT_ROW = "logodds:concept:{}"

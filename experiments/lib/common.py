@@ -22,7 +22,7 @@ import torch
 import geomsafe
 
 RESULTS = Path(os.environ.get("GEOMSAFE_RESULTS", Path.home() / ".cache" / "geomsafe" / "results"))
-EM_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "emergent-misalignment" / "data"
+EM_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "emergent-misalignment" / "data"
 GEOMSAFE_CLI = str(Path(sys.executable).with_name("geomsafe"))  # this interpreter's command
 
 TOPICS = [

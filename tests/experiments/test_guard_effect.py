@@ -5,17 +5,14 @@ the guarded / unguarded harm change computed by hand from the saved per-pair log
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import guard_effect as ge
 from geomsafe.evaluate.pairsets import load_with_controls
 from train_helpers import learnable, lm_atlas
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import guard_effect as ge  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
+import behaviour_runs as br
 from geomsafe.concepts import load_builtin, load_for_direction
 from geomsafe.errors import GeomsafeError
 from geomsafe.testing import tiny_model
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import behaviour_runs as br  # noqa: E402
 
 
 def test_mix_records_sizes_seeded_and_all_levels_same_size():
