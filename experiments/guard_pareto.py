@@ -46,8 +46,8 @@ from geomsafe.guard import GuardConfig, PilotConfig
 from geomsafe.guard.resolve import concept_names
 from geomsafe.models import load
 from geomsafe.options import split_csv
-from guard_effect import eval_questions, middle_atlas, recipe
 from lib.common import RESULTS, machine
+from lib.guard_setup import eval_questions, middle_atlas, recipe
 from lib.pareto import harm_rows, load_train_set, run_grid
 from lib.pareto.grid import GUARD_NAMES, LEVELS
 from lib.pareto.summary import HARM_RULES

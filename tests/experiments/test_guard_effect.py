@@ -12,6 +12,7 @@ import pytest
 
 import guard_effect as ge
 from geomsafe.evaluate.pairsets import load_with_controls
+from lib import guard_setup
 from train_helpers import learnable, lm_atlas
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,7 +32,7 @@ def _inputs(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setattr(ge, "INSECURE", _write(tmp_path / "train.jsonl", train))
     questions = tmp_path / "questions.yaml"
     questions.write_text("- id: q\n  paraphrases:\n    - say a\n    - say q\n")
-    monkeypatch.setattr(ge, "QUESTIONS", [questions])
+    monkeypatch.setattr(guard_setup, "QUESTIONS", [questions])
     header = {"set": "mine", "concept": "toxicity", "style_control": "benign_compliance"}
     pairs = [
         {"id": f"m{i}", "prompt": f"q {c}", "positive": f"{c}{c} bad", "negative": f"{c} ok"}
