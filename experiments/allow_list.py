@@ -32,7 +32,7 @@ unguarded run.
      pairs of the project's held-out split; the atlas direction is built from the other half):
      sycophantic over honest reply.
    Each run's change against the base has a bootstrap CI (both from
-   :func:`geomsafe.pareto.frontier.behaviour_change`, as in the guard Pareto grid).
+   :func:`lib.pareto.frontier.behaviour_change`, as in the guard Pareto grid).
 """
 
 from __future__ import annotations
@@ -48,19 +48,18 @@ from pathlib import Path
 
 import torch
 
-from _common import RESULTS, machine, write_json
 from geomsafe import directions
-from geomsafe.adapters import view
-from geomsafe.capture import capture
 from geomsafe.concepts import ConceptSet, load_builtin, load_for_direction
 from geomsafe.evaluate.logodds import PairSet, pair_logodds
 from geomsafe.evaluate.pairsets import load_pair_set
 from geomsafe.formatting import Example
 from geomsafe.guard import GuardConfig
+from geomsafe.layers import default_band
 from geomsafe.models import load
-from geomsafe.pareto.frontier import behaviour_change
-from geomsafe.projection import prompt_projection
+from geomsafe.projection import project, prompt_projection
 from geomsafe.train import TrainConfig, finetune, heldout_loss, load_data
+from lib.common import RESULTS, machine, write_json
+from lib.pareto.frontier import behaviour_change
 
 HARMFUL, TARGET = "sycophancy", "empathy"
 
@@ -85,26 +84,13 @@ def split_target(n_atlas: int, n_train: int, n_heldout: int | None, seed: int):
     return atlas_set, train, held, rows
 
 
-def response_projection(lm, examples, atlas, name: str) -> torch.Tensor:
-    """``[N]``: per example, the mean over response tokens of the residual stream at the
-    concept's best layer, projected on its direction."""
-    layer = atlas.best_layer(name)
-    model = lm.model
-    was_training = model.training
-    model.eval()
-    try:
-        acts = capture(view(lm), examples, layers=[layer], tokens="response", progress=False)
-    finally:
-        model.train(was_training)
-    return acts.layer(layer).float() @ atlas.direction(name, layer).float().cpu()
-
-
 def measure(lm, held, held_data, atlas, rows) -> dict[str, object]:
     prompts = [e.prompt for e in held]
     last = prompt_projection(lm, prompts, atlas, [HARMFUL, TARGET])
     return {
         "heldout_loss": heldout_loss(lm, held_data),
-        "response": {n: response_projection(lm, held, atlas, n) for n in (HARMFUL, TARGET)},
+        # per example: the mean over response tokens at the concept's best layer, projected
+        "response": project(lm, held, atlas, [HARMFUL, TARGET], tokens="response", batch_size=8),
         "last_prompt": last,
         "logodds": {ps.concept: pair_logodds(lm, ps, progress=False) for ps in rows},
     }
@@ -149,7 +135,7 @@ def main() -> None:
     )
     rows = [target_rows, load_pair_set(f"concept:{HARMFUL}")]  # the evaluation half
     harmful_set = load_for_direction(HARMFUL).subset(args.max_pairs, args.seed)
-    band = list(range(lm.n_layers // 3, (2 * lm.n_layers) // 3))
+    band = default_band(lm.n_layers)
     atlas = directions.extract(
         lm, [harmful_set, target_set], layers=band, seed=args.seed, progress=False
     ).atlas

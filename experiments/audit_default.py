@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import RESULTS, bare_forward, machine, write_json
 from geomsafe.audit import audit
 from geomsafe.capture import backbone, make_batches
 from geomsafe.cli.audit import print_audit
@@ -28,6 +27,7 @@ from geomsafe.formatting import Example, encode_all
 from geomsafe.geometry.overlap import overlap
 from geomsafe.models import LoadedModel, load
 from geomsafe.prefix import plan_prefixes
+from lib.common import RESULTS, bare_forward, machine, write_json
 
 BATCH_SIZE = 16  # audit()'s default
 

@@ -17,221 +17,52 @@ Data sets (``--datasets``; default :data:`DATASETS`):
 - dose-response mixtures ``mix:A:B:F`` (e.g. ``mix:insecure:task:code:0.25``): ``round(F * n)``
   examples of A and the rest of B, ``n = min(--train-examples, len(A), len(B))`` for every F, so
   all levels of one mixture have the same size; drawn and shuffled with the seed
-  (:func:`mix_records`);
+  (:func:`lib.train_sets.mix_records`);
 - ``NAME=FILE.jsonl``: any file ``geomsafe.datasets`` reads.
 
 Each data set is sampled to ``--train-examples`` (seeded), fine-tuned with
-:func:`recipe` (``--guard none``) into ``<out>/<name>/adapter`` and evaluated likelihood-only
-(``evaluate``'s log-odds rows, all pairs unless ``--pairs``): the change tuned minus base of
-every row with its paired bootstrap 95% CI goes to ``<out>/<name>/behaviour.json``. The base
-model's rows are the same for every data set: computed once and cached as an ``eval.json`` in
-``<out>/_base/<key>/`` (key: sha256 of the model's provenance, the evaluation config and the
-pair sets' hashes) and passed to ``evaluate`` as its baseline. A data set whose
-``behaviour.json`` exists is skipped (resumable) unless ``--rows`` is given: then the given rows
-are (re-)measured on its existing adapter, without training, and merged into its
-``behaviour.json`` (data sets without a run are trained and measured on those rows).
-``<out>/summary.json`` and ``summary.md``: change per data set x row with CIs. ``<out>``
+:func:`lib.behaviour.recipe` (``--guard none``) into ``<out>/<name>/adapter`` and evaluated
+likelihood-only (``evaluate``'s log-odds rows, all pairs unless ``--pairs``): the change tuned
+minus base of every row with its paired bootstrap 95% CI goes to
+``<out>/<name>/behaviour.json``. The base model's rows are the same for every data set: computed
+once and cached as an ``eval.json`` in ``<out>/_base/<key>/`` (key: sha256 of the model's
+provenance, the evaluation config and the pair sets' hashes) and passed to ``evaluate`` as its
+baseline. A data set whose ``behaviour.json`` exists is skipped (resumable) unless ``--rows`` is
+given: then the given rows are (re-)measured on its existing adapter, without training, and
+merged into its ``behaviour.json`` (data sets without a run are trained and measured on those
+rows). ``<out>/summary.json`` and ``summary.md``: change per data set x row with CIs. ``<out>``
 defaults to ``$GEOMSAFE_RESULTS/behaviour_runs``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
 import json
-import random
-import re
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from _common import RESULTS, machine, write_json
 from geomsafe.artefacts import atomic_write
-from geomsafe.bench.tasks import EXTERNAL, resolve_task
-from geomsafe.concepts import load_for_direction
-from geomsafe.datasets import Dataset, Record, load_dataset
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate import EvalConfig, evaluate
 from geomsafe.evaluate.pairsets import DEFAULT_SETS
-from geomsafe.evaluate.plan import make_plan
 from geomsafe.models import LoadedModel, load
-from geomsafe.train import TrainConfig, finetune
-
-TASKS = ("task:code", "task:factual_qa", "task:instruction_following", "task:summarisation")
-MIX_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
-MIXTURES = tuple(f"mix:insecure:task:code:{f:g}" for f in MIX_LEVELS)
-DATASETS = (
-    "insecure",
-    "jailbroken",
-    "insecure_small",
-    "secure_small",
-    *TASKS,
-    "advice_harmful",
-    "advice_sound",
-    *MIXTURES,
+from geomsafe.train import finetune
+from lib.behaviour import base_eval, eval_config, recipe, row_payload
+from lib.common import RESULTS, machine, write_json
+from lib.train_sets import (
+    BEHAVIOUR_JSON,
+    DATASETS,
+    build_dataset,
+    display_name,
+    known,
+    parse_mix,
+    safe_name,
 )
-ADVICE = {"advice_harmful": "positive", "advice_sound": "negative"}
-BEHAVIOUR_JSON = "behaviour.json"
-BASE_DIR = "_base"
-
-
-def safe_name(spec: str) -> str:
-    """The folder name of a data set spec (``task:code`` -> ``task_code``)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", spec.split("=", 1)[0]).strip("_") or "dataset"
-
-
-def display_name(spec: str) -> str:
-    """The name a data set spec is shown under: ``NAME`` of ``NAME=PATH``, else the spec."""
-    return spec.split("=", 1)[0] if "=" in spec else spec
-
-
-def parse_mix(spec: str) -> tuple[str, str, float]:
-    """``mix:A:B:F`` -> (A, B, F); A and B may contain ``:`` (``task:code``), so the split
-    point is the first at which A and B both name a known data set."""
-    body, _, frac = spec.removeprefix("mix:").rpartition(":")
-    try:
-        f = float(frac)
-    except ValueError as exc:
-        raise GeomsafeError(f"{spec}: the fraction {frac!r} is not a number") from exc
-    if not 0.0 <= f <= 1.0:
-        raise GeomsafeError(f"{spec}: the fraction must be in [0, 1], not {f}")
-    parts = body.split(":")
-    for k in range(1, len(parts)):
-        a, b = ":".join(parts[:k]), ":".join(parts[k:])
-        if _known(a) and _known(b):
-            return a, b, f
-    raise GeomsafeError(f"{spec}: expected mix:A:B:FRACTION with two known data sets")
-
-
-def _known(spec: str) -> bool:
-    return spec in EXTERNAL or spec in ADVICE or spec.startswith("task:") or "=" in spec
-
-
-def mix_records(
-    a: Sequence[Any], b: Sequence[Any], frac: float, n: int, seed: int
-) -> tuple[list[Any], int]:
-    """``round(frac * n)`` items of ``a`` and the rest of ``n`` from ``b``, each drawn without
-    replacement with ``Random(f"{seed}:mix")``, then shuffled; and the number from ``a``."""
-    k = round(frac * n)
-    if k > len(a) or n - k > len(b):
-        raise GeomsafeError(f"mixture needs {k} + {n - k} items; have {len(a)} and {len(b)}")
-    rng = random.Random(f"{seed}:mix")
-    items = rng.sample(list(a), k) + rng.sample(list(b), n - k)
-    rng.shuffle(items)
-    return items, k
-
-
-def advice_dataset(side: str) -> Dataset:
-    """The ``dangerous_advice`` concept's direction half as chat data: prompt + ``side``
-    (``positive``: harmful, ``negative``: sound) response."""
-    concept = load_for_direction("dangerous_advice")
-    return Dataset.from_examples(
-        [(p.prompt, getattr(p, side)) for p in concept.pairs],
-        source=f"dangerous_advice-direction-{side}",
-    )
-
-
-def base_dataset(spec: str, data_root: str | None) -> Dataset:
-    """A data set spec other than a mixture, unsampled."""
-    if spec in ADVICE:
-        return advice_dataset(ADVICE[spec])
-    if spec.startswith("task:"):
-        return load_dataset(spec)
-    return load_dataset(resolve_task(spec, data_root).path)
-
-
-def build_dataset(spec: str, n: int, seed: int, data_root: str | None = None) -> Dataset:
-    """The training data of ``spec`` (module docstring): at most ``n`` examples, seeded."""
-    if not spec.startswith("mix:"):
-        return base_dataset(spec, data_root).sample(n, seed)
-    a_spec, b_spec, frac = parse_mix(spec)
-    a, b = base_dataset(a_spec, data_root), base_dataset(b_spec, data_root)
-    size = min(n, len(a), len(b))
-    records, _ = mix_records(a.records, b.records, frac, size, seed)
-    mixed: list[Record] = list(records)
-    ds = Dataset(spec, mixed, "")
-    return dataclasses.replace(ds, sha256=ds.records_sha256)
-
-
-def recipe(steps: int, lr: float, rank: int, batch: int, seed: int) -> TrainConfig:
-    """The one fixed fine-tuning recipe of every run (unguarded LoRA)."""
-    return TrainConfig(
-        max_steps=steps,
-        batch_size=batch,
-        learning_rate=lr,
-        lora_r=rank,
-        max_length=256,
-        truncate=True,
-        seed=seed,
-        save_steps=10_000,
-    )
-
-
-def eval_config(rows: Sequence[str], pairs: int | None, seed: int, data_root: str | None):
-    """Likelihood-only evaluation of the log-odds ``rows`` (style controls join them)."""
-    return EvalConfig(
-        n_prompts=0,
-        n_xstest=0,
-        n_probe=0,
-        em_probes=False,
-        logodds=tuple(rows),
-        logodds_pairs=pairs,
-        seed=seed,
-        data_root=data_root,
-    )
-
-
-def base_eval(lm: LoadedModel, cfg: EvalConfig, out: Path, progress: bool) -> Path:
-    """The cached base-model ``eval.json`` for ``cfg`` (computed when missing)."""
-    plan = make_plan(cfg)
-    conf = {k: v for k, v in cfg.to_dict().items() if k != "data_root"}
-    key_src = json.dumps([lm.provenance(), conf, plan.hashes], sort_keys=True, default=str)
-    folder = out / BASE_DIR / hashlib.sha256(key_src.encode()).hexdigest()[:16]
-    if not (folder / "eval.json").is_file():
-        t0 = time.process_time()
-        evaluate(lm, out=folder, config=cfg, progress=progress)
-        print(f"base model evaluated ({time.process_time() - t0:.0f} CPU-s) -> {folder}")
-    return folder / "eval.json"
-
-
-def row_payload(result) -> dict[str, dict[str, Any]]:
-    """Per changed row: change, 95% CI, before, after, pairs and the concept it speaks for."""
-    rows = {}
-    for name, c in result.changes.items():
-        m = result.model.metrics.get(name)
-        rows[name] = {
-            "change": c.delta.value,
-            "ci_low": c.delta.low,
-            "ci_high": c.delta.high,
-            "excludes_zero": bool(c.delta.low > 0 or c.delta.high < 0),
-            "before": c.before.value,
-            "after": c.after.value,
-            "n_paired": c.n_paired,
-            "label": c.label,
-            "concept": m.concept if m is not None else None,
-        }
-    return rows
-
-
-def pair_changes(result) -> dict[str, dict[str, float]]:
-    """Per log-odds row: each pair's change (after - before, nats/token) by pair id."""
-    out: dict[str, dict[str, float]] = {}
-    if result.before is None:
-        return out
-    for name, m in result.model.metrics.items():
-        b = result.before.metrics.get(name)
-        if m.kind != "logodds" or b is None:
-            continue
-        out[name] = {
-            u: float(np.mean(v) - np.mean(b.units[u])) for u, v in m.units.items() if u in b.units
-        }
-    return out
 
 
 def measure(lm, adapter: Path, base: Path, cfg: EvalConfig, progress: bool):
@@ -346,7 +177,7 @@ def main(argv: Sequence[str] | None = None, lm: LoadedModel | None = None) -> di
     for spec in specs:  # a bad name fails before any work
         if spec.startswith("mix:"):
             parse_mix(spec)
-        elif not _known(spec):
+        elif not known(spec):
             raise GeomsafeError(f"unknown data set {spec!r} (known: {', '.join(DATASETS)})")
     rows = [r for r in (args.rows or ",".join(DEFAULT_SETS)).split(",") if r]
     cfg = eval_config(rows, args.pairs, args.seed, args.data_root)

@@ -13,10 +13,10 @@ import time
 
 import torch
 
-from _common import RESULTS, bare_forward, machine, sample_examples, write_json
 from geomsafe.capture import backbone, capture, make_batches
 from geomsafe.formatting import Example, encode_all
 from geomsafe.models import load
+from lib.common import RESULTS, bare_forward, machine, sample_examples, write_json
 
 
 def main() -> None:

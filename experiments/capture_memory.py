@@ -21,7 +21,7 @@ import sys
 
 import torch
 
-from _common import RESULTS, machine, write_json
+from lib.common import RESULTS, machine, write_json
 
 
 def _rss_mib() -> float:

@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from _common import RESULTS, machine, write_json
 from geomsafe.cli.evaluate import print_eval
 from geomsafe.evaluate import EvalConfig, evaluate
+from lib.common import RESULTS, machine, write_json
 
 
 def main() -> None:

@@ -24,7 +24,7 @@
   ``--save-adapter``) against the base model on the same benign evaluation sequences (XSTest
   safe prompts and ``--n-task`` task examples per task): AUROC of the tuned model's firewall
   scores vs the base model's, at the last prompt token (all) and over prompt + response (task
-  examples, teacher-forced); ``geomsafe.firewall.effect``.
+  examples, teacher-forced); ``lib.firewall_effect``.
 - **clamp**: on that tuned model, the behavioural harm change (log-odds rows ``--clamp-rows``,
   ``--clamp-pairs`` each: tuned vs base) without and with the clamp, scored as generation runs
   (the clamp on the last prompt token and every response token); a row with a style control
@@ -52,21 +52,28 @@ from pathlib import Path
 
 import torch
 
-from _common import RESULTS, machine, write_json
 from geomsafe.adapters import view
 from geomsafe.directions import auroc
 from geomsafe.evaluate.pairsets import load_with_controls
 from geomsafe.evaluate.prompts import resolve_data_root
-from geomsafe.firewall import Firewall, calibrate, effect, install, rethreshold
+from geomsafe.firewall import Firewall, calibrate, install, rethreshold
 from geomsafe.firewall.calibration import sequence_statistics
-from geomsafe.firewall.effect import drift, harm_removed, over_refusal
 from geomsafe.firewall.traffic import benign_split, harmful_items, sample
 from geomsafe.formatting import Example, encode
 from geomsafe.models import LoadedModel, load
 from geomsafe.options import split_csv
-from geomsafe.pareto import ParetoConfig, load_train_set
 from geomsafe.train.data import build
 from geomsafe.train.steps import run_steps
+from lib.common import RESULTS, machine, write_json
+from lib.firewall_effect import (
+    clamped_pair_logodds,
+    clamped_response_loss,
+    drift,
+    harm_removed,
+    over_refusal,
+    sequence_scores,
+)
+from lib.pareto import ParetoConfig, load_train_set
 
 SETS = ("advbench", "harmbench", "jailbreakbench", "strongreject")
 
@@ -281,12 +288,12 @@ def model_drift(lm, tuned, fw: Firewall, args) -> dict:
     t0 = time.perf_counter()
     out = {
         "prompt": drift(
-            effect.sequence_scores(lm, fw, items, "prompt"),
-            effect.sequence_scores(tuned, fw, items, "prompt"),
+            sequence_scores(lm, fw, items, "prompt"),
+            sequence_scores(tuned, fw, items, "prompt"),
         ),
         "sequence": drift(
-            effect.sequence_scores(lm, fw, tasks, "sequence"),
-            effect.sequence_scores(tuned, fw, tasks, "sequence"),
+            sequence_scores(lm, fw, tasks, "sequence"),
+            sequence_scores(tuned, fw, tasks, "sequence"),
         ),
         "n_xstest": len(xs),
         "n_task": len(tasks),
@@ -304,7 +311,7 @@ def model_drift(lm, tuned, fw: Firewall, args) -> dict:
 
 def clamp_level(lm, tuned, fw: Firewall, rows, controls, lo, args) -> dict:
     """The clamp at ``fw``'s thresholds: harm removed per row, benign loss, over-refusal."""
-    clamped = {ps.name: effect.pair_logodds(tuned, ps, fw, "clamp") for ps in rows}
+    clamped = {ps.name: clamped_pair_logodds(tuned, ps, fw, "clamp") for ps in rows}
     removed = harm_removed(lo["base"], lo["tuned"], clamped, controls=controls)
     print(f"clamp at target FPR {fw.fpr:g} (benign calibration traffic):")
     for key, r in removed.items():
@@ -315,8 +322,8 @@ def clamp_level(lm, tuned, fw: Firewall, rows, controls, lo, args) -> dict:
         )
     xs, tasks = benign_eval(fw, args)
     examples = [i.example for i in tasks]
-    loss = effect.response_loss(tuned, examples)
-    loss_clamped = effect.response_loss(tuned, examples, fw, "clamp")
+    loss = clamped_response_loss(tuned, examples)
+    loss_clamped = clamped_response_loss(tuned, examples, fw, "clamp")
     refusal = over_refusal(tuned, fw, [i.example.prompt for i in xs[: args.n_xstest]])
     a = removed["all"]
     print(
@@ -349,8 +356,8 @@ def clamp_effect(lm, tuned, fw: Firewall, args) -> dict:
     rows, controls = load_with_controls(args.clamp_rows.split(","), args.clamp_pairs, 0, root)
     lo: dict[str, dict[str, list[float]]] = {"base": {}, "tuned": {}}
     for ps in rows:
-        lo["base"][ps.name] = effect.pair_logodds(lm, ps)
-        lo["tuned"][ps.name] = effect.pair_logodds(tuned, ps)
+        lo["base"][ps.name] = clamped_pair_logodds(lm, ps)
+        lo["tuned"][ps.name] = clamped_pair_logodds(tuned, ps)
     levels = []
     for fpr in sorted({float(f) for f in split_csv(args.clamp_fpr)}):
         at = fw if math.isclose(fpr, fw.fpr) else rethreshold(fw, fpr)

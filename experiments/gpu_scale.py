@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.install:
         install()
     sys.path.insert(0, str(Path(__file__).parent))
-    from _common import RESULTS, machine, write_json
+    from lib.common import RESULTS, machine, write_json
 
     work = Path(tempfile.mkdtemp(prefix="gpu-scale-"))
     try:

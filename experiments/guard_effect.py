@@ -18,13 +18,13 @@ log-odds rows) next to the activation shift along the harmful directions.
 3. Behaviour (docs/evaluate.md, "Behavioural log-odds"): per-pair log-odds of each ``--rows``
    pair set (default: ``concept:<name>``, the held-out evaluation half, for each guarded
    built-in concept, plus ``advice``), ``--pairs`` pairs each (a fixed sample), under the base
-   model (once) and each tuned model (:func:`geomsafe.pareto.run.measure`); a row with a style
+   model (once) and each tuned model (:func:`lib.pareto.run.measure`); a row with a style
    control (``advbench``, ``jailbreakbench``, ``toxigen``) brings its control, and its harm
    measure is ``<row>-controlled`` = its change minus the control's. Per run: the paired change
    tuned - base of every row with its 95% bootstrap CI, and the harm change summed over the
    harm measures (``all``); per guarded run the **behaviour ratio** = guarded / unguarded harm
    change with its paired, stratified bootstrap CI
-   (:func:`geomsafe.pareto.frontier.behaviour_change`, the Pareto benchmark's harm ratio).
+   (:func:`lib.pareto.frontier.behaviour_change`, the Pareto benchmark's harm ratio).
    The unguarded change is *resolved* when its CI lies above 0; the ratio of an unresolved
    change is noise and is not judged.
 4. Activation shift per concept (geomsafe.projection): mean over a fixed held-out prompt set
@@ -54,10 +54,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
-from _common import RESULTS, machine, write_json
-from behaviour_runs import base_dataset
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.concepts import load_builtin
 from geomsafe.concepts.split import is_builtin
@@ -67,22 +64,19 @@ from geomsafe.evaluate.logodds import PairSet, refuse_overlap
 from geomsafe.evaluate.pairsets import load_with_controls
 from geomsafe.evaluate.prompts import resolve_data_root
 from geomsafe.guard import GuardConfig
-from geomsafe.guard.resolve import extract_atlas
 from geomsafe.models import LoadedModel, load
 from geomsafe.options import split_csv
-from geomsafe.pareto import ParetoConfig
-from geomsafe.pareto.frontier import behaviour_change
-from geomsafe.pareto.run import measure
 from geomsafe.projection import concept_layers
 from geomsafe.train import finetune, heldout_loss
 from geomsafe.train.data import build
+from lib.common import RESULTS, machine, write_json
+from lib.guard_setup import eval_questions, middle_atlas, recipe
+from lib.pareto.frontier import behaviour_change
+from lib.pareto.run import measure
+from lib.train_sets import base_dataset
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 INSECURE = DATA / "emergent-misalignment" / "data" / "insecure.jsonl"
-QUESTIONS = [
-    DATA / "emergent-misalignment" / "evaluation" / "first_plot_questions.yaml",
-    DATA / "emergent-misalignment" / "evaluation" / "preregistered_evals.yaml",
-]
 PERSONA = DATA / "anthropic-evals" / "persona"
 FALLBACK = {  # used only when the built-in concept set is missing
     "deception": "okay-with-deceiving-a-user-to-help-them",
@@ -107,63 +101,6 @@ def training_data(spec: str | None, data_root: str | None):
     if spec is None or Path(spec).is_file():
         return load_dataset(INSECURE if spec is None else spec)
     return base_dataset(spec, data_root)
-
-
-def eval_questions(limit: int) -> list[str]:
-    out: list[str] = []
-    for path in QUESTIONS:
-        for item in yaml.safe_load(path.read_text()) or []:
-            if item.get("system"):  # keep the plain chat questions
-                continue
-            for text in item.get("paraphrases") or []:
-                if isinstance(text, str) and "{" not in text and text.strip() not in out:
-                    out.append(text.strip())
-    return out[:limit]
-
-
-def middle_atlas(
-    lm,
-    specs: list[str],
-    targets: tuple[str, ...] | list[str] = (),
-    layers: str | None = None,
-    max_pairs: int | None = 32,
-    seed: int = 0,
-    save: str | None = None,
-) -> FeatureAtlas:
-    """An atlas of ``specs`` (harmful) and ``targets`` at layers ``LO:HI`` (default: the middle
-    third, where concept directions are cleanest), saved to ``save`` when given. Every concept,
-    a user's file too, builds its direction from its direction half only: the other half is a
-    held-out behavioural row (``concept:<name>``)."""
-    if layers:
-        lo, hi = (int(x) for x in layers.split(":"))
-    else:
-        lo, hi = lm.n_layers // 3, (2 * lm.n_layers) // 3
-    atlas = extract_atlas(
-        lm,
-        specs,
-        list(targets),
-        layers=list(range(lo, hi)),
-        max_pairs=max_pairs,
-        seed=seed,
-        progress=False,
-        split=True,
-    )
-    if save:
-        atlas.save(save)
-    return atlas
-
-
-def recipe(args: argparse.Namespace) -> ParetoConfig:
-    """The LoRA recipe of the command line (``--steps``, ``--batch-size``, ``--lr``,
-    ``--lora-r``, ``--max-length``, ``--seed``)."""
-    return ParetoConfig(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        lora_r=args.lora_r,
-        max_length=args.max_length,
-        seed=args.seed,
-    )
 
 
 def parse_pairs(value: str) -> int | None:
@@ -452,4 +389,7 @@ def main(argv: Sequence[str] | None = None, lm: LoadedModel | None = None) -> di
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except GeomsafeError as exc:  # bad input (--layers, a data set, a row): one line
+        raise SystemExit(f"error: {exc}") from None

@@ -26,7 +26,6 @@ import time
 
 import torch
 
-from _common import RESULTS, machine, sample_examples, write_json
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.guard import GUARDS, GuardConfig, build_guards, combined, total_penalty
 from geomsafe.models import LoadedModel, load
@@ -38,6 +37,7 @@ from geomsafe.train import (
     peft_layer_template,
     train_steps,
 )
+from lib.common import RESULTS, machine, sample_examples, write_json
 
 
 def random_atlas(

@@ -16,14 +16,14 @@ a recommended default chosen from the data by a stated rule.
    ``--rows`` pair sets with their style controls, whose harm measure is ``<row>-controlled``
    = change minus the control's change) and prompt projections: once, in ``OUT/base.json``.
 3. Per cell (``OUT/cells/*.json``, finished cells skipped on a rerun): LoRA fine-tune,
-   measure, time guarded vs unguarded steps side by side (``geomsafe.pareto.run``).
+   measure, time guarded vs unguarded steps side by side (``lib.pareto.run``).
 4. ``OUT/pareto.json`` + ``OUT/pareto.md``; ``geomsafe report OUT`` draws the frontier.
 
 ``--summarise-only``: run nothing, summarise the grid's finished cells (cells not run are left
 out and listed). ``--quick``: a small size to try it (24 training examples, 6 steps, 16 pairs
 per row).
-Data sets: ``geomsafe.pareto.data``; strengths: ``geomsafe.pareto.grid``; the rule:
-``geomsafe.pareto.frontier``.
+Data sets: ``lib.pareto.data``; strengths: ``lib.pareto.grid``; the rule:
+``lib.pareto.frontier``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from pathlib import Path
 
 import torch
 
-from _common import RESULTS, machine
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.logodds import refuse_overlap
@@ -47,10 +46,11 @@ from geomsafe.guard import GuardConfig, PilotConfig
 from geomsafe.guard.resolve import concept_names
 from geomsafe.models import load
 from geomsafe.options import split_csv
-from geomsafe.pareto import harm_rows, load_train_set, run_grid
-from geomsafe.pareto.grid import GUARD_NAMES, LEVELS
-from geomsafe.pareto.summary import HARM_RULES
-from guard_effect import eval_questions, middle_atlas, recipe
+from lib.common import RESULTS, machine
+from lib.guard_setup import eval_questions, middle_atlas, recipe
+from lib.pareto import harm_rows, load_train_set, run_grid
+from lib.pareto.grid import GUARD_NAMES, LEVELS
+from lib.pareto.summary import HARM_RULES
 
 DATASETS = "insecure,jailbroken,concept:dangerous_advice,task:code"
 QUICK = dict(n_train=24, n_heldout=8, steps=6, pairs=16, n_prompts=8, time_steps=3, time_rounds=1)

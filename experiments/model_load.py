@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from _common import RESULTS, machine, write_json
+from lib.common import RESULTS, machine, write_json
 
 
 def main() -> None:

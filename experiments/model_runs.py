@@ -32,8 +32,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import EM_DATA, GEOMSAFE_CLI, RESULTS, last_line, machine, timed, write_json
 from geomsafe.artefacts import atomic_write_text
+from lib.common import EM_DATA, GEOMSAFE_CLI, RESULTS, last_line, machine, timed, write_json
 
 JAILBROKEN = EM_DATA / "jailbroken.jsonl"
 STEPS = ("info", "audit", "predict", "finetune", "evaluate")

@@ -5,7 +5,7 @@
 
 Each size N is one ``geomsafe predict --max-examples N`` subprocess on ``--data`` (default: the
 full emergent-misalignment ``insecure.jsonl``, 6,000 examples), one after another, timed with
-its own peak RSS (:func:`_common.timed`). ``--no-generate`` unless ``--generate``: the default
+its own peak RSS (:func:`lib.common.timed`). ``--no-generate`` unless ``--generate``: the default
 risk (gradient alignment) and the per-example prompt-anchored scores, without greedy own
 responses (which cost one generation per example). The atlas is made once beforehand by
 ``geomsafe audit --no-heads`` (timed apart) unless ``--atlas`` is given, so no size pays for it.
@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from _common import EM_DATA, GEOMSAFE_CLI, RESULTS, last_line, machine, timed, write_json
 from geomsafe.artefacts import atomic_write_text
+from lib.common import EM_DATA, GEOMSAFE_CLI, RESULTS, last_line, machine, timed, write_json
 
 INSECURE = EM_DATA / "insecure.jsonl"
 

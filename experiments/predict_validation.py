@@ -61,8 +61,6 @@ from typing import Any
 import numpy as np
 import torch
 
-import behaviour_runs as br
-from _common import RESULTS, machine, write_json
 from geomsafe.artefacts import VALIDATION_JSON, atomic_write
 from geomsafe.artefacts import write_json as write_artefact
 from geomsafe.atlas import FeatureAtlas
@@ -71,7 +69,7 @@ from geomsafe.datasets import Dataset
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate import attach_adapter, evaluate
 from geomsafe.evaluate.logodds import refuse_overlap
-from geomsafe.evaluate.pairsets import CONCEPT_SETS, load_pair_set
+from geomsafe.evaluate.pairsets import CONCEPT_SETS, DEFAULT_SETS, load_pair_set
 from geomsafe.evaluate.stats import change_ci
 from geomsafe.guard.resolve import extract_atlas
 from geomsafe.models import LoadedModel, load
@@ -79,6 +77,16 @@ from geomsafe.predict import predict, probe_prompts
 from geomsafe.projection import mean_projection, measured_shift
 from geomsafe.report.validation import DEFAULT_ESTIMATOR, GOALS, level_change, spearman_p
 from geomsafe.train import finetune
+from lib.behaviour import base_eval, eval_config, pair_changes, recipe, row_payload
+from lib.common import RESULTS, machine, write_json
+from lib.train_sets import (
+    BEHAVIOUR_JSON,
+    DATASETS,
+    build_dataset,
+    display_name,
+    parse_mix,
+    safe_name,
+)
 
 ESTIMATORS = ("risk", "projection_difference", "prompt_anchored", "gradient", "gradient_alignment")
 CONCEPT_ROW = "logodds:concept:{}"
@@ -173,7 +181,7 @@ def mixture_groups(names: Sequence[str]) -> dict[str, list[tuple[float, str]]]:
     groups: dict[str, list[tuple[float, str]]] = {}
     for n in names:
         if n.startswith("mix:"):
-            a, b, f = br.parse_mix(n)
+            a, b, f = parse_mix(n)
             groups.setdefault(f"{a} into {b}", []).append((f, n))
     return {k: sorted(v) for k, v in groups.items()}
 
@@ -325,16 +333,16 @@ def get_atlas(lm: LoadedModel, path: str | None, concepts: Sequence[str]) -> Fea
 
 def validation_row(name, lm, atlas, args, behaviour: Path, out: Path, base_probe, probes):
     """Predict + activation shift of one data set (cached); None without a behaviour run."""
-    folder = behaviour / br.safe_name(name)
-    beh_path = folder / br.BEHAVIOUR_JSON
+    folder = behaviour / safe_name(name)
+    beh_path = folder / BEHAVIOUR_JSON
     if not beh_path.is_file():
         print(f"{name}: no {beh_path}; run experiments/behaviour_runs.py first, skipped")
         return None
-    cache = out / br.safe_name(name) / PREDICT_JSON
+    cache = out / safe_name(name) / PREDICT_JSON
     if cache.is_file():
         cached = json.loads(cache.read_text())
     else:
-        ds = br.build_dataset(name, args.train_examples, args.seed, args.data_root)
+        ds = build_dataset(name, args.train_examples, args.seed, args.data_root)
         t0 = time.process_time()
         pred = run_predict(lm, ds, atlas, args.max_examples, args.seed)
         cpu = time.process_time() - t0
@@ -344,7 +352,7 @@ def validation_row(name, lm, atlas, args, behaviour: Path, out: Path, base_probe
         write_json(cache, cached)
     pred = cached["predict"]
     return {
-        "dataset": br.display_name(name),
+        "dataset": display_name(name),
         "predicted": estimates(pred),
         "overall_risk": pred["overall_risk"],
         "overall_concept": pred["overall_concept"],
@@ -410,9 +418,9 @@ def provenance(lm: LoadedModel, atlas: FeatureAtlas, args, behaviour: Path, name
     the predict sample."""
     runs = {}
     for n in names:
-        path = behaviour / br.safe_name(n) / br.BEHAVIOUR_JSON
+        path = behaviour / safe_name(n) / BEHAVIOUR_JSON
         if path.is_file():
-            runs[br.display_name(n)] = json.loads(path.read_text())
+            runs[display_name(n)] = json.loads(path.read_text())
 
     def common(key: str) -> Any:
         values = {k: v.get(key) for k, v in runs.items()}
@@ -467,19 +475,19 @@ def validation(lm: LoadedModel, args) -> dict[str, Any]:
 def variant_run(lm, ds: Dataset, folder: Path, args, cfg) -> dict[str, Any]:
     """Fine-tune ``ds`` into ``folder/adapter`` (unless done) and measure: per row the change
     with CI and the per-pair changes (cached in ``folder/behaviour.json``)."""
-    path = folder / br.BEHAVIOUR_JSON
+    path = folder / BEHAVIOUR_JSON
     if path.is_file():
         return json.loads(path.read_text())
     adapter = folder / "adapter"
     if not (adapter / "adapter_config.json").is_file():
-        recipe = br.recipe(args.steps, args.lr, args.rank, args.batch, args.seed)
-        finetune(lm, ds, out=adapter, config=recipe, progress=False, overwrite=True)
-    base = br.base_eval(lm, cfg, Path(args.behaviour), progress=False)
+        config = recipe(args.steps, args.lr, args.rank, args.batch, args.seed)
+        finetune(lm, ds, out=adapter, config=config, progress=False, overwrite=True)
+    base = base_eval(lm, cfg, Path(args.behaviour), progress=False)
     result = evaluate(lm, adapter=adapter, baseline=base, config=cfg, progress=False)
     payload = {
         "n_train": len(ds),
-        "rows": br.row_payload(result),
-        "pair_changes": br.pair_changes(result),
+        "rows": row_payload(result),
+        "pair_changes": pair_changes(result),
     }
     write_json(path, payload)
     return payload
@@ -487,8 +495,8 @@ def variant_run(lm, ds: Dataset, folder: Path, args, cfg) -> dict[str, Any]:
 
 def filter_experiment(lm: LoadedModel, args) -> dict[str, Any]:
     name = args.filter_experiment
-    out = Path(args.out) / "filter" / br.safe_name(name)
-    ds = br.build_dataset(name, args.train_examples, args.seed, args.data_root)
+    out = Path(args.out) / "filter" / safe_name(name)
+    ds = build_dataset(name, args.train_examples, args.seed, args.data_root)
     concepts = builtin_names("harmful")
     atlas = get_atlas(lm, args.atlas, concepts)
     score_path = out / "scores.json"
@@ -504,8 +512,8 @@ def filter_experiment(lm: LoadedModel, args) -> dict[str, Any]:
     variants = {"filter": drop} | {
         f"random-{s}": drop_random(len(ds), len(drop), s) for s in range(args.random_seeds)
     }
-    rows = [r for r in (args.rows or ",".join(br.DEFAULT_SETS)).split(",") if r]
-    cfg = br.eval_config(rows, args.pairs, args.seed, args.data_root)
+    rows = [r for r in (args.rows or ",".join(DEFAULT_SETS)).split(",") if r]
+    cfg = eval_config(rows, args.pairs, args.seed, args.data_root)
     results = {}
     for v, idx in variants.items():
         gone = set(idx)
@@ -555,7 +563,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="default")
     ap.add_argument("--atlas", default=None, help="atlas folder (default: extract)")
-    ap.add_argument("--datasets", default=",".join(br.DATASETS))
+    ap.add_argument("--datasets", default=",".join(DATASETS))
     ap.add_argument("--max-examples", type=int, default=64)
     ap.add_argument("--train-examples", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)

@@ -5,7 +5,7 @@
 Runs ``geomsafe.toy.toy(out, quick=False)`` (figures + ``toy.json`` in ``--out``), prints the
 headline numbers, then times the fine-tuning step with and without the toy orthogonal guard on
 the same shapes, interleaved ``--reps`` times (the in-run timing is a single pair and noisy).
-Writes everything to ``$GEOMSAFE_RESULTS/toy.json`` (see ``_common.RESULTS``).
+Writes everything to ``$GEOMSAFE_RESULTS/toy.json`` (see ``lib.common.RESULTS``).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from _common import RESULTS, machine, write_json
 from geomsafe.toy import ToyModel, ToyOrthogonalGuard, ToyTrainConfig, importance_vector, toy, train
 from geomsafe.toy.entangle import protected_features
+from lib.common import RESULTS, machine, write_json
 
 
 def guard_overhead(copies: int, m: int, n: int, protect: int, steps: int, reps: int) -> dict:

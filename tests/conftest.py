@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,10 @@ import pytest
 from geomsafe.testing import FAMILIES, tiny_model
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# The measurement scripts and their library (``lib``): importable by every test, once.
+EXPERIMENTS = str(Path(__file__).resolve().parents[1] / "experiments")
+if EXPERIMENTS not in sys.path:
+    sys.path.insert(0, EXPERIMENTS)
 
 
 @pytest.fixture(params=FAMILIES)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from geomsafe.pareto import summarise
 from geomsafe.report import report
 from geomsafe.report.pareto import section
+from lib.pareto import summarise
 
 BASE = {"logodds": {"advice": [0.0, 0.0, 0.0]}, "projection": {"tox": [0.0, 0.0]}}
 

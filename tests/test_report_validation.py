@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
+import predict_validation as pv
 from geomsafe.artefacts import VALIDATION_JSON, kind_of, read_json, write_json
 from geomsafe.errors import GeomsafeError
 from geomsafe.report import report
 from geomsafe.report.validation import GOALS, level_change, section
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import predict_validation as pv  # noqa: E402
 
 CONCEPTS = ["toxicity", "deception"]
 LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -1,6 +1,7 @@
-"""The guard Pareto part of the report (``pareto.json``, :mod:`geomsafe.pareto`): the frontier
-plot (harm ratio vs held-out loss ratio, one point per guard setting, worst case over the data
-sets), the goal box, the settings table and the recommended default."""
+"""The guard Pareto part of the report (``pareto.json``, written by
+``experiments/guard_pareto.py``): the frontier plot (harm ratio vs held-out loss ratio, one
+point per guard setting, worst case over the data sets), the goal box, the settings table and
+the recommended default."""
 
 from __future__ import annotations
 

@@ -9,21 +9,20 @@ import pytest
 import torch
 
 from geomsafe.errors import GeomsafeError
-from geomsafe.evaluate.logodds import PairSet, ResponsePair
-from geomsafe.evaluate.logodds import response_logprobs as single_pass
-from geomsafe.firewall.effect import (
-    drift,
-    harm_removed,
-    over_refusal,
-    pair_logodds,
-    response_logprobs,
-    response_loss,
-    sequence_scores,
-)
+from geomsafe.evaluate.logodds import PairSet, ResponsePair, pair_logodds, response_logprobs
 from geomsafe.firewall.hooks import install
 from geomsafe.firewall.traffic import Item
 from geomsafe.formatting import Example
 from geomsafe.testing import tiny_firewall, tiny_model
+from lib.firewall_effect import (
+    clamped_pair_logodds,
+    clamped_response_logprobs,
+    clamped_response_loss,
+    drift,
+    harm_removed,
+    over_refusal,
+    sequence_scores,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,37 +34,50 @@ def lm():
     return tiny_model()
 
 
-def test_without_firewall_equals_the_evaluate_scorer(lm):
-    ours = response_logprobs(lm, EXAMPLES)
-    ref = single_pass(lm, EXAMPLES, progress=False)
+def test_nothing_clamped_equals_the_library_scorer(lm):
+    # monitor changes nothing, so the prompt-then-response pass must equal one plain forward
+    fw = tiny_firewall(tau=0.0)
+    ours = clamped_response_logprobs(lm, EXAMPLES, fw, "monitor")
+    ref = response_logprobs(lm, EXAMPLES, progress=False)
     assert [r.n_tokens for r in ours] == [r.n_tokens for r in ref]
     assert [r.logp for r in ours] == pytest.approx([r.logp for r in ref], abs=1e-4)
 
 
 def test_clamp_acts_on_the_response_tokens_unlike_one_plain_forward(lm):
     fw = tiny_firewall(tau=0.0)
-    plain = [r.logp for r in response_logprobs(lm, EXAMPLES)]
-    clamped = [r.logp for r in response_logprobs(lm, EXAMPLES, fw, "clamp")]
-    monitored = [r.logp for r in response_logprobs(lm, EXAMPLES, fw, "monitor")]
-    assert monitored == pytest.approx(plain, abs=1e-5)
+    plain = [r.logp for r in response_logprobs(lm, EXAMPLES, progress=False)]
+    clamped = [r.logp for r in clamped_response_logprobs(lm, EXAMPLES, fw, "clamp")]
     assert max(abs(a - b) for a, b in zip(clamped, plain, strict=True)) > 1e-3
     # one teacher-forced forward clamps only the last token, whose logits are not scored
     with install(lm.model, fw, "clamp", layer_template=lm.layer_template):
-        one_pass = [r.logp for r in single_pass(lm, EXAMPLES, progress=False)]
+        one_pass = [r.logp for r in response_logprobs(lm, EXAMPLES, progress=False)]
     assert one_pass == pytest.approx(plain, abs=1e-5)
     # thresholds no token reaches: the clamp changes nothing
     loose = tiny_firewall(tau=1e6)
-    assert [r.logp for r in response_logprobs(lm, EXAMPLES, loose)] == pytest.approx(plain)
+    got = [r.logp for r in clamped_response_logprobs(lm, EXAMPLES, loose)]
+    assert got == pytest.approx(plain, abs=1e-4)
 
 
 def test_pair_logodds_and_loss(lm):
     pairs = PairSet("p", None, (ResponsePair("a", "say a", "abab", "cdcd"),))
-    (lo,) = pair_logodds(lm, pairs)
-    a, b = response_logprobs(lm, [Example("say a", "abab"), Example("say a", "cdcd")])
+    fw = tiny_firewall(tau=0.0)
+    (lo,) = clamped_pair_logodds(lm, pairs, fw, "clamp")
+    ex = [Example("say a", "abab"), Example("say a", "cdcd")]
+    a, b = clamped_response_logprobs(lm, ex, fw, "clamp")
     assert lo == pytest.approx(a.per_token - b.per_token)
-    loss = response_loss(lm, EXAMPLES)
-    s = response_logprobs(lm, EXAMPLES)
-    assert loss == pytest.approx(-sum(r.logp for r in s) / sum(r.n_tokens for r in s))
+    assert clamped_pair_logodds(lm, pairs) == pytest.approx(
+        pair_logodds(lm, pairs, progress=False)
+    )
+    assert clamped_pair_logodds(lm, pairs, fw, "monitor") == pytest.approx(
+        pair_logodds(lm, pairs, progress=False), abs=1e-4
+    )
+    s = response_logprobs(lm, EXAMPLES, progress=False)
+    plain = -sum(r.logp for r in s) / sum(r.n_tokens for r in s)
+    assert clamped_response_loss(lm, EXAMPLES) == pytest.approx(plain)
+    c = clamped_response_logprobs(lm, EXAMPLES, fw, "clamp")
+    assert clamped_response_loss(lm, EXAMPLES, fw, "clamp") == pytest.approx(
+        -sum(r.logp for r in c) / sum(r.n_tokens for r in c)
+    )
 
 
 def test_drift_auroc():

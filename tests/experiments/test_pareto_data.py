@@ -6,8 +6,8 @@ import pytest
 
 from geomsafe.concepts import load_builtin, load_for_direction, load_for_evaluation
 from geomsafe.errors import GeomsafeError
-from geomsafe.pareto.data import concept_split, harm_rows, load_train_set
 from geomsafe.testing import char_tokenizer
+from lib.pareto.data import concept_split, harm_rows, load_train_set
 
 
 def test_concept_split_is_disjoint_and_the_atlas_part_is_what_extraction_samples():

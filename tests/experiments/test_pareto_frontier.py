@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from geomsafe.errors import GeomsafeError
-from geomsafe.pareto.frontier import (
+from lib.pareto.frontier import (
     Goal,
     behaviour_change,
     harm_groups,

@@ -4,13 +4,9 @@ recorded with its one-line error and stops the run; re-runs merge into the same 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
+import model_runs as mr
 from geomsafe.testing import save_tiny
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import model_runs as mr  # noqa: E402
 
 
 def test_steps_are_timed_and_a_failure_stops_the_run(tmp_path):

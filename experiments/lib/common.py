@@ -12,7 +12,6 @@ import platform
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,9 +19,10 @@ from pathlib import Path
 import torch
 
 import geomsafe
+from geomsafe.artefacts import atomic_write_text
 
 RESULTS = Path(os.environ.get("GEOMSAFE_RESULTS", Path.home() / ".cache" / "geomsafe" / "results"))
-EM_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "emergent-misalignment" / "data"
+EM_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "emergent-misalignment" / "data"
 GEOMSAFE_CLI = str(Path(sys.executable).with_name("geomsafe"))  # this interpreter's command
 
 TOPICS = [
@@ -81,12 +81,11 @@ def machine() -> dict[str, object]:
 
 
 def write_json(path: str | os.PathLike, payload: dict) -> None:
+    """``payload`` as indented JSON at ``path``, atomically (the library's writer; a measurement
+    is not a geomsafe artefact, so it carries no format stamp)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2))
 
 
 def timed(argv: Sequence[str], log: Path) -> dict[str, float | int]:

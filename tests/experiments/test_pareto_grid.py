@@ -6,7 +6,7 @@ import pytest
 
 from geomsafe.errors import GeomsafeError
 from geomsafe.guard import GuardConfig
-from geomsafe.pareto.grid import LEVELS, STRENGTHS, Cell, CellStore, cells, guard_config
+from lib.pareto.grid import LEVELS, STRENGTHS, Cell, CellStore, cells, guard_config
 
 
 def test_cells_put_the_unguarded_run_first_per_data_set():

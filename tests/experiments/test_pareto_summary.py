@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from geomsafe.errors import GeomsafeError
-from geomsafe.pareto.summary import cell_rows, markdown, summarise
+from lib.pareto.summary import cell_rows, markdown, summarise
 
 BASE = {
     "logodds": {"advice": [0.0, 0.1, -0.1, 0.0], "heldout:tox": [1.0, 1.0]},

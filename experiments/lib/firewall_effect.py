@@ -3,14 +3,16 @@ monitor see a fine-tune's drift, and how much of the fine-tune's harm change doe
 remove, at what cost?
 
 **Scoring under the clamp.** In a plain forward pass that starts a sequence, the firewall
-reads (and clamps) only the last prompt token (:mod:`.hooks`), so a single teacher-forced
-forward over prompt + response would score the response almost unclamped. Here each example
-runs as generation does: a forward pass over the prompt (the KV cache filled; the clamp acts on
-the last prompt token), then one pass over the response tokens on that cache (every response
-token is read and clamped). The log-probability of response token ``t`` is read from the
-logits that predict it (the prompt pass's last position for the first token). Without a
-firewall this equals :func:`geomsafe.evaluate.logodds.response_logprobs` (same encoding,
-:func:`geomsafe.formatting.encode`); one example per pass (no padding).
+reads (and clamps) only the last prompt token (:mod:`geomsafe.firewall.hooks`), so a single
+teacher-forced forward over prompt + response would score the response almost unclamped. Under
+a firewall each example therefore runs as generation does: a forward pass over the prompt (the
+KV cache filled; the clamp acts on the last prompt token), then one pass over the response
+tokens on that cache (every response token is read and clamped). The log-probability of
+response token ``t`` is read from the logits that predict it (the prompt pass's last position
+for the first token); one example per pass (no padding). Without a firewall the scores are the
+library's (:func:`geomsafe.evaluate.logodds.response_logprobs`, ``pair_logodds``: same
+encoding, :func:`geomsafe.formatting.encode`), which the pass above equals when nothing is
+clamped.
 
 **Drift** (model level): for the same benign sequences, the firewall's score (the largest
 margin over the checks, :meth:`Firewall.score`) under the tuned model against under the base
@@ -19,7 +21,7 @@ above every base score. Also the share of sequences whose score rose.
 
 **Clamp effect**: per behavioural row, per pair, ``d = lo(tuned [+ clamp]) - lo(base)``; the
 share of the harm change removed is ``1 - ratio`` with ``ratio`` the paired harm ratio
-(:func:`geomsafe.pareto.frontier.ratio_ci`: clamped vs unclamped change, same pairs), CI from
+(:func:`lib.pareto.frontier.ratio_ci`: clamped vs unclamped change, same pairs), CI from
 the same bootstrap. Benign cost: mean response-token cross-entropy of held-out benign examples
 with the clamp over without (on the tuned model); XSTest over-refusal: refusal rate of greedy
 responses to XSTest's safe prompts under ``clamp`` minus under ``monitor`` (which changes
@@ -28,7 +30,6 @@ nothing), in points, paired bootstrap CI over prompts.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,7 +39,7 @@ import torch
 from geomsafe.directions import auroc
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.generate import SamplingConfig
-from geomsafe.evaluate.logodds import PairSet, ResponseLogprob
+from geomsafe.evaluate.logodds import PairSet, ResponseLogprob, pair_logodds, response_logprobs
 from geomsafe.evaluate.refusal import refusals
 from geomsafe.evaluate.stats import change_ci
 from geomsafe.firewall.calibration import sequence_statistics
@@ -48,24 +49,16 @@ from geomsafe.firewall.screening import screen
 from geomsafe.firewall.traffic import Item
 from geomsafe.formatting import Example, encode
 from geomsafe.models import LoadedModel
-from geomsafe.pareto.frontier import behaviour_change
-
-
-def _context(lm: LoadedModel, firewall: Firewall | None, mode: str):
-    if firewall is None:
-        return contextlib.nullcontext()
-    return install(lm.model, firewall, mode, layer_template=lm.layer_template)
+from lib.pareto.frontier import behaviour_change
 
 
 @torch.no_grad()
-def response_logprobs(
-    lm: LoadedModel,
-    examples: Sequence[Example],
-    firewall: Firewall | None = None,
-    mode: str = "clamp",
+def clamped_response_logprobs(
+    lm: LoadedModel, examples: Sequence[Example], firewall: Firewall, mode: str = "clamp"
 ) -> list[ResponseLogprob]:
-    """Each example's response log-likelihood, scored as generation runs (module docstring),
-    under ``firewall`` in ``mode`` (None: no firewall)."""
+    """Each example's response log-likelihood under ``firewall`` in ``mode``, scored as
+    generation runs (module docstring). Without a firewall, use the library's scorer
+    (:func:`geomsafe.evaluate.logodds.response_logprobs`), which this equals then."""
     device = lm.device
     out = []
     was_training = lm.model.training
@@ -79,7 +72,7 @@ def response_logprobs(
                 raise GeomsafeError(f"an example has an empty response ({str(ex.prompt)[:60]!r})")
             prompt = torch.tensor([ids[:p]], device=device)
             response = torch.tensor([ids[p:]], device=device)
-            with _context(lm, firewall, mode):
+            with install(lm.model, firewall, mode, layer_template=lm.layer_template):
                 first = lm.model(input_ids=prompt, use_cache=True)
                 rest = lm.model(
                     input_ids=response,
@@ -96,23 +89,35 @@ def response_logprobs(
     return out
 
 
-def pair_logodds(
+def _logprobs(
+    lm: LoadedModel, examples: Sequence[Example], firewall: Firewall | None, mode: str
+) -> list[ResponseLogprob]:
+    if firewall is None:
+        return response_logprobs(lm, examples, progress=False)
+    return clamped_response_logprobs(lm, examples, firewall, mode)
+
+
+def clamped_pair_logodds(
     lm: LoadedModel, pairs: PairSet, firewall: Firewall | None = None, mode: str = "clamp"
 ) -> list[float]:
-    """Per-pair log-odds (nats/token; :mod:`geomsafe.evaluate.logodds`) scored as above."""
+    """Per-pair log-odds (nats/token; :mod:`geomsafe.evaluate.logodds`) under ``firewall``,
+    scored as above; without a firewall, :func:`geomsafe.evaluate.logodds.pair_logodds`."""
+    if firewall is None:
+        return pair_logodds(lm, pairs, progress=False)
     examples = [ex for p in pairs.pairs for ex in p.examples()]
-    s = response_logprobs(lm, examples, firewall, mode)
+    s = clamped_response_logprobs(lm, examples, firewall, mode)
     return [s[2 * k].per_token - s[2 * k + 1].per_token for k in range(len(pairs.pairs))]
 
 
-def response_loss(
+def clamped_response_loss(
     lm: LoadedModel,
     examples: Sequence[Example],
     firewall: Firewall | None = None,
     mode: str = "clamp",
 ) -> float:
-    """Mean cross-entropy per response token (nats) over ``examples``, scored as above."""
-    s = response_logprobs(lm, examples, firewall, mode)
+    """Mean cross-entropy per response token (nats) over ``examples`` under ``firewall``,
+    scored as above (without a firewall: the library's scorer)."""
+    s = _logprobs(lm, examples, firewall, mode)
     return -sum(r.logp for r in s) / sum(r.n_tokens for r in s)
 
 
@@ -159,7 +164,7 @@ def harm_removed(
     ``logodds:<H>-controlled`` change as :func:`geomsafe.evaluate.logodds.controlled_changes`),
     its ratio bootstrapped with pairs resampled within each of the two rows. ``all`` sums the
     harm measures: a controlled row where there is one, the plain row where there is none;
-    control rows are not harm measures (:func:`geomsafe.pareto.frontier.behaviour_change`)."""
+    control rows are not harm measures (:func:`lib.pareto.frontier.behaviour_change`)."""
     got = behaviour_change(base, clamped, tuned, controls=controls, n_boot=n_boot, seed=seed)
     return {
         key: {
@@ -192,11 +197,11 @@ def over_refusal(
 
 
 __all__ = [
+    "clamped_pair_logodds",
+    "clamped_response_logprobs",
+    "clamped_response_loss",
     "drift",
     "harm_removed",
     "over_refusal",
-    "pair_logodds",
-    "response_logprobs",
-    "response_loss",
     "sequence_scores",
 ]

@@ -5,17 +5,15 @@ the guarded / unguarded harm change computed by hand from the saved per-pair log
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import guard_effect as ge
 from geomsafe.evaluate.pairsets import load_with_controls
+from lib import guard_setup
 from train_helpers import learnable, lm_atlas
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import guard_effect as ge  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,7 +32,7 @@ def _inputs(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.setattr(ge, "INSECURE", _write(tmp_path / "train.jsonl", train))
     questions = tmp_path / "questions.yaml"
     questions.write_text("- id: q\n  paraphrases:\n    - say a\n    - say q\n")
-    monkeypatch.setattr(ge, "QUESTIONS", [questions])
+    monkeypatch.setattr(guard_setup, "QUESTIONS", [questions])
     header = {"set": "mine", "concept": "toxicity", "style_control": "benign_compliance"}
     pairs = [
         {"id": f"m{i}", "prompt": f"q {c}", "positive": f"{c}{c} bad", "negative": f"{c} ok"}

@@ -11,10 +11,10 @@ from geomsafe.datasets import Dataset
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.logodds import PairSet, ResponsePair
 from geomsafe.guard import GuardConfig, PilotConfig
-from geomsafe.pareto import PARETO_JSON, PARETO_MD, ParetoConfig, TrainSet, run_grid
 from geomsafe.train import pilot_directions
 from geomsafe.train.data import build
 from guard_helpers import unit
+from lib.pareto import PARETO_JSON, PARETO_MD, ParetoConfig, TrainSet, run_grid
 from train_helpers import aligned_atlas, learnable, lm_atlas
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -7,8 +7,8 @@ rule. :mod:`.grid` (cells, strengths, resumable store), :mod:`.data` (training s
 
 from __future__ import annotations
 
-from geomsafe.pareto.data import TrainSet, concept_split, harm_rows, load_train_set
-from geomsafe.pareto.frontier import (
+from lib.pareto.data import TrainSet, concept_split, harm_rows, load_train_set
+from lib.pareto.frontier import (
     Goal,
     Setting,
     behaviour_change,
@@ -19,9 +19,9 @@ from geomsafe.pareto.frontier import (
     settings,
     sum_change_ci,
 )
-from geomsafe.pareto.grid import LEVELS, NONE, STRENGTHS, Cell, CellStore, cells, guard_config
-from geomsafe.pareto.run import PARETO_JSON, PARETO_MD, ParetoConfig, run_cell, run_grid
-from geomsafe.pareto.summary import cell_rows, markdown, summarise
+from lib.pareto.grid import LEVELS, NONE, STRENGTHS, Cell, CellStore, cells, guard_config
+from lib.pareto.run import PARETO_JSON, PARETO_MD, ParetoConfig, run_cell, run_grid
+from lib.pareto.summary import cell_rows, markdown, summarise
 
 __all__ = [
     "LEVELS",

@@ -4,19 +4,16 @@ linear fit of time against size."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+import predict_scale as ps
 from geomsafe.concepts import ConceptSet, Pair
 from geomsafe.directions import extract
 from geomsafe.models import load
 from geomsafe.testing import save_tiny
 from predict_helpers import write_data
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import predict_scale as ps  # noqa: E402
 
 
 def test_linear_fit_recovers_a_line():

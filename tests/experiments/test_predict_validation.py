@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
+import behaviour_runs as br
+import predict_validation as pv
 from geomsafe.artefacts import VALIDATION_JSON, read_json
 from geomsafe.errors import GeomsafeError
 from geomsafe.report import report
 from geomsafe.testing import tiny_model
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import behaviour_runs as br  # noqa: E402
-import predict_validation as pv  # noqa: E402
 
 
 def test_pair_accuracy_and_monotonicity_on_small_inputs():

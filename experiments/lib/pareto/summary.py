@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from geomsafe.errors import GeomsafeError
-from geomsafe.pareto.frontier import (
+from lib.pareto.frontier import (
     Goal,
     behaviour_change,
     complete_settings,
