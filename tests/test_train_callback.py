@@ -230,10 +230,13 @@ def test_hooks_inside_the_checkpoint_are_refused_in_one_line(tmp_path, monkeypat
     assert any(not torch.allclose(silent[n], want[n], atol=1e-4) for n in want)
 
 
-def test_the_readme_example_trains_with_gradient_checkpointing(tmp_path):
+def test_the_readme_example_trains_with_gradient_checkpointing(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("trl_guard", EXAMPLE)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
+    missing = ["--atlas", str(tmp_path / "none"), "--data", "x.jsonl", "--out", str(tmp_path)]
+    assert example.main(missing) == 2  # bad input: one line, no traceback
+    assert capsys.readouterr().err.startswith("error: no atlas in ")
     lm = tiny_model("llama")
     trainer, callback = example.guarded_sft(
         lm,
