@@ -1,40 +1,91 @@
 from __future__ import annotations
 
+import importlib.util
 import types
+from pathlib import Path
 
 import pytest
 import torch
+import trl
+from datasets import Dataset
 from transformers import Trainer
 
 from geomsafe.errors import GeomsafeError
-from geomsafe.guard import GuardConfig, build_guards
+from geomsafe.guard import GUARDS
+from geomsafe.layers import decoder_blocks
 from geomsafe.testing import tiny_model
-from geomsafe.train import GuardCallback, GuardedTrainer, PadCollator, load_data, make_peft_model
+from geomsafe.train import GuardCallback, GuardedTrainer, PadCollator, load_data
 from geomsafe.train.callback import micro_batches
-from geomsafe.train.lora import peft_layer_template
 from geomsafe.train.trainer import GeometryCallback, quiet, training_arguments
-from guard_helpers import hooks
-from train_helpers import REPEAT, cfg, lm_atlas
+from guard_helpers import hooks, randomise_lora_b
+from train_helpers import (
+    CHECKPOINTING,
+    KINDS,
+    REPEAT,
+    GradCapture,
+    cfg,
+    checkpoint_around_call,
+    checkpointing_args,
+    guarded,
+    lm_atlas,
+    lora,
+)
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "docs" / "examples" / "trl_guard.py"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-KINDS = "orthogonal,ablate,projection"
 
-
-def lora(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
-
-
-def guarded(weight: float = 50.0, seed: int = 0):
-    """A fresh tiny peft model and its guards (orthogonal, ablate, projection; linear decay)."""
-    lm = tiny_model("llama", seed=seed)
-    config = cfg(seed=seed)
-    model = make_peft_model(lm.model, config)
-    gcfg = GuardConfig(
-        concepts=["toxicity", "deception"], weight=weight, schedule="linear_decay", layers=[1, 2]
+def sft_data(pairs=REPEAT) -> Dataset:
+    """Prompt-completion chat rows for TRL."""
+    return Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": p}],
+                "completion": [{"role": "assistant", "content": c}],
+            }
+            for p, c in pairs
+        ]
     )
-    guards = build_guards(KINDS, lm_atlas(lm), gcfg, peft_layer_template(lm))
-    return lm, model, guards
+
+
+def sft_config(out, **kw) -> trl.SFTConfig:
+    """A quiet CPU SFTConfig (batch 4, no clipping, no saving) with ``kw`` on top."""
+    base = dict(
+        output_dir=str(out),
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    return trl.SFTConfig(**{**base, **kw})
+
+
+def sft_step(tmp_path, kinds: str, mode: str):
+    """One SFTTrainer step (batch 4) of a tiny peft model (random LoRA B, so the penalty moves
+    A too) with ``kinds`` in a GuardCallback under checkpointing ``mode``: the callback's row,
+    the gradients before the optimiser step and the first block's attention calls."""
+    lm, model, guards = guarded(kinds=kinds)
+    randomise_lora_b(model)
+    callback, capture = GuardCallback(guards), GradCapture()
+    args = sft_config(
+        tmp_path / f"{kinds}-{mode}", max_steps=1, max_grad_norm=0.0, **checkpointing_args(mode)
+    )
+    trainer = trl.SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=sft_data(REPEAT[:4]),
+        processing_class=lm.tokenizer,
+        callbacks=[callback, capture],
+    )
+    trainer.train()
+    assert not model._forward_hooks and hooks(model) == [0, 0, 0]
+    return callback.rows[0], capture.grads[0], capture.attention_calls
 
 
 def run(tmp_path, how: str, grad_accum: int, scaled: bool, weight: float = 50.0):
@@ -114,39 +165,15 @@ def test_fp16_and_a_loss_that_ignores_the_outputs_are_errors(tmp_path):
 
 
 def test_sft_trainer_with_the_callback(tmp_path):
-    trl = pytest.importorskip("trl", reason="TRL is optional")
-    from datasets import Dataset
-
-    data = Dataset.from_list(
-        [
-            {
-                "prompt": [{"role": "user", "content": p}],
-                "completion": [{"role": "assistant", "content": c}],
-            }
-            for p, c in REPEAT
-        ]
-    )
     out = {}
     for weight in (0.0, 50.0):
         lm, model, guards = guarded(weight)
         callback = GuardCallback(guards)
-        args = trl.SFTConfig(
-            output_dir=str(tmp_path / f"sft{weight}"),
-            max_steps=3,
-            per_device_train_batch_size=4,
-            learning_rate=1e-2,
-            report_to=[],
-            use_cpu=True,
-            save_strategy="no",
-            logging_steps=1,
-            disable_tqdm=True,
-            dataloader_num_workers=0,
-            seed=0,
-        )
+        args = sft_config(tmp_path / f"sft{weight}", max_steps=3)
         trainer = trl.SFTTrainer(
             model=model,
             args=args,
-            train_dataset=data,
+            train_dataset=sft_data(),
             processing_class=lm.tokenizer,
             callbacks=[callback],
         )
@@ -159,3 +186,72 @@ def test_sft_trainer_with_the_callback(tmp_path):
     assert all(f"{k}/proj/toxicity" in rows[-1] for k in KINDS.split(","))
     weights, free = out[50.0][0], out[0.0][0]
     assert any(not torch.allclose(weights[n], free[n], atol=1e-4) for n in weights)
+
+
+@pytest.fixture(scope="module")
+def unguarded_sft(tmp_path_factory, one_thread):
+    """The gradients of :func:`sft_step` without guards."""
+    return sft_step(tmp_path_factory.mktemp("unguarded"), "", "off")[1]
+
+
+@pytest.mark.parametrize("kind", list(GUARDS))
+def test_sft_trainer_gives_the_same_step_with_gradient_checkpointing(tmp_path, kind, unguarded_sft):
+    free = unguarded_sft
+    want_row, want, calls = sft_step(tmp_path, kind, "off")
+    guard = GUARDS[kind]
+    changes_gradients = guard.modifies or guard.keep_graph
+    assert (want_row["penalty"] > 0) == guard.keep_graph
+    moved = any(not torch.allclose(want[n], free[n], atol=1e-4) for n in want)
+    assert moved == changes_gradients  # the guard's own effect on the gradients: can fail
+    for mode in CHECKPOINTING[1:]:
+        row, grads, recomputed = sft_step(tmp_path, kind, mode)
+        assert recomputed == calls + 1  # the backward pass re-ran the first block: it is on
+        assert row["penalty"] == pytest.approx(want_row["penalty"], rel=1e-5, abs=1e-9)
+        assert row["loss"] == pytest.approx(want_row["loss"], rel=1e-5)
+        assert grads.keys() == want.keys()
+        for name, value in want.items():
+            torch.testing.assert_close(grads[name], value, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_hooks_inside_the_checkpoint_are_refused_in_one_line(tmp_path, monkeypatch):
+    _, model, _ = guarded()
+    block_class = type(decoder_blocks(model)[0])
+    _, want, _ = sft_step(tmp_path, "ablate", "off")
+    monkeypatch.setattr(block_class, "__call__", checkpoint_around_call, raising=False)
+    _, grads, _ = sft_step(tmp_path, "ablate", "off")  # no checkpointing: served
+    torch.testing.assert_close(grads, want)
+    for mode in CHECKPOINTING[1:]:
+        with pytest.raises(GeomsafeError, match=f"^GuardCallback: {mode} activation") as err:
+            sft_step(tmp_path, "ablate", mode)
+        assert "\n" not in str(err.value) and block_class.__name__ in str(err.value)
+    # what the refusal prevents: the recomputation runs without the ablation's hook
+    monkeypatch.setattr("geomsafe.train.callback.check_checkpointing", lambda *a: None)
+    _, silent, _ = sft_step(tmp_path, "ablate", "reentrant")
+    assert any(not torch.allclose(silent[n], want[n], atol=1e-4) for n in want)
+
+
+def test_the_readme_example_trains_with_gradient_checkpointing(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("trl_guard", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    missing = ["--atlas", str(tmp_path / "none"), "--data", "x.jsonl", "--out", str(tmp_path)]
+    assert example.main(missing) == 2  # bad input: one line, no traceback
+    assert capsys.readouterr().err.startswith("error: no atlas in ")
+    lm = tiny_model("llama")
+    trainer, callback = example.guarded_sft(
+        lm,
+        lm_atlas(lm),
+        sft_data(REPEAT[:4]),
+        str(tmp_path / "example"),
+        guard="projection",
+        concepts=["toxicity"],
+        max_steps=2,
+        per_device_train_batch_size=2,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    assert trainer.args.gradient_checkpointing
+    assert [r["step"] for r in callback.rows] == [1, 2]
+    assert callback.rows[-1]["penalty"] > 0 and "proj/toxicity" in callback.rows[-1]

@@ -5,11 +5,32 @@ import contextlib
 import pytest
 import torch
 
-from geomsafe.guard import Guard, GuardConfig
+from geomsafe.errors import GeomsafeError
+from geomsafe.guard import GUARDS, Guard, GuardConfig
 from geomsafe.layers import decoder_blocks
 from geomsafe.testing import tiny_model
-from geomsafe.train import PadCollator, finetune, heldout_loss, load_data, make_peft_model
-from train_helpers import REPEAT, StandIn, cfg, lm_atlas
+from geomsafe.train import (
+    GeometryCallback,
+    GuardedTrainer,
+    PadCollator,
+    finetune,
+    heldout_loss,
+    load_data,
+    make_peft_model,
+)
+from geomsafe.train.trainer import quiet, training_arguments
+from guard_helpers import hooks, randomise_lora_b
+from train_helpers import (
+    CHECKPOINTING,
+    REPEAT,
+    GradCapture,
+    StandIn,
+    cfg,
+    checkpoint_around_call,
+    checkpointing_args,
+    guarded,
+    lm_atlas,
+)
 
 
 class Probe(Guard):
@@ -110,3 +131,63 @@ def test_pad_collator_pads_right():
     assert batch["input_ids"].tolist() == [[5, 6, 7, 0], [8, 0, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7, -100], [8, -100, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
+
+
+def guarded_step(tmp_path, kinds: str, mode: str):
+    """One GuardedTrainer step (batch 4) of a tiny peft model (random LoRA B) with ``kinds``
+    under activation checkpointing ``mode``: the geometry row, the gradients before the
+    optimiser step and the first block's attention calls."""
+    lm, model, guards = guarded(kinds=kinds)
+    randomise_lora_b(model)
+    features = load_data(REPEAT[:4], lm.tokenizer).features
+    config = cfg(max_steps=1, max_grad_norm=0.0, extra_args=checkpointing_args(mode))
+    args = training_arguments(config, tmp_path / f"{kinds}-{mode}", save=False)
+    geometry, capture = GeometryCallback(), GradCapture()
+    trainer = GuardedTrainer(
+        model=model,
+        args=args,
+        train_dataset=features,
+        data_collator=PadCollator(0),
+        callbacks=[geometry, capture],
+        guards=guards,
+    )
+    geometry.trainer = trainer
+    quiet(trainer)
+    trainer.train()
+    assert hooks(model) == [0, 0, 0]
+    return geometry.rows[0], capture.grads[0], capture.attention_calls
+
+
+@pytest.fixture(scope="module")
+def unguarded(tmp_path_factory, one_thread):
+    """The gradients of :func:`guarded_step` without guards."""
+    return guarded_step(tmp_path_factory.mktemp("unguarded"), "", "off")[1]
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("kind", list(GUARDS))
+def test_guarded_trainer_gives_the_same_step_with_gradient_checkpointing(tmp_path, kind, unguarded):
+    free = unguarded
+    want_row, want, calls = guarded_step(tmp_path, kind, "off")
+    guard = GUARDS[kind]
+    assert (want_row["penalty"] > 0) == guard.keep_graph
+    moved = any(not torch.allclose(want[n], free[n], atol=1e-4) for n in want)
+    assert moved == (guard.modifies or guard.keep_graph)
+    for mode in CHECKPOINTING[1:]:
+        row, grads, recomputed = guarded_step(tmp_path, kind, mode)
+        assert recomputed == calls + 1  # the backward pass re-ran the first block: it is on
+        assert row["penalty"] == pytest.approx(want_row["penalty"], rel=1e-5, abs=1e-9)
+        assert row["loss"] == pytest.approx(want_row["loss"], rel=1e-5)
+        assert grads.keys() == want.keys()
+        for name, value in want.items():
+            torch.testing.assert_close(grads[name], value, atol=1e-5, rtol=1e-5, msg=name)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_guarded_trainer_refuses_hooks_inside_the_checkpoint(tmp_path, monkeypatch):
+    _, model, _ = guarded()
+    block_class = type(decoder_blocks(model)[0])
+    monkeypatch.setattr(block_class, "__call__", checkpoint_around_call, raising=False)
+    for mode in CHECKPOINTING[1:]:
+        with pytest.raises(GeomsafeError, match=f"^GuardedTrainer: {mode} activation"):
+            guarded_step(tmp_path, "projection", mode)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 
 import torch
+from torch import nn
+from transformers import TrainerCallback
 
 from geomsafe.atlas import FeatureAtlas
-from geomsafe.guard import Guard
+from geomsafe.guard import Guard, GuardConfig, build_guards
+from geomsafe.layers import decoder_blocks
 from geomsafe.models import LoadedModel
 from geomsafe.testing import tiny_model
-from geomsafe.train import TrainConfig
+from geomsafe.train import TrainConfig, make_peft_model
+from geomsafe.train.lora import peft_layer_template
 from guard_helpers import random_atlas, unit
 
 REPEAT = [("say a", "abab abab abab"), ("say b", "bcbc bcbc bcbc"), ("say c", "cdcd cdcd")] * 4
@@ -86,3 +91,68 @@ class StandIn(Guard):
 
     def log(self):
         return {"penalty": self.weight * self.last, "lora_sq": self.last}
+
+
+CHECKPOINTING = ("off", "reentrant", "non-reentrant")
+
+
+def checkpointing_args(mode: str) -> dict:
+    """TrainingArguments / SFTConfig keywords for activation checkpointing ``mode`` (TRL's
+    SFTConfig turns it on by default: "off" says so)."""
+    if mode == "off":
+        return dict(gradient_checkpointing=False)
+    kwargs = {"use_reentrant": mode == "reentrant"}
+    return dict(gradient_checkpointing=True, gradient_checkpointing_kwargs=kwargs)
+
+
+class GradCapture(TrainerCallback):
+    """The trainable parameters' gradients before each optimiser step, and how many times the
+    first decoder block's attention ran (twice a forward under activation checkpointing: the
+    backward pass recomputes it)."""
+
+    def __init__(self) -> None:
+        self.grads: list[dict[str, torch.Tensor]] = []
+        self.attention_calls = 0
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        attention = decoder_blocks(model)[0].self_attn
+        self.handle = attention.register_forward_hook(self._count)
+
+    def _count(self, *_args) -> None:
+        self.attention_calls += 1
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.handle.remove()
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        named = model.named_parameters()
+        self.grads.append({n: p.grad.detach().clone() for n, p in named if p.grad is not None})
+
+
+KINDS = "orthogonal,ablate,projection"
+
+
+def lora(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+def guarded(weight: float = 50.0, seed: int = 0, kinds: str = KINDS):
+    """A fresh tiny peft model and its guards (default: orthogonal, ablate, projection; linear
+    decay)."""
+    lm = tiny_model("llama", seed=seed)
+    config = cfg(seed=seed)
+    model = make_peft_model(lm.model, config)
+    gcfg = GuardConfig(
+        concepts=["toxicity", "deception"], weight=weight, schedule="linear_decay", layers=[1, 2]
+    )
+    guards = build_guards(kinds, lm_atlas(lm), gcfg, peft_layer_template(lm))
+    return lm, model, guards
+
+
+def checkpoint_around_call(self, *args, **kwargs):
+    """A decoder block's ``__call__`` that checkpoints ``nn.Module.__call__`` (its forward hooks
+    inside the checkpoint), as transformers 4.5x's ``GradientCheckpointingLayer`` did."""
+    if self.gradient_checkpointing and self.training:
+        call = partial(nn.Module.__call__, self, **kwargs)
+        return self._gradient_checkpointing_func(call, *args)
+    return nn.Module.__call__(self, *args, **kwargs)

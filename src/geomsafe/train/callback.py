@@ -40,6 +40,11 @@ A callback cannot change the loss that the Trainer computes, so it works through
   the micro-batches like the Trainer's), ``penalty`` (sum over the micro-batches of
   ``penalty / m``), and every guard's log as ``<guard>/<key>`` and ``<key>``.
 
+Activation checkpointing (``gradient_checkpointing``, reentrant or not) is served where the
+guards' layer hooks run outside the checkpoint (transformers 5's ``GradientCheckpointingLayer``):
+the penalty and the gradients are those without it. Other layouts are refused at train start
+(:mod:`geomsafe.train.checkpointing`).
+
 Limits: mixed precision ``fp16`` (a loss scaler, whose scale the injected gradient would miss)
 is refused: use bf16 or :class:`GuardedTrainer`. Forwards without gradients (evaluation, a
 second metrics-only forward) are left alone. If a training forward raises, its guard hooks
@@ -60,6 +65,7 @@ from transformers import TrainerCallback
 from geomsafe import hooks
 from geomsafe.errors import GeomsafeError
 from geomsafe.guard import Guard, MonitorGuard, begin_steps, combined, step_logs, total_penalty
+from geomsafe.train.checkpointing import check_checkpointing
 
 
 def micro_batches(step: int, accumulation: int, n_batches: int | None) -> int:
@@ -158,6 +164,7 @@ class GuardCallback(TrainerCallback):
             )
         if model is None:
             raise GeomsafeError("GuardCallback: the Trainer passed no model to the callback")
+        check_checkpointing(self.installed, model, "GuardCallback")
         self._remove_hooks()
         self._accumulation = int(args.gradient_accumulation_steps)
         try:

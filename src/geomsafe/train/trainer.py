@@ -4,7 +4,9 @@
 - :class:`GuardedTrainer` installs its guards and its projection monitor
   (:class:`~geomsafe.guard.MonitorGuard`) around the training forward pass (atlas guards share
   one forward hook per guarded layer), adds the guards' penalties to the task loss before
-  backward, and records the per-step loss and penalty.
+  backward, and records the per-step loss and penalty. Activation checkpointing is served
+  where the guards' hooks run outside the checkpoint, and refused at train start elsewhere
+  (:mod:`geomsafe.train.checkpointing`).
 - :class:`GeometryCallback` sets every guard's scheduled strength before each optimiser step
   (``begin_step``), calls its ``after_step`` after it, times the step and appends one row per
   step to the geometry log (and to
@@ -41,6 +43,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from geomsafe import distributed
 from geomsafe.artefacts import GEOMETRY_LOG, atomic_write
 from geomsafe.guard import Guard, MonitorGuard, begin_steps, combined, step_logs, total_penalty
+from geomsafe.train.checkpointing import check_checkpointing
 from geomsafe.train.config import TrainConfig
 from geomsafe.train.data import IGNORE_INDEX
 
@@ -83,6 +86,7 @@ class GuardedTrainer(Trainer):
         self.monitor = monitor
         self._task: list[Tensor] = []
         self._penalty: list[Tensor] = []
+        self.add_callback(_CheckCheckpointing(self))
 
     @property
     def installed(self) -> list[Guard]:
@@ -142,6 +146,18 @@ class GuardedTrainer(Trainer):
         if self.monitor is not None:
             out.update(self.monitor.log())
         return out
+
+
+class _CheckCheckpointing(TrainerCallback):
+    """Refuses, at train start, activation checkpointing that the guards cannot serve."""
+
+    def __init__(self, trainer: GuardedTrainer) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        trainer = self.trainer
+        net = trainer.accelerator.unwrap_model(model if model is not None else trainer.model)
+        check_checkpointing(trainer.installed, net, "GuardedTrainer")
 
 
 @dataclass
