@@ -14,8 +14,24 @@ from geomsafe.cli.finetune import finetune as finetune_cmd
 from geomsafe.config import help_of
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate import EvalConfig
-from geomsafe.guard import GuardConfig
+from geomsafe.evaluate.generate import SamplingConfig
+from geomsafe.firewall.calibration import CalibrationConfig
+from geomsafe.guard import GuardConfig, PilotConfig
+from geomsafe.predict import PredictConfig
 from geomsafe.train import TrainConfig
+
+# every config of the library (the toy's are the experiment's, see geomsafe.toy)
+CONFIGS = (
+    AuditConfig,
+    BenchConfig,
+    CalibrationConfig,
+    EvalConfig,
+    GuardConfig,
+    PilotConfig,
+    PredictConfig,
+    SamplingConfig,
+    TrainConfig,
+)
 
 
 def _defaults(command) -> dict:
@@ -32,7 +48,7 @@ def test_cli_defaults_are_the_dataclass_defaults():
     for name in ("n_prompts", "samples_per_prompt", "max_new_tokens", "n_boot", "seed"):
         assert evaluate[name] == getattr(cfg, name), name
     finetune, train = _defaults(finetune_cmd), TrainConfig()
-    assert finetune["lr"] == train.learning_rate
+    assert finetune["learning_rate"] == train.learning_rate
     for name in ("epochs", "max_steps", "batch_size", "grad_accum", "max_length", "lora_r"):
         assert finetune[name] == getattr(train, name), name
     assert finetune["save_steps"] == train.save_steps and finetune["seed"] == train.seed
@@ -79,3 +95,44 @@ def test_every_config_checks_itself_when_made():
         TrainConfig().with_options(lr=1)
     assert TrainConfig().with_options(max_steps=3).max_steps == 3
     assert BenchConfig().with_options(steps=2).steps == 2
+
+
+@pytest.mark.parametrize("cls", CONFIGS, ids=lambda c: c.__name__)
+def test_every_config_field_has_help_and_the_class_checks_itself(cls):
+    for f in dataclasses.fields(cls):
+        assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
+    assert "__post_init__" in vars(cls), cls.__name__
+    cls()  # the defaults are valid
+
+
+@pytest.mark.parametrize(
+    ("cls", "bad"),
+    [
+        (SamplingConfig, {"top_p": 0.0}),
+        (SamplingConfig, {"samples_per_prompt": 0}),
+        (PilotConfig, {"pcs": 0}),
+        (CalibrationConfig, {"fpr": 1.0}),
+        (PredictConfig, {"n_boot": 0}),
+    ],
+)
+def test_bad_values_raise_at_construction_in_one_line(cls, bad):
+    with pytest.raises(GeomsafeError) as err:
+        cls(**bad)
+    assert next(iter(bad)) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("config", "command"),
+    [
+        (AuditConfig(), "audit"),
+        (BenchConfig(), "bench"),
+        (CalibrationConfig(), "calibration"),
+        (EvalConfig(), "evaluate"),
+        (PredictConfig(), "predict"),
+        (TrainConfig(), "finetune"),
+    ],
+)
+def test_with_options_is_the_shared_one(config, command):
+    with pytest.raises(GeomsafeError, match=f"unknown {command} option"):
+        config.with_options(nosuch=1)
+    assert config.with_options(seed=7).seed == 7 and config.seed == 0

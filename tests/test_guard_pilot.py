@@ -100,19 +100,19 @@ def test_select_per_layer_concepts_allow_and_guards_on_the_result(tmp_path):
 def test_bad_pilot_input():
     atlas = random_atlas()
     base = {1: anisotropic()}
-    for config, message in [
-        (PilotConfig(steps=0), "pilot steps"),
-        (PilotConfig(heldout=2), "heldout"),
-        (PilotConfig(alpha=1.0), "alpha"),
+    for bad, message in [  # a bad config fails where it is made
+        ({"steps": 0}, "pilot steps"),
+        ({"heldout": 2}, "heldout"),
+        ({"alpha": 1.0}, "alpha"),
     ]:
         with pytest.raises(GeomsafeError, match=message):
-            select_shifts(base, base, atlas, ["tox"], config)
+            PilotConfig(**bad)
     with pytest.raises(GeomsafeError, match="different layers"):
         select_shifts(base, {2: base[1]}, atlas, ["tox"])
     with pytest.raises(GeomsafeError, match="N >= 4"):
         select_shifts({1: base[1][:3]}, {1: base[1][:3]}, atlas, ["tox"])
     with pytest.raises(GeomsafeError, match="pilot"):
-        GuardConfig(pilot=PilotConfig(pcs=0)).validate()
+        GuardConfig(pilot=PilotConfig(pcs=0))
     with pytest.raises(GeomsafeError, match="guard source"):
         GuardConfig(source="sae").validate()
 

@@ -165,9 +165,9 @@ def test_guard_projection_is_exact():
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="n_hidden < n_features"):
+    with pytest.raises(GeomsafeError, match="n_hidden < n_features"):
         EntangleConfig(n_features=4, n_hidden=4)
-    with pytest.raises(ValueError, match="protect"):
+    with pytest.raises(GeomsafeError, match="protect"):
         EntangleConfig(n_hidden=3, protect=3)
 
 

@@ -8,6 +8,7 @@ from the same fields (:func:`default_of`, :func:`help_of`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any, TypeVar
 
@@ -17,11 +18,12 @@ C = TypeVar("C")
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:
-    """A dataclass field with its help text (peft style ``metadata={"help": ...}``)."""
-    if isinstance(default, (list, dict, set)):
+    """A dataclass field with its help text (peft style ``metadata={"help": ...}``). A mutable
+    default (a list, dict, set or a non-frozen dataclass) is copied for every instance."""
+    if default is not dataclasses.MISSING and getattr(type(default), "__hash__", None) is None:
         value = default
         return dataclasses.field(
-            default_factory=lambda: type(value)(value), metadata={"help": help}, **kwargs
+            default_factory=lambda: copy.deepcopy(value), metadata={"help": help}, **kwargs
         )
     return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
 
@@ -63,4 +65,65 @@ def at_least(config: Any, low: float, *names: str, allow_none: bool = False) -> 
         require(value >= low, f"{name} must be >= {low:g}, not {value}")
 
 
-__all__ = ["at_least", "default_of", "help_of", "option", "require", "with_options"]
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise GeomsafeError(f"{name} must be a number, not {value!r}")
+    return value
+
+
+def above(config: Any, low: float, *names: str) -> None:
+    """Every field in ``names`` is a number ``> low``."""
+    for name in names:
+        value = _number(name, getattr(config, name))
+        require(value > low, f"{name} must be > {low:g}, not {value}")
+
+
+def in_range(
+    config: Any,
+    name: str,
+    low: float,
+    high: float,
+    *,
+    open_low: bool = False,
+    open_high: bool = False,
+) -> None:
+    """Field ``name`` is a number in ``[low, high]`` (``(`` / ``)`` where open)."""
+    value = _number(name, getattr(config, name))
+    ok = (value > low if open_low else value >= low) and (
+        value < high if open_high else value <= high
+    )
+    shown = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+    require(ok, f"{name} must be in {shown}, not {value}")
+
+
+def integers(config: Any, low: int, *names: str, allow_none: bool = False) -> None:
+    """Every field in ``names`` is an integer ``>= low`` (or None when ``allow_none``)."""
+    for name in names:
+        value = getattr(config, name)
+        if value is None and allow_none:
+            continue
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+        require(ok, f"{name} must be an integer >= {low}, not {value!r}")
+
+
+def one_of(config: Any, name: str, choices: Any, what: str | None = None) -> None:
+    """Field ``name`` is one of ``choices`` (one line naming them otherwise)."""
+    value = getattr(config, name)
+    require(
+        value in choices,
+        f"{what or name} must be one of {', '.join(choices)}, not {value!r}",
+    )
+
+
+__all__ = [
+    "above",
+    "at_least",
+    "default_of",
+    "help_of",
+    "in_range",
+    "integers",
+    "one_of",
+    "option",
+    "require",
+    "with_options",
+]

@@ -6,10 +6,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from geomsafe.capture import TOKEN_RULES
 from geomsafe.config import at_least, option, require, with_options
 from geomsafe.options import parse_layers, split_csv
-
-TOKEN_RULES = ("response", "prompt", "last", "all")
 
 
 @dataclass(frozen=True)

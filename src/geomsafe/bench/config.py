@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from geomsafe.config import with_options
+from geomsafe.config import at_least, option, require, with_options
 from geomsafe.errors import GeomsafeError
 
 BENIGN_TASKS = ("factual_qa", "instruction_following", "code", "summarisation")
@@ -21,28 +21,39 @@ class BenchConfig:
     same prompts, give the task's direction (its overlap score) and predicted shift.
     """
 
-    tasks: tuple[str, ...] = BENIGN_TASKS + HARMFUL_TASKS
-    guard: str = "projection"  # the guard set of the guarded runs ("" or "none": no guarded run)
-    n_train: int = 160  # training examples per task
-    steps: int = 40  # optimiser steps per fine-tune
-    batch_size: int = 4
-    learning_rate: float = 1e-3
-    lora_r: int = 8
-    max_length: int = 256  # tokens per training example (longer ones are truncated)
-    concept_pairs: int = 64  # pairs per harmful concept for the atlas
-    n_direction: int = 48  # examples per task for its direction and predicted shift
-    own_max_new_tokens: int = 48  # tokens of the model's own responses
-    n_shift_prompts: int = 48  # probe prompts of the measured shift
-    n_prompts: int = 60  # evaluation prompts (toxic-output rate)
-    samples_per_prompt: int = 2
-    eval_max_new_tokens: int = 48
-    n_xstest: int = 30  # XSTest safe prompts for over-refusal (0: skip)
-    n_probe: int = 0  # persona statements per trait (0: none)
-    n_boot: int = 1000
-    shift_concept: str = "toxicity"  # the concept of the table's shift columns
-    seed: int = 0
-    data_root: str | None = None  # public data (default: $GEOMSAFE_DATA or ../shared/data)
-    extra: dict[str, Any] = field(default_factory=dict)
+    tasks: tuple[str, ...] = option(
+        BENIGN_TASKS + HARMFUL_TASKS,
+        "Comma-separated tasks (built-in: factual_qa, instruction_following, code, "
+        "summarisation; public: insecure, jailbroken, insecure_small, secure_small; or "
+        "NAME=FILE.jsonl).",
+    )
+    guard: str = option(
+        "projection",
+        "Guard set of the guarded runs, e.g. projection or orthogonal,steer; 'none' for "
+        "unguarded runs only.",
+    )
+    n_train: int = option(160, "Training examples per task.")
+    steps: int = option(40, "Optimiser steps per fine-tune.")
+    batch_size: int = option(4, "Training examples per step.")
+    learning_rate: float = option(1e-3, "Learning rate.")
+    lora_r: int = option(8, "LoRA rank.")
+    max_length: int = option(256, "Tokens per training example (longer ones are truncated).")
+    concept_pairs: int = option(64, "Pairs per harmful concept for the atlas.")
+    n_direction: int = option(48, "Examples per task for its direction and predicted shift.")
+    own_max_new_tokens: int = option(48, "Tokens of the model's own responses.")
+    n_shift_prompts: int = option(48, "Probe prompts of the measured shift.")
+    n_prompts: int = option(60, "Evaluation prompts for the toxic-output rate.")
+    samples_per_prompt: int = option(2, "Samples per prompt.")
+    eval_max_new_tokens: int = option(48, "Tokens per sampled evaluation response.")
+    n_xstest: int = option(30, "XSTest safe prompts for over-refusal (0: skip).")
+    n_probe: int = option(0, "Persona statements per trait (0: none).")
+    n_boot: int = option(1000, "Bootstrap resamples of every CI.")
+    shift_concept: str = option("toxicity", "The concept of the table's shift columns.")
+    seed: int = option(0, "Seed of sampling, training and evaluation.")
+    data_root: str | None = option(
+        None, "Public data folder (default: $GEOMSAFE_DATA or ../shared/data)."
+    )
+    extra: dict[str, Any] = option({}, "Extra settings recorded with the run.")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -52,16 +63,13 @@ class BenchConfig:
         return with_options(self, "bench", **options)
 
     def validate(self) -> BenchConfig:
-        for name in ("n_train", "steps", "batch_size", "concept_pairs", "n_direction"):
-            if getattr(self, name) < 1:
-                raise GeomsafeError(f"bench: {name} must be >= 1, not {getattr(self, name)}")
-        for name in ("n_shift_prompts", "n_prompts", "samples_per_prompt"):
-            if getattr(self, name) < 1:
-                raise GeomsafeError(f"bench: {name} must be >= 1, not {getattr(self, name)}")
-        if not self.tasks:
-            raise GeomsafeError("bench: no tasks")
-        if len(set(self.tasks)) != len(self.tasks):
-            raise GeomsafeError(f"bench: duplicate tasks in {','.join(self.tasks)}")
+        at_least(self, 1, "n_train", "steps", "batch_size", "concept_pairs", "n_direction")
+        at_least(self, 1, "n_shift_prompts", "n_prompts", "samples_per_prompt")
+        require(bool(self.tasks), "bench: no tasks")
+        require(
+            len(set(self.tasks)) == len(self.tasks),
+            f"bench: duplicate tasks in {','.join(self.tasks)}",
+        )
         return self
 
     @property

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from geomsafe.audit import AuditConfig, AuditResult, audit
-from geomsafe.audit.config import TOKEN_RULES
-from geomsafe.cli.common import config_option, model_option, print_table
+from geomsafe.capture import TOKEN_RULES
+from geomsafe.cli.common import common_options, config_option, model_option, print_table
 from geomsafe.distributed import is_main
 
 
@@ -45,34 +45,32 @@ def print_audit(result: AuditResult) -> None:
     )
 
 
-_D = AuditConfig()
-
-
-def _opt(name: str, *decls: str, **kwargs):
-    return config_option(_D, name, *decls, **kwargs)
-
-
 @click.command("audit")
 @model_option
-@_opt("target", "--target", "-t")
-@_opt("concepts", "--concepts")
+@config_option(AuditConfig, "target", "--target", "-t")
+@config_option(AuditConfig, "concepts")
 @click.option("--out", "-o", type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--overwrite", is_flag=True, help="Replace the results already in --out.")
-@_opt("layers", "--layers")
-@_opt("layer", "--layer", type=int)
-@_opt("band", "--band")
-@_opt("max_pairs", "--max-pairs", type=int, show_default=True)
-@_opt("tokens", "--tokens", show_default=True, type=click.Choice(list(TOKEN_RULES)))
-@_opt("n_perm", "--n-perm", type=int, show_default=True)
-@_opt("n_boot", "--n-boot", type=int, show_default=True)
+@config_option(AuditConfig, "layers")
+@config_option(AuditConfig, "layer", type=int)
+@config_option(AuditConfig, "band")
+@config_option(AuditConfig, "max_pairs", type=int)
+@config_option(AuditConfig, "tokens", type=click.Choice(list(TOKEN_RULES)))
+@config_option(AuditConfig, "n_perm", type=int)
+@config_option(AuditConfig, "n_boot", type=int)
 @click.option("--no-heads", is_flag=True, help="Skip attention-head attribution.")
-@_opt("seed", "--seed", type=int, show_default=True)
-@_opt("batch_size", "--batch-size", type=int, show_default=True)
-@_opt("threads", "--threads", type=int)
-def audit_cmd(model, out, overwrite, no_heads, **options) -> None:
+@config_option(AuditConfig, "batch_size", type=int)
+@common_options("overwrite", "seed", "threads", "no_progress")
+def audit_cmd(model, out, overwrite, no_heads, no_progress, **options) -> None:
     """Where do harmful features sit relative to a fine-tuning target?"""
     # the config is built (and every number checked) inside audit() before the model loads
-    result = audit(model, out=out, overwrite=overwrite, heads=not no_heads, **options)
+    result = audit(
+        model,
+        out=out,
+        overwrite=overwrite,
+        heads=not no_heads,
+        progress=not no_progress,
+        **options,
+    )
     if not is_main():  # one table under torchrun
         return
     print_audit(result)

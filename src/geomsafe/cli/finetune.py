@@ -8,7 +8,8 @@ import sys
 
 import click
 
-from geomsafe.cli.common import config_option, model_option, print_table
+from geomsafe.cli.common import common_options, config_option, model_option, print_table
+from geomsafe.config import default_of
 from geomsafe.guard import GuardConfig, PilotConfig
 from geomsafe.guard.base import GUARD_SOURCES, STEER_SCALES
 from geomsafe.guard.schedule import SCHEDULES
@@ -17,9 +18,6 @@ from geomsafe.train import FinetuneResult, TrainConfig
 from geomsafe.train import finetune as run_finetune
 from geomsafe.train.outdir import resume_hint
 from geomsafe.train.trainer import is_main_process
-
-_DEFAULT = GuardConfig()
-_PILOT = PilotConfig()
 
 
 def print_summary(result: FinetuneResult) -> None:
@@ -45,9 +43,6 @@ def print_summary(result: FinetuneResult) -> None:
     tps = result.time_per_step
     rows.append(["time/step (median)", "n/a" if math.isnan(tps) else f"{tps:.3f} s"])
     print_table(["finetune", "value"], rows)
-
-
-_TRAIN = TrainConfig()
 
 
 @click.command("finetune")
@@ -83,131 +78,37 @@ _TRAIN = TrainConfig()
     type=click.Path(file_okay=False),
     help="FeatureAtlas folder (default with --guard: extract one for the concepts).",
 )
-@click.option(
-    "--guard-layers",
-    help="Guarded layers: 'best' (each concept at its best atlas layer), a list '3,4,5' or a "
-    "band '3:6' (end excluded).  [default: best]",
-)
-@click.option(
-    "--guard-weight",
-    type=float,
-    default=_DEFAULT.weight,
-    show_default=True,
-    help="Penalty weight of the projection/covariance guards.",
-)
-@click.option(
-    "--steer-coeff",
-    type=float,
-    default=_DEFAULT.steer_coeff,
-    show_default=True,
-    help="Steer guard: how far along each harmful direction, in --steer-scale units.",
-)
-@click.option(
-    "--steer-scale",
-    type=click.Choice(STEER_SCALES),
-    default=_DEFAULT.steer_scale,
-    show_default=True,
-    help="Steer guard unit: median residual norm, the concept's mean-difference norm, or 1.",
-)
-@click.option(
-    "--guard-schedule",
-    type=click.Choice(SCHEDULES),
-    default=_DEFAULT.schedule,
-    show_default=True,
-    help="Guard strength per step: constant; front (full for --schedule-steps, then "
-    "--schedule-floor); linear_decay (full -> --schedule-floor over --schedule-steps).",
-)
-@click.option(
-    "--schedule-steps",
-    type=int,
-    help="Length of the strong/decaying phase in optimiser steps (default: a quarter of the "
-    "run for front, the whole run for linear_decay).",
-)
-@click.option(
-    "--schedule-floor",
-    type=float,
-    default=_DEFAULT.schedule_floor,
-    show_default=True,
-    help="Guard strength after the strong phase, in [0, 1].",
-)
-@click.option(
-    "--allow",
-    help="Allowed target concepts, comma-separated (e.g. empathy): the guards act only on "
-    "the part of each harmful direction orthogonal to them.",
-)
-@click.option(
-    "--guard-source",
-    type=click.Choice(GUARD_SOURCES),
-    default=_DEFAULT.source,
-    show_default=True,
-    help="Guarded directions: the atlas's concepts, or the principal shifts of a short pilot "
-    "fine-tune that align with them above a permutation null band.",
-)
-@click.option(
-    "--pilot-steps",
-    type=int,
-    default=_PILOT.steps,
-    show_default=True,
-    help="Optimiser steps of the pilot run (--guard-source pilot).",
-)
-@click.option(
-    "--pilot-pcs",
-    type=int,
-    default=_PILOT.pcs,
-    show_default=True,
-    help="Principal shifts tested per guarded layer (--guard-source pilot).",
-)
-@click.option(
-    "--pilot-heldout",
-    type=int,
-    default=_PILOT.heldout,
-    show_default=True,
-    help="Training examples held out of the pilot and compared base vs pilot.",
-)
-@config_option(_TRAIN, "epochs", "--epochs", type=float, show_default=True)
+@config_option(GuardConfig, "layers", "--guard-layers", "guard_layers", type=str)
+@config_option(GuardConfig, "weight", "--guard-weight", "guard_weight", type=float)
+@config_option(GuardConfig, "steer_coeff", type=float)
+@config_option(GuardConfig, "steer_scale", type=click.Choice(STEER_SCALES))
 @config_option(
-    _TRAIN,
-    "max_steps",
-    "--max-steps",
-    type=int,
-    show_default=True,
-    help="Optimiser steps; > 0 overrides --epochs.",
+    GuardConfig, "schedule", "--guard-schedule", "guard_schedule", type=click.Choice(SCHEDULES)
 )
+@config_option(GuardConfig, "schedule_steps", type=int)
+@config_option(GuardConfig, "schedule_floor", type=float)
+@config_option(GuardConfig, "allow", type=str)
 @config_option(
-    _TRAIN, "learning_rate", "--lr", type=float, show_default=True, help="Learning rate."
+    GuardConfig, "source", "--guard-source", "guard_source", type=click.Choice(GUARD_SOURCES)
 )
-@config_option(_TRAIN, "batch_size", "--batch-size", type=int, show_default=True)
+@config_option(PilotConfig, "steps", "--pilot-steps", "pilot_steps", type=int)
+@config_option(PilotConfig, "pcs", "--pilot-pcs", "pilot_pcs", type=int)
+@config_option(PilotConfig, "heldout", "--pilot-heldout", "pilot_heldout", type=int)
+@config_option(TrainConfig, "epochs", type=float)
+@config_option(TrainConfig, "max_steps", type=int)
+@config_option(TrainConfig, "learning_rate", "--lr", type=float)
+@config_option(TrainConfig, "batch_size", type=int)
+@config_option(TrainConfig, "grad_accum", type=int)
+@config_option(TrainConfig, "max_length", type=int)
+@config_option(TrainConfig, "truncate", is_flag=True, show_default=False)
+@config_option(TrainConfig, "lora_r", type=int)
 @config_option(
-    _TRAIN, "grad_accum", "--grad-accum", type=int, show_default=True, help="Accumulation steps."
+    TrainConfig, "lora_alpha", type=int, default=None, help="LoRA alpha (default: 2 x rank)."
 )
-@config_option(
-    _TRAIN,
-    "max_length",
-    "--max-length",
-    type=int,
-    show_default=True,
-    help="Longest example in tokens; longer ones are an error unless --truncate.",
-)
-@click.option("--truncate", is_flag=True, help="Cut over-long examples instead of failing.")
-@config_option(_TRAIN, "lora_r", "--lora-r", type=int, show_default=True, help="LoRA rank.")
-@click.option("--lora-alpha", type=int, help="LoRA alpha (default: 2 x rank).")
-@click.option("--max-examples", type=int, help="Use the first N examples of --data.")
-@config_option(
-    _TRAIN,
-    "save_steps",
-    "--save-steps",
-    type=int,
-    show_default=True,
-    help="Checkpoint every N steps (and at the end).",
-)
-@config_option(_TRAIN, "seed", "--seed", type=int, show_default=True)
+@config_option(TrainConfig, "max_examples", type=int)
+@config_option(TrainConfig, "save_steps", type=int)
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint of --out.")
-@click.option(
-    "--overwrite",
-    is_flag=True,
-    help="Replace a finished run in --out, or discard the checkpoints of an interrupted one.",
-)
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@common_options("overwrite", "seed", "threads", "no_progress", seed=default_of(TrainConfig, "seed"))
 def finetune(**opts) -> None:
     """LoRA fine-tuning with geometric guards against harmful-feature drift."""
     # SIGTERM (a killed or pre-empted job) unwinds like Ctrl-C, so the half-trained run folder
@@ -284,18 +185,17 @@ def _run(
     guard,
     guard_concepts,
     atlas,
-    lr,
     lora_r,
     lora_alpha,
     no_progress,
     resume,
     overwrite,
+    threads,
     **rest,
 ) -> FinetuneResult:
+    # --threads is applied around the whole command by cli.common.common_options
     guard_config = guard_config_of(**{k: rest.pop(k) for k in _GUARD_OPTIONS})
-    config = TrainConfig(
-        lora_r=lora_r, lora_alpha=lora_alpha or 2 * lora_r, learning_rate=lr, **rest
-    )
+    config = TrainConfig(lora_r=lora_r, lora_alpha=lora_alpha or 2 * lora_r, **rest)
     return run_finetune(
         model,
         data,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import click
-import torch
 
-from geomsafe.cli.common import model_option, print_table
+from geomsafe.cli.common import common_options, config_option, model_option, print_table
+from geomsafe.config import default_of, help_of
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.generate import SamplingConfig
 from geomsafe.firewall.calibration import CalibrationConfig
@@ -17,10 +17,10 @@ _C = CalibrationConfig()
 data_root_option = click.option(
     "--data-root", type=click.Path(), help="Public data folder (default: ../shared/data)."
 )
-threads_option = click.option(
-    "--threads", type=int, help="torch CPU threads (default: torch's choice)."
-)
 adapter_option = click.option("--adapter", type=click.Path(), help="peft LoRA adapter folder.")
+refusal_option = click.option(
+    "--refusal", help="Text of a blocked answer (default: the firewall's)."
+)
 firewall_option = click.option(
     "--firewall",
     "firewall_path",
@@ -28,13 +28,6 @@ firewall_option = click.option(
     type=click.Path(),
     help="A calibrated firewall folder (from `geomsafe firewall calibrate`).",
 )
-
-
-def _threads(threads: int | None) -> None:
-    if threads is not None:
-        if threads < 1:
-            raise GeomsafeError(f"--threads must be at least 1, not {threads}")
-        torch.set_num_threads(threads)
 
 
 def _names(text: str | None) -> tuple[str, ...] | None:
@@ -68,31 +61,23 @@ def firewall_group() -> None:
     "--atlas", type=click.Path(), help="FeatureAtlas folder (an audit): its harmful concepts."
 )
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--overwrite", is_flag=True, help="Replace the results already in --out.")
-@click.option("--fpr", type=float, default=_C.fpr, show_default=True, help="Target FPR.")
-@click.option("--concepts", help="Atlas concepts to watch, comma-separated (default: harmful).")
-@click.option("--layers", help="Layers to watch them at (default: each one's best layer).")
-@click.option(
-    "--request/--no-request",
-    default=_C.request,
-    show_default=True,
-    help="Watch the request-side direction harmful_request at the last prompt token.",
-)
-@click.option("--request-layer", type=int, help="Its layer (default: chosen on held-out data).")
-@click.option(
-    "--requests", type=click.Path(), help="JSON file of request pairs (default: built-in)."
-)
-@click.option("--share", type=float, default=_C.share, show_default=True)
-@click.option("--fit-share", type=float, default=_C.fit_share, show_default=True)
-@click.option("--max-per-source", type=int, help="Threshold sequences per source (default: all).")
-@click.option("--xstest/--no-xstest", default=_C.xstest, show_default=True)
-@click.option("--batch-size", type=int, default=_C.batch_size, show_default=True)
-@click.option("--max-length", type=int, default=_C.max_length, show_default=True)
-@click.option("--seed", type=int, default=_C.seed, show_default=True)
-@click.option("--refusal", default=_C.refusal, show_default=True)
+@config_option(CalibrationConfig, "fpr", type=float)
+@click.option("--concepts", help=help_of(CalibrationConfig, "concepts"))
+@click.option("--layers", help=help_of(CalibrationConfig, "layers"))
+@config_option(CalibrationConfig, "request", "--request/--no-request")
+@config_option(CalibrationConfig, "request_layer", type=int)
+@config_option(CalibrationConfig, "requests", type=click.Path())
+@config_option(CalibrationConfig, "share", type=float)
+@config_option(CalibrationConfig, "fit_share", type=float)
+@config_option(CalibrationConfig, "max_per_source", type=int)
+@config_option(CalibrationConfig, "xstest", "--xstest/--no-xstest")
+@config_option(CalibrationConfig, "batch_size", type=int)
+@config_option(CalibrationConfig, "max_length", type=int)
+@config_option(CalibrationConfig, "refusal")
 @data_root_option
-@threads_option
-@click.option("--no-progress", is_flag=True)
+@common_options(
+    "overwrite", "seed", "threads", "no_progress", seed=default_of(CalibrationConfig, "seed")
+)
 def calibrate_cmd(
     model,
     adapter,
@@ -109,7 +94,6 @@ def calibrate_cmd(
     """Set per-check thresholds on benign traffic for a target false-positive rate."""
     from geomsafe.firewall.calibration import calibrate
 
-    _threads(threads)
     fw = calibrate(
         model,
         out=out,
@@ -157,24 +141,20 @@ def calibrate_cmd(
 @click.option("--n-prompts", type=int, default=0, show_default=True, help="0: all.")
 @click.option("--mode", type=click.Choice(MODES), default="monitor", show_default=True)
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--overwrite", is_flag=True, help="Replace the results already in --out.")
-@click.option("--samples-per-prompt", type=int, default=1, show_default=True)
-@click.option("--max-new-tokens", type=int, default=64, show_default=True)
-@click.option("--temperature", type=float, default=0.0, show_default=True, help="0: greedy.")
-@click.option("--top-p", type=float, default=1.0, show_default=True)
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--refusal", help="Text of a blocked answer (default: the firewall's).")
+@config_option(SamplingConfig, "samples_per_prompt", type=int, default=1)
+@config_option(SamplingConfig, "max_new_tokens", type=int, default=64)
+@config_option(SamplingConfig, "temperature", type=float, default=0.0)
+@config_option(SamplingConfig, "top_p", type=float, default=1.0)
+@config_option(SamplingConfig, "batch_size", type=int, default=8)
+@refusal_option
 @data_root_option
-@threads_option
-@click.option("--no-progress", is_flag=True)
+@common_options("overwrite", "seed", "threads", "no_progress", seed=0)
 def run_cmd(
     model, firewall_path, prompts, n_prompts, mode, out, overwrite, threads, no_progress, **kw
 ):
     """Generate answers to a prompt set under the firewall; write generations and scores."""
     from geomsafe.firewall.screening import run
 
-    _threads(threads)
     names = ("samples_per_prompt", "max_new_tokens", "temperature", "top_p", "batch_size", "seed")
     sampling = SamplingConfig(**{k: kw.pop(k) for k in names})
     if n_prompts < 0:
@@ -219,9 +199,8 @@ def run_cmd(
 @click.option("--model-name", help="The model id clients use (default: the model spec).")
 @click.option("--max-tokens", type=int, default=128, show_default=True)
 @click.option("--temperature", type=float, default=1.0, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--refusal", help="Text of a blocked answer (default: the firewall's).")
-@threads_option
+@refusal_option
+@common_options("seed", "threads", seed=0)
 def serve_cmd(model, adapter, firewall_path, host, port, threads, **options) -> None:
     """OpenAI-compatible /v1/chat/completions and /v1/models with the firewall active."""
     try:
@@ -230,7 +209,6 @@ def serve_cmd(model, adapter, firewall_path, host, port, threads, **options) -> 
         raise GeomsafeError(
             f"serving needs the 'serve' extra (pip install 'geomsafe[serve]'): {exc}"
         ) from exc
-    _threads(threads)
     if not 0 <= port <= 65535:
         raise GeomsafeError(f"--port must be in [0, 65535], not {port}")
     config = ServeConfig(**options)

@@ -5,17 +5,15 @@ config is built (and checked) before the model is loaded."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import click
 
-from geomsafe.cli.common import model_option, print_table
+from geomsafe.cli.common import common_options, config_option, model_option, print_table
 from geomsafe.distributed import is_main
 from geomsafe.errors import GeomsafeError
 from geomsafe.options import split_csv
-from geomsafe.predict import METHODS, PER_EXAMPLE_SCORES, PredictConfig, PredictResult, predict
+from geomsafe.predict import ESTIMATORS, PredictConfig, PredictResult, predict
+from geomsafe.predict.estimators import per_example_scores
 
-_FIELDS = {f.name: f for f in dataclasses.fields(PredictConfig)}
 _COLUMNS = [  # (header, ConceptRisk field)
     ("behav. change", "behavioural_change"),
     ("behav. align", "behavioural_alignment"),
@@ -24,15 +22,6 @@ _COLUMNS = [  # (header, ConceptRisk field)
     ("gradient", "gradient"),
     ("grad. align", "gradient_alignment"),
 ]
-
-
-def config_option(name: str, *decls: str, **kw):
-    """A click option whose default and help are ``PredictConfig.<name>``'s."""
-    f = _FIELDS[name]
-    flag = "--" + name.replace("_", "-")
-    kw.setdefault("default", f.default)
-    kw.setdefault("show_default", f.default is not None)
-    return click.option(*(decls or (flag,)), name, help=f.metadata["help"], **kw)
 
 
 def _ci(ci) -> str:
@@ -71,11 +60,10 @@ def print_predict(result: PredictResult) -> None:
     help="Chat or prompt/completion JSONL, or task:NAME for a built-in task set.",
 )
 @click.option("--out", "-o", help="Output folder.")
-@click.option("--overwrite", is_flag=True, help="Replace the prediction already in --out.")
 @click.option("--atlas", help="Audit folder with an atlas (default: built-in harmful concepts).")
 @click.option("--concepts", help="Harmful concepts to score, comma-separated (default: all).")
-@config_option("method", type=click.Choice(METHODS))
-@config_option("max_examples", type=int)
+@config_option(PredictConfig, "method", type=click.Choice(list(ESTIMATORS)))
+@config_option(PredictConfig, "max_examples", type=int)
 @click.option(
     "--no-generate",
     is_flag=True,
@@ -86,17 +74,16 @@ def print_predict(result: PredictResult) -> None:
     is_flag=True,
     help="Legacy: --method projection_difference (prompt_anchored with --no-generate).",
 )
-@config_option("max_new_tokens", type=int)
-@config_option("pairs_per_concept", type=int)
-@config_option("sketch_rank", type=int)
-@config_option("lr", type=float)
-@config_option("filter_k", "--filter", type=int)
-@config_option("filter_score", type=click.Choice(PER_EXAMPLE_SCORES))
-@config_option("attack_k", "--attack", type=int)
-@config_option("seed", type=int)
-@config_option("threads", type=int)
+@config_option(PredictConfig, "max_new_tokens", type=int)
+@config_option(PredictConfig, "pairs_per_concept", type=int)
+@config_option(PredictConfig, "sketch_rank", type=int)
+@config_option(PredictConfig, "lr", type=float)
+@config_option(PredictConfig, "filter_k", "--filter", type=int)
+@config_option(PredictConfig, "filter_score", type=click.Choice(per_example_scores()))
+@config_option(PredictConfig, "attack_k", "--attack", type=int)
+@common_options("overwrite", "seed", "threads", "no_progress")
 def predict_cmd(
-    model, data, out, overwrite, atlas, concepts, no_generate, no_gradient, **fields
+    model, data, out, overwrite, atlas, concepts, no_generate, no_gradient, no_progress, **fields
 ) -> None:
     """Will fine-tuning on this data set amplify harmful traits? Which examples drive it?"""
     if no_gradient:
@@ -106,7 +93,15 @@ def predict_cmd(
     )
     if (config.filter_k or config.attack_k) and not out:
         raise GeomsafeError("--filter and --attack write files: give --out")
-    result = predict(model, data, out=out, atlas=atlas, config=config, overwrite=overwrite)
+    result = predict(
+        model,
+        data,
+        out=out,
+        atlas=atlas,
+        config=config,
+        overwrite=overwrite,
+        progress=not no_progress,
+    )
     if not is_main():  # one table under torchrun
         return
     print_predict(result)

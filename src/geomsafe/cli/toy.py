@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from geomsafe.cli.common import print_table
+from geomsafe.cli.common import common_options, print_table
 from geomsafe.errors import GeomsafeError
 
 _ROWS = (
@@ -36,16 +36,16 @@ _ROWS = (
     type=click.Path(path_type=Path),
     help="Output folder for toy.json and the figures (PNG + SVG).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--quick", is_flag=True, help="Small grids and few steps (seconds; for tests).")
-@click.option("--overwrite", is_flag=True, help="Replace the results already in --out.")
-def toy(out: Path, seed: int, quick: bool, overwrite: bool) -> None:
+# no --threads: the toy models train on one torch thread by design (toy.train.single_thread)
+@common_options("overwrite", "seed", "no_progress")
+def toy(out: Path, quick: bool, overwrite: bool, seed: int, no_progress: bool) -> None:
     """Toy models of superposition: polygons, sparsity sweep, phase diagram, entanglement."""
     from geomsafe.toy import toy as run_toy
 
     if seed < 0:
         raise GeomsafeError(f"--seed must be >= 0, got {seed}")
-    result = run_toy(out, seed=seed, quick=quick, progress=True, overwrite=overwrite)
+    result = run_toy(out, seed=seed, quick=quick, progress=not no_progress, overwrite=overwrite)
     numbers = result.headline()
     rows = [[label, _tidy(numbers[key])] for key, label in _ROWS]
     print_table(["quantity", "value"], rows)

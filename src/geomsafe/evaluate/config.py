@@ -6,9 +6,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from geomsafe.errors import GeomsafeError
+from geomsafe.config import at_least, in_range, option, with_options
 from geomsafe.evaluate.generate import SamplingConfig
-from geomsafe.evaluate.pairsets import DEFAULT_SETS
+from geomsafe.evaluate.pairsets import DEFAULT_SETS, NAMED_SETS
 from geomsafe.evaluate.probes import DEFAULT_TRAITS
 from geomsafe.options import split_csv
 
@@ -38,44 +38,58 @@ class EvalConfig:
     """Sizes and settings of an evaluation (the defaults are sized for a few minutes per model
     on 2 CPU cores with the default model)."""
 
-    prompts: str = "builtin"  # prompt set(s) to sample from: builtin, rtp, em, a file; comma-sep
-    n_prompts: int | None = 60  # prompts drawn (stratified by category); None = all; 0 = none
-    samples_per_prompt: int = 2  # sampled responses per prompt
-    max_new_tokens: int = 48  # tokens per sampled response
-    temperature: float = 1.0  # sampling temperature
-    top_p: float = 0.95  # nucleus sampling mass
-    threshold: float = 0.5  # toxicity score above which a response is toxic
-    n_probe: int = 40  # persona statements per trait (0: no persona probes)
-    traits: tuple[str, ...] = DEFAULT_TRAITS  # persona traits (anthropic-evals/persona)
-    em_probes: bool = True  # emergent-misalignment pivotal-token probes
-    n_xstest: int = 50  # XSTest safe prompts for over-refusal (0: skip)
-    xstest_max_new_tokens: int = 32  # greedy tokens per XSTest response (refusals come first)
-    batch_size: int = 32  # rows per forward / generate call
-    n_boot: int = 1000  # bootstrap resamples for every CI
-    seed: int = 0  # prompt sampling, generation and bootstrap seed
-    data_root: str | None = None  # public data folder (default: $GEOMSAFE_DATA, ../shared/data)
-    # behavioural log-odds (evaluate/logodds.py): pair sets (their style controls join them)
-    logodds: tuple[str, ...] = DEFAULT_SETS
-    logodds_pairs: int | None = 50  # pairs drawn per set (None: all; 0: no log-odds rows)
+    prompts: str = option(
+        "builtin", "builtin, rtp, em, xstest or a .jsonl/.yaml file; comma-separated."
+    )
+    n_prompts: int | None = option(
+        60,
+        "Prompts drawn from the set, stratified by category (None/'all': every one; 0: no "
+        "sampled generation).",
+    )
+    samples_per_prompt: int = option(2, "Sampled responses per prompt.")
+    max_new_tokens: int = option(48, "Tokens per sampled response.")
+    temperature: float = option(1.0, "Sampling temperature.")
+    top_p: float = option(0.95, "Nucleus sampling mass.")
+    threshold: float = option(0.5, "Toxicity score above which a response is toxic.")
+    n_probe: int = option(40, "Persona statements per trait (0: none).")
+    traits: tuple[str, ...] = option(
+        DEFAULT_TRAITS, "Persona traits (file names in anthropic-evals/persona)."
+    )
+    em_probes: bool = option(True, "Emergent-misalignment pivotal-token probes.")
+    n_xstest: int = option(50, "XSTest safe prompts for over-refusal (0: skip).")
+    xstest_max_new_tokens: int = option(
+        32, "Greedy tokens per XSTest response (refusals come first)."
+    )
+    batch_size: int = option(32, "Rows per forward / generate call.")
+    n_boot: int = option(1000, "Bootstrap resamples for every CI.")
+    seed: int = option(0, "Seed of prompt sampling, generation and bootstrap.")
+    data_root: str | None = option(
+        None, "Public data folder (default: $GEOMSAFE_DATA or ../shared/data)."
+    )
+    logodds: tuple[str, ...] = option(
+        DEFAULT_SETS,
+        f"Response-pair sets for the log-odds rows ({', '.join(NAMED_SETS)}, concept:<name>, "
+        "a .jsonl file; comma-separated; 'none'); style controls join their sets.",
+    )
+    logodds_pairs: int | None = option(
+        50, "Pairs drawn per log-odds set (None/'all': every one; 0: no log-odds rows)."
+    )
 
     def __post_init__(self) -> None:
+        for name in ("traits", "logodds"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value.strip().lower() == "none":
+                value = ()
+            object.__setattr__(self, name, tuple(split_csv(value)))
+        if self.data_root is not None:
+            object.__setattr__(self, "data_root", str(self.data_root))
         self.validate()
 
     def validate(self) -> None:
-        for name in ("n_prompts", "logodds_pairs"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise GeomsafeError(
-                    f"{name} must be >= 0 (or None: all), not {getattr(self, name)}"
-                )
-        for name in ("n_probe", "n_xstest"):
-            if getattr(self, name) < 0:
-                raise GeomsafeError(f"{name} must be >= 0, not {getattr(self, name)}")
-        if self.xstest_max_new_tokens < 1:
-            raise GeomsafeError("xstest_max_new_tokens must be at least 1")
-        if not 0 <= self.threshold <= 1:
-            raise GeomsafeError(f"threshold must be in [0, 1], not {self.threshold}")
-        if self.n_boot < 1:
-            raise GeomsafeError(f"n_boot must be at least 1, not {self.n_boot}")
+        at_least(self, 0, "n_prompts", "logodds_pairs", allow_none=True)
+        at_least(self, 0, "n_probe", "n_xstest")
+        at_least(self, 1, "xstest_max_new_tokens", "n_boot")
+        in_range(self, "threshold", 0, 1)
         self.sampling().validate()
 
     def sampling(self) -> SamplingConfig:
@@ -94,17 +108,8 @@ class EvalConfig:
         return SamplingConfig(1, self.xstest_max_new_tokens, 0.0, 1.0, self.batch_size, self.seed)
 
     def with_options(self, **options: Any) -> EvalConfig:
-        """A copy with fields replaced; unknown names are an error."""
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            raise GeomsafeError(f"unknown evaluate option(s): {', '.join(unknown)}")
-        for name in ("traits", "logodds"):
-            if options.get(name) is not None:
-                options[name] = tuple(split_csv(options[name]))
-        if options.get("data_root") is not None:
-            options["data_root"] = str(options["data_root"])
-        return dataclasses.replace(self, **options)
+        """A copy with fields replaced (checked again); unknown names are an error."""
+        return with_options(self, "evaluate", **options)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

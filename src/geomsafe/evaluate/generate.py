@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from geomsafe import distributed
+from geomsafe.config import at_least, in_range, option
 from geomsafe.errors import GeomsafeError
 from geomsafe.formatting import Example, encode
 from geomsafe.models import LoadedModel, eos_ids, pad_token_id
@@ -35,24 +36,21 @@ from geomsafe.models import LoadedModel, eos_ids, pad_token_id
 class SamplingConfig:
     """How responses are sampled."""
 
-    samples_per_prompt: int = 2  # sampled responses per prompt
-    max_new_tokens: int = 48  # tokens generated at most per response
-    temperature: float = 1.0  # softmax temperature; 0 = greedy decoding
-    top_p: float = 0.95  # nucleus sampling mass
-    batch_size: int = 16  # rows generated together
-    seed: int = 0  # batch b is seeded with seed + b
+    samples_per_prompt: int = option(2, "Sampled responses per prompt.")
+    max_new_tokens: int = option(48, "Tokens generated at most per response.")
+    temperature: float = option(1.0, "Softmax temperature (0: greedy decoding).")
+    top_p: float = option(0.95, "Nucleus sampling mass, in (0, 1].")
+    batch_size: int = option(16, "Rows generated together.")
+    seed: int = option(0, "Seed of sampling: batch b is seeded with seed + b.")
 
-    def validate(self) -> None:
-        if self.samples_per_prompt < 1:
-            raise GeomsafeError(f"samples per prompt must be >= 1, not {self.samples_per_prompt}")
-        if self.max_new_tokens < 1:
-            raise GeomsafeError(f"max new tokens must be >= 1, not {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise GeomsafeError(f"temperature must be >= 0, not {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise GeomsafeError(f"top_p must be in (0, 1], not {self.top_p}")
-        if self.batch_size < 1:
-            raise GeomsafeError(f"batch size must be >= 1, not {self.batch_size}")
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> SamplingConfig:
+        at_least(self, 1, "samples_per_prompt", "max_new_tokens", "batch_size")
+        at_least(self, 0, "temperature")
+        in_range(self, "top_p", 0, 1, open_low=True)
+        return self
 
 
 @dataclass

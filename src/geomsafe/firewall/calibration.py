@@ -43,6 +43,7 @@ from geomsafe import __version__
 from geomsafe.artefacts import prepare_out
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.capture import make_batches
+from geomsafe.config import at_least, in_range, option, require, with_options
 from geomsafe.errors import GeomsafeError
 from geomsafe.firewall.adapter import adapter_provenance, check_adapter, maybe_adapter
 from geomsafe.firewall.config import DEFAULT_REFUSAL, Check, Firewall
@@ -61,67 +62,55 @@ from geomsafe.models import LoadedModel, load, pad_token_id
 
 @dataclass(frozen=True)
 class CalibrationConfig:
-    """How a firewall is calibrated.
+    """How a firewall is calibrated (each field's ``metadata["help"]`` says what it sets)."""
 
-    Args:
-        fpr: target share of benign calibration sequences the firewall flags (0–1).
-        share: share of each benign source used for calibration; the rest is for evaluation.
-        fit_share: share of the calibration part whose prompts fit the request direction;
-            thresholds are set on the rest (everything when ``request`` is False).
-        seed: seeds every split.
-        concepts: atlas concepts to watch (None: every harmful one).
-        layers: layers to watch them at (None: each concept's best layer).
-        request: add the request-side direction ``harmful_request``.
-        request_layer: its layer (None: chosen on held-out data, see :mod:`.requests`).
-        requests: a JSON file of request pairs (None: the built-in set).
-        max_per_source: at most this many threshold sequences per source (None: all).
-        xstest: use XSTest safe prompts (needs the data root).
-        batch_size: sequences per forward pass.
-        max_length: longer sequences are truncated (see :func:`geomsafe.formatting.encode`).
-        skip_first: positions never read (attention sinks).
-        refusal: the text a blocked request gets.
-    """
-
-    fpr: float = 0.01
-    share: float = 0.5
-    fit_share: float = 1 / 3
-    seed: int = 0
-    concepts: tuple[str, ...] | None = None
-    layers: tuple[int, ...] | None = None
-    request: bool = True
-    request_layer: int | None = None
-    requests: str | None = None
-    max_per_source: int | None = None
-    xstest: bool = True
-    batch_size: int = 8
-    max_length: int = 512
-    skip_first: int = 1
-    refusal: str = DEFAULT_REFUSAL
+    fpr: float = option(
+        0.01, "Target share of benign calibration sequences the firewall flags (0-1)."
+    )
+    share: float = option(
+        0.5, "Share of each benign source used for calibration; the rest is for evaluation."
+    )
+    fit_share: float = option(
+        1 / 3,
+        "Share of the calibration part whose prompts fit the request direction; thresholds are "
+        "set on the rest (everything without --request).",
+    )
+    seed: int = option(0, "Seed of every split.")
+    concepts: tuple[str, ...] | None = option(
+        None, "Atlas concepts to watch, comma-separated (default: harmful)."
+    )
+    layers: tuple[int, ...] | None = option(
+        None, "Layers to watch them at (default: each one's best layer)."
+    )
+    request: bool = option(
+        True, "Watch the request-side direction harmful_request at the last prompt token."
+    )
+    request_layer: int | None = option(
+        None, "Its layer (default: chosen on held-out data, see firewall.requests)."
+    )
+    requests: str | None = option(None, "JSON file of request pairs (default: built-in).")
+    max_per_source: int | None = option(
+        None, "Threshold sequences per source (default: all)."
+    )
+    xstest: bool = option(True, "Use XSTest safe prompts (needs the data root).")
+    batch_size: int = option(8, "Sequences per forward pass.")
+    max_length: int = option(512, "Longer sequences are truncated.")
+    skip_first: int = option(1, "Positions never read (attention sinks).")
+    refusal: str = option(DEFAULT_REFUSAL, "The text a blocked request gets.")
 
     def __post_init__(self) -> None:
-        checks = [
-            (0 < self.fpr < 1, f"fpr must be in (0, 1), not {self.fpr}"),
-            (0 < self.share < 1, f"share must be in (0, 1), not {self.share}"),
-            (0 < self.fit_share < 1, f"fit_share must be in (0, 1), not {self.fit_share}"),
-            (self.batch_size >= 1, f"batch size must be >= 1, not {self.batch_size}"),
-            (self.max_length >= 2, f"max_length must be >= 2, not {self.max_length}"),
-            (self.skip_first >= 0, f"skip_first must be >= 0, not {self.skip_first}"),
-            (bool(self.refusal.strip()), "the refusal text must not be empty"),
-            (
-                self.max_per_source is None or self.max_per_source >= 2,
-                f"max_per_source must be >= 2, not {self.max_per_source}",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise GeomsafeError(message)
+        in_range(self, "fpr", 0, 1, open_low=True, open_high=True)
+        in_range(self, "share", 0, 1, open_low=True, open_high=True)
+        in_range(self, "fit_share", 0, 1, open_low=True, open_high=True)
+        at_least(self, 1, "batch_size")
+        at_least(self, 2, "max_length")
+        at_least(self, 0, "skip_first")
+        at_least(self, 2, "max_per_source", allow_none=True)
+        require(bool(self.refusal.strip()), "the refusal text must not be empty")
 
     def with_options(self, **options: Any) -> CalibrationConfig:
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            raise GeomsafeError(f"unknown calibration option(s): {', '.join(unknown)}")
-        return replace(self, **options)
+        """A copy with fields replaced (checked again); unknown names are an error."""
+        return with_options(self, "calibration", **options)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

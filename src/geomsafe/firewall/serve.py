@@ -47,6 +47,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from geomsafe.config import at_least, in_range, option
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.generate import SamplingConfig
 from geomsafe.firewall.adapter import check_adapter, maybe_adapter
@@ -68,27 +69,22 @@ class Answer:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """How the server answers.
+    """How the server answers (each field's ``metadata["help"]`` says what it sets)."""
 
-    Args:
-        mode: firewall mode (``monitor``, ``clamp`` or ``block``).
-        model_name: the model id clients name (default: the model spec).
-        max_tokens: new tokens when a request gives none.
-        max_tokens_limit: the most new tokens a request may ask for.
-        temperature: when a request gives none (0 = greedy).
-        top_p: when a request gives none.
-        seed: when a request gives none; the same request and seed give the same answer.
-        refusal: the text of a blocked answer (default: the firewall's).
-    """
-
-    mode: str = "block"
-    model_name: str | None = None
-    max_tokens: int = 128
-    max_tokens_limit: int = 1024
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0
-    refusal: str | None = None
+    mode: str = option("block", "Firewall mode: monitor, clamp or block.")
+    model_name: str | None = option(
+        None, "The model id clients use (default: the model spec)."
+    )
+    max_tokens: int = option(128, "New tokens when a request gives none.")
+    max_tokens_limit: int = option(1024, "The most new tokens a request may ask for.")
+    temperature: float = option(1.0, "Temperature when a request gives none (0: greedy).")
+    top_p: float = option(1.0, "Nucleus mass when a request gives none.")
+    seed: int = option(
+        0, "Seed when a request gives none; the same request and seed give the same answer."
+    )
+    refusal: str | None = option(
+        None, "Text of a blocked answer (default: the firewall's)."
+    )
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -97,6 +93,8 @@ class ServeConfig:
             raise GeomsafeError(
                 f"max_tokens must be in [1, {self.max_tokens_limit}], not {self.max_tokens}"
             )
+        at_least(self, 0, "temperature")
+        in_range(self, "top_p", 0, 1, open_low=True)
 
 
 class TextPart(BaseModel):

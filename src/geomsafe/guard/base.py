@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
+from geomsafe.config import option
 from geomsafe.errors import GeomsafeError
 from geomsafe.guard.pilot import PilotConfig
 from geomsafe.guard.schedule import SCHEDULES
@@ -49,33 +50,63 @@ class GuardConfig:
     ``l`` (the residual stream after block ``l``).
     """
 
-    concepts: list[str] | None = None  # guarded harmful features; None = every harmful one
-    layers: list[int] | None = None  # None = each concept at its best atlas layer; a list
-    # (e.g. a band of layers) = every concept at every listed layer
-    weight: float = 1.0  # multiplies the projection / covariance penalty
-    targets: list[str] | None = None  # covariance: target features; None = all atlas targets
-    steer_coeff: float = 0.1  # steer: how far along each harmful direction, in steer_scale units
-    steer_scale: str = "norm"  # norm: x median token residual norm of the layer, measured on
-    # the first training batch; diff: x the concept's raw mean-difference norm (atlas stats,
-    # persona-vector scale); unit: the unit direction itself (adds exactly steer_coeff * u)
-    projection_mode: str = "both"  # both: penalise any change of the projection; increase: only
-    # moves towards the harmful side (proj_adapted > proj_base)
-    orthogonal_scope: str = "layer"  # layer: project the writers of block l off layer l's
-    # directions; upto: the writers of every block j <= l too (all of them feed layer l)
-    writers: list[str] = field(default_factory=lambda: list(RESIDUAL_WRITERS))  # orthogonal: module
-    # paths in a block that write to the residual stream
-    allow: list[str] | None = None  # allowed (target) concepts: at each layer every guarded
-    # harmful direction is replaced by its unit component orthogonal to their span there
-    # (geomsafe.guard.allow), so the guard leaves their projections alone
-    schedule: str = "constant"  # strength per optimiser step: constant, front (1 for the first
-    # schedule_steps, then schedule_floor) or linear_decay (1 -> schedule_floor over
-    # schedule_steps); see geomsafe.guard.schedule
-    schedule_steps: int | None = None  # None: a quarter of the run (front), the run (linear_decay)
-    schedule_floor: float = 0.0  # the strength after the strong phase
-    source: str = "atlas"  # atlas: the atlas's concept directions; pilot: finetune first runs a
-    # short pilot fine-tune and guards its principal shifts that align with the concepts
-    # (geomsafe.guard.pilot; elsewhere build the guards on pilot_directions(...).atlas)
-    pilot: PilotConfig = field(default_factory=PilotConfig)  # the pilot run (source="pilot")
+    concepts: list[str] | None = option(
+        None, "Guarded harmful features (default: every harmful one of the atlas)."
+    )
+    layers: list[int] | None = option(
+        None,
+        "Guarded layers: 'best'/None (each concept at its best atlas layer), a list '3,4,5' "
+        "or a band '3:6' (end excluded): every concept at every listed layer.",
+    )
+    weight: float = option(1.0, "Penalty weight of the projection/covariance guards.")
+    targets: list[str] | None = option(
+        None, "Covariance guard: target features (default: all atlas targets)."
+    )
+    steer_coeff: float = option(
+        0.1, "Steer guard: how far along each harmful direction, in --steer-scale units."
+    )
+    steer_scale: str = option(
+        "norm",
+        "Steer guard unit: median residual norm, the concept's mean-difference norm, or 1.",
+    )
+    projection_mode: str = option(
+        "both",
+        "Projection guard: both (penalise any change of the projection) or increase (only "
+        "moves towards the harmful side).",
+    )
+    orthogonal_scope: str = option(
+        "layer",
+        "Orthogonal guard: layer (project the writers of block l off layer l's directions) or "
+        "upto (the writers of every block j <= l too).",
+    )
+    writers: list[str] = option(
+        list(RESIDUAL_WRITERS),
+        "Orthogonal guard: module paths in a block that write to the residual stream.",
+    )
+    allow: list[str] | None = option(
+        None,
+        "Allowed target concepts, comma-separated (e.g. empathy): the guards act only on the "
+        "part of each harmful direction orthogonal to them.",
+    )
+    schedule: str = option(
+        "constant",
+        "Guard strength per step: constant; front (full for --schedule-steps, then "
+        "--schedule-floor); linear_decay (full -> --schedule-floor over --schedule-steps).",
+    )
+    schedule_steps: int | None = option(
+        None,
+        "Length of the strong/decaying phase in optimiser steps (default: a quarter of the "
+        "run for front, the whole run for linear_decay).",
+    )
+    schedule_floor: float = option(0.0, "Guard strength after the strong phase, in [0, 1].")
+    source: str = option(
+        "atlas",
+        "Guarded directions: the atlas's concepts, or the principal shifts of a short pilot "
+        "fine-tune that align with them above a permutation null band.",
+    )
+    pilot: PilotConfig = option(
+        PilotConfig(), "The pilot run (source pilot; see geomsafe.guard.pilot)."
+    )
 
     def __post_init__(self) -> None:
         self.validate()

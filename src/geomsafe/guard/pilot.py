@@ -42,6 +42,7 @@ from torch import Tensor
 
 from geomsafe.artefacts import PILOT_JSON, read_json, write_json
 from geomsafe.atlas import FeatureAtlas
+from geomsafe.config import option
 from geomsafe.errors import GeomsafeError
 from geomsafe.guard.allow import MIN_RESIDUAL
 from geomsafe.guard.basis import orthonormal_basis
@@ -53,11 +54,20 @@ PILOT_KIND = "pilot"
 class PilotConfig:
     """The pilot run and the selection of its principal shifts."""
 
-    steps: int = 20  # optimiser steps of the pilot LoRA run (the run's TrainConfig otherwise)
-    pcs: int = 3  # principal shifts considered per guarded layer (the "ablation subset" size)
-    heldout: int = 16  # training examples kept out of the pilot run, whose activations are compared
-    alpha: float = 0.05  # family-wise level of the null band (Bonferroni over pcs x concepts)
-    draws: int = 1000  # permutations of the null band
+    steps: int = option(
+        20, "Optimiser steps of the pilot LoRA run (the run's TrainConfig otherwise)."
+    )
+    pcs: int = option(3, "Principal shifts tested per guarded layer.")
+    heldout: int = option(
+        16, "Training examples held out of the pilot run and compared base vs pilot."
+    )
+    alpha: float = option(
+        0.05, "Family-wise level of the null band (Bonferroni over pcs x concepts)."
+    )
+    draws: int = option(1000, "Permutations of the null band.")
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> PilotConfig:
         checks = [

@@ -1,7 +1,7 @@
 """`predict`: pre-flight risk of a fine-tuning data set (see :mod:`geomsafe.predict.run`)."""
 
-from geomsafe.predict.config import METHODS, PER_EXAMPLE_SCORES, PredictConfig
-from geomsafe.predict.estimators import ESTIMATORS, Estimate, Estimator, Inputs
+from geomsafe.predict.config import PredictConfig
+from geomsafe.predict.estimators import ESTIMATORS, Estimate, Estimator, EstimatorKind, Inputs
 from geomsafe.predict.examples import attack_lines, riskiest_lines
 from geomsafe.predict.gradient import probe_prompts
 from geomsafe.predict.output import FORMAT, RISK_JSON, write_predict
@@ -12,13 +12,12 @@ from geomsafe.predict.run import harmful_atlas, predict
 __all__ = [
     "ESTIMATORS",
     "FORMAT",
-    "METHODS",
     "NO_CONCEPT",
-    "PER_EXAMPLE_SCORES",
     "RISK_JSON",
     "ConceptRisk",
     "Estimate",
     "Estimator",
+    "EstimatorKind",
     "Inputs",
     "PredictConfig",
     "PredictResult",

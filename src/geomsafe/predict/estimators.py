@@ -1,5 +1,6 @@
-"""Risk estimators as typed callables, one small factory each (selected by
-``PredictConfig.method``; :data:`ESTIMATORS` maps the name to the factory).
+"""Risk estimators as typed callables, one small factory each, registered in
+:data:`ESTIMATORS` (name -> :class:`EstimatorKind`, whose attributes say what the estimator
+needs and gives; ``PredictConfig.method`` names one).
 
 An estimator maps the :class:`Inputs` of a prediction to an :class:`Estimate`: per concept, the
 value whose clip to [0, 1] is the risk; per example, values whose mean is that value (None when
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
@@ -29,10 +30,12 @@ from geomsafe.evaluate.generate import greedy
 from geomsafe.formatting import Example
 from geomsafe.models import LoadedModel
 from geomsafe.predict.behaviour import behavioural_estimate
-from geomsafe.predict.config import PredictConfig
 from geomsafe.predict.gradient import gradient_estimate, probe_prompts
 from geomsafe.predict.pairs import concept_pairs_for_direction
 from geomsafe.projection import project, projection_difference, prompt_projection
+
+if TYPE_CHECKING:
+    from geomsafe.predict.config import PredictConfig
 
 
 @dataclass
@@ -199,10 +202,50 @@ def behavioural() -> Estimator:
     return estimate
 
 
-ESTIMATORS: dict[str, Callable[[], Estimator]] = {
-    "behavioural": behavioural,
-    "gradient_alignment": gradient_alignment,
-    "projection_difference": projection_difference_estimator,
-    "prompt_anchored": prompt_anchored,
-}
-NEEDS_ATLAS = frozenset({"gradient_alignment", "projection_difference", "prompt_anchored"})
+@dataclass(frozen=True)
+class EstimatorKind:
+    """A registered estimator: its factory and what it needs and gives.
+
+    Attributes:
+        name: the ``method`` name.
+        build: the factory, ``build()(inputs) -> Estimate``.
+        needs_atlas: it reads concept directions (an atlas is extracted when none is given).
+        per_example: its estimate decomposes over examples (a CI, and a per-example score that
+            can rank examples for ``--filter``/``--attack``).
+        needs_generate: it needs the model's own responses (``generate=True``).
+    """
+
+    name: str
+    build: Callable[[], Estimator]
+    needs_atlas: bool
+    per_example: bool
+    needs_generate: bool = False
+
+
+ESTIMATORS: dict[str, EstimatorKind] = {}
+
+
+def register(kind: EstimatorKind) -> EstimatorKind:
+    """Add an estimator kind to :data:`ESTIMATORS` under ``kind.name``."""
+    ESTIMATORS[kind.name] = kind
+    return kind
+
+
+for _kind in (
+    EstimatorKind("behavioural", behavioural, needs_atlas=False, per_example=True),
+    EstimatorKind("gradient_alignment", gradient_alignment, needs_atlas=True, per_example=False),
+    EstimatorKind(
+        "projection_difference",
+        projection_difference_estimator,
+        needs_atlas=True,
+        per_example=True,
+        needs_generate=True,
+    ),
+    EstimatorKind("prompt_anchored", prompt_anchored, needs_atlas=True, per_example=True),
+):
+    register(_kind)
+
+
+def per_example_scores() -> tuple[str, ...]:
+    """The estimators whose values decompose over examples (they can rank examples)."""
+    return tuple(name for name, kind in ESTIMATORS.items() if kind.per_example)

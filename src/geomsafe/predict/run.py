@@ -34,7 +34,7 @@ from geomsafe.directions import extract
 from geomsafe.errors import GeomsafeError
 from geomsafe.models import LoadedModel, load
 from geomsafe.predict.config import PredictConfig
-from geomsafe.predict.estimators import ESTIMATORS, NEEDS_ATLAS, Estimate, Inputs, scale
+from geomsafe.predict.estimators import ESTIMATORS, Estimate, Inputs, scale
 from geomsafe.predict.examples import concentration, example_rows
 from geomsafe.predict.output import write_predict
 from geomsafe.predict.pairs import concept_pairs_for_direction
@@ -133,18 +133,20 @@ def predict(
         progress = progress and distributed.is_main()
         lm = model if isinstance(model, LoadedModel) else load(model)
         extracted = None
-        if fa is None and {cfg.method, cfg.per_example_score} & NEEDS_ATLAS:
+        if fa is None and any(
+            ESTIMATORS[m].needs_atlas for m in (cfg.method, cfg.per_example_score)
+        ):
             fa = extracted = harmful_atlas(lm, seed=cfg.seed, progress=progress)
             atlas_source = "extracted (built-in harmful concepts)"
         layers = concept_layers(fa, names, lm=lm) if fa is not None else {}
         sample = ds.sample(cfg.max_examples, cfg.seed)
         x = Inputs(lm, sample.examples, names, cfg, fa, progress)
-        main = ESTIMATORS[cfg.method]()(x)
+        main = ESTIMATORS[cfg.method].build()(x)
         estimates = {main.method: main}
         side = ["prompt_anchored", "projection_difference"] if fa is not None else []
         for m in [*side, cfg.per_example_score]:
-            if m not in estimates and (m != "projection_difference" or cfg.generate):
-                estimates[m] = ESTIMATORS[m]()(x)
+            if m not in estimates and (cfg.generate or not ESTIMATORS[m].needs_generate):
+                estimates[m] = ESTIMATORS[m].build()(x)
     ci = _interval(main, names, cfg)
     results = []
     for n in names:

@@ -47,6 +47,7 @@ import torch
 from scipy import stats
 from torch import Tensor
 
+from geomsafe.config import at_least, option, require
 from geomsafe.toy.metrics import REPRESENTED, cosines, norms, unit_columns
 from geomsafe.toy.model import ToyConfig, ToyModel
 from geomsafe.toy.train import ToyTrainConfig, importance_vector, train
@@ -56,34 +57,40 @@ _GRID = torch.linspace(0.0, 1.0, 101)[1:]  # target values x_t for the output re
 
 @dataclass(frozen=True)
 class EntangleConfig:
-    n_features: int = 20
-    n_hidden: int = 7
-    sparsity: float = 0.9
-    importance_decay: float = 1.0
-    n_bases: int = 3
-    base_steps: int = 5000
-    base_lr: float = 3e-3
-    boost: float = 2.0
-    target_importance: float = 5.0
-    other_importance: float = 1.0
-    readout: str = "frozen"
-    finetune_steps: int = 1000
-    finetune_lr: float = 2e-3
-    protect: int = 2
-    batch_size: int = 1024
-    seed: int = 0
+    n_features: int = option(20, "Input features n.")
+    n_hidden: int = option(7, "Hidden dimensions m (< n: superposition).")
+    sparsity: float = option(0.9, "Sparsity S of every feature, in [0, 1).")
+    importance_decay: float = option(1.0, "Importance of feature i: decay ** i.")
+    n_bases: int = option(3, "Base models trained (seeds seed, seed + 1, ...).")
+    base_steps: int = option(5000, "Adam steps of each base model.")
+    base_lr: float = option(3e-3, "Learning rate of the base models.")
+    boost: float = option(2.0, "The fine-tune asks for y_t = boost * x_t on the target.")
+    target_importance: float = option(5.0, "Importance multiplier of the target feature.")
+    other_importance: float = option(1.0, "Loss scale of the other features.")
+    readout: str = option(
+        "frozen", "frozen (only the writer W trains) or tied (the read-out moves too)."
+    )
+    finetune_steps: int = option(1000, "Adam steps of each fine-tune.")
+    finetune_lr: float = option(2e-3, "Learning rate of the fine-tunes.")
+    protect: int = option(2, "Protected features: the target's nearest represented ones.")
+    batch_size: int = option(1024, "Fresh samples per step.")
+    seed: int = option(0, "Seed of the bases, targets and batches.")
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.sparsity < 1.0:
-            raise ValueError(f"sparsity must be in [0, 1), got {self.sparsity}")
-        if self.n_hidden >= self.n_features:
-            raise ValueError("entanglement needs n_hidden < n_features (superposition)")
-        if not 0 < self.protect < self.n_hidden:
-            raise ValueError(f"protect must be in [1, n_hidden), got {self.protect}")
-        if self.readout not in ("frozen", "tied"):
-            raise ValueError(f"readout must be 'frozen' or 'tied', got {self.readout!r}")
-        if self.n_bases < 1:
-            raise ValueError("n_bases must be >= 1")
+        require(0.0 <= self.sparsity < 1.0, f"sparsity must be in [0, 1), got {self.sparsity}")
+        require(
+            self.n_hidden < self.n_features,
+            "entanglement needs n_hidden < n_features (superposition)",
+        )
+        require(
+            0 < self.protect < self.n_hidden,
+            f"protect must be in [1, n_hidden), got {self.protect}",
+        )
+        require(
+            self.readout in ("frozen", "tied"),
+            f"readout must be 'frozen' or 'tied', got {self.readout!r}",
+        )
+        at_least(self, 1, "n_bases")
 
 
 @dataclass

@@ -15,18 +15,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from geomsafe.config import at_least, option
+
 
 @dataclass(frozen=True)
 class ToyConfig:
     """Shape of a batch of toy models: ``n_instances`` models, each ``n_features -> n_hidden``."""
 
-    n_features: int
-    n_hidden: int
-    n_instances: int = 1
+    n_features: int = option(help="Input features n.")
+    n_hidden: int = option(help="Hidden dimensions m.")
+    n_instances: int = option(1, "Independent models trained together.")
 
     def __post_init__(self) -> None:
-        if min(self.n_features, self.n_hidden, self.n_instances) < 1:
-            raise ValueError(f"toy model sizes must be >= 1, got {self}")
+        at_least(self, 1, "n_features", "n_hidden", "n_instances")
 
 
 class ToyModel(nn.Module):

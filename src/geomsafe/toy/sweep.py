@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from geomsafe.config import above, at_least, option, require
 from geomsafe.toy.metrics import REPRESENTED, dimensionality, dims_per_feature, norms
 from geomsafe.toy.model import ToyConfig, ToyModel
 from geomsafe.toy.train import ToyTrainConfig, importance_vector, reconstruction_loss, train
@@ -20,18 +21,21 @@ Progress = Callable[[int], object] | None
 class SweepConfig:
     """``n`` features into ``m`` dimensions, one model per sparsity."""
 
-    n_features: int
-    n_hidden: int
-    sparsities: tuple[float, ...]
-    importance_decay: float = 1.0
-    steps: int = 5000
-    batch_size: int = 1024
-    lr: float = 1e-3
-    seed: int = 0
+    n_features: int = option(help="Input features n.")
+    n_hidden: int = option(help="Hidden dimensions m.")
+    sparsities: tuple[float, ...] = option(help="Sparsities S, one model each, in [0, 1).")
+    importance_decay: float = option(1.0, "Importance of feature i: decay ** i.")
+    steps: int = option(5000, "Adam steps.")
+    batch_size: int = option(1024, "Fresh samples per step.")
+    lr: float = option(1e-3, "Learning rate.")
+    seed: int = option(0, "Seed of the init and the batches.")
 
     def __post_init__(self) -> None:
-        if not self.sparsities or not all(0.0 <= s < 1.0 for s in self.sparsities):
-            raise ValueError(f"sparsities must be in [0, 1), got {self.sparsities}")
+        at_least(self, 1, "n_features", "n_hidden")
+        require(
+            bool(self.sparsities) and all(0.0 <= s < 1.0 for s in self.sparsities),
+            f"sparsities must be in [0, 1), got {self.sparsities}",
+        )
 
 
 @dataclass
@@ -82,14 +86,27 @@ class PhaseConfig:
     have density ``1 - S``. A ``size x size`` grid over log-spaced ``r`` and density; each cell
     keeps the lowest-loss of ``restarts`` random inits."""
 
-    size: int = 16
-    importance_range: tuple[float, float] = (0.1, 10.0)
-    density_range: tuple[float, float] = (1.0, 0.01)
-    restarts: int = 3
-    steps: int = 2000
-    batch_size: int = 512
-    lr: float = 1e-2
-    seed: int = 0
+    size: int = option(16, "Cells per side of the grid.")
+    importance_range: tuple[float, float] = option(
+        (0.1, 10.0), "Importance r of the extra feature: log-spaced over this range."
+    )
+    density_range: tuple[float, float] = option(
+        (1.0, 0.01), "Density 1 - S of both features: log-spaced over this range."
+    )
+    restarts: int = option(3, "Random inits per cell (the lowest loss is kept).")
+    steps: int = option(2000, "Adam steps.")
+    batch_size: int = option(512, "Fresh samples per step.")
+    lr: float = option(1e-2, "Learning rate.")
+    seed: int = option(0, "Seed of the inits and the batches.")
+
+    def __post_init__(self) -> None:
+        at_least(self, 1, "size", "restarts", "batch_size")
+        at_least(self, 0, "steps")
+        above(self, 0, "lr")
+        require(
+            min(self.importance_range) > 0 and min(self.density_range) > 0,
+            "importance_range and density_range must be > 0 (log-spaced)",
+        )
 
 
 PHASES = ("not represented", "dedicated dimension", "superposition")

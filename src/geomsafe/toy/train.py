@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from geomsafe.config import above, at_least, option
 from geomsafe.toy.model import ToyModel
 
 
@@ -24,15 +25,16 @@ class ToyTrainConfig:
     """Optimiser settings: Adam, a fresh batch every step; with ``cosine`` the learning rate
     decays from ``lr`` to ``lr / 20`` along a half cosine (cleaner final weights)."""
 
-    steps: int = 5000
-    batch_size: int = 1024
-    lr: float = 1e-3
-    seed: int = 0
-    cosine: bool = True
+    steps: int = option(5000, "Adam steps.")
+    batch_size: int = option(1024, "Fresh samples per step.")
+    lr: float = option(1e-3, "Learning rate.")
+    seed: int = option(0, "Seed of the batches.")
+    cosine: bool = option(True, "Decay the learning rate to lr / 20 along a half cosine.")
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError(f"bad training config: {self}")
+        at_least(self, 0, "steps")
+        at_least(self, 1, "batch_size")
+        above(self, 0, "lr")
 
 
 @contextmanager

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from geomsafe.config import with_options
+from geomsafe.config import option, with_options
 from geomsafe.errors import GeomsafeError
 
 ALL_LINEAR = "all-linear"
@@ -20,29 +20,35 @@ class TrainConfig:
     ``epochs``. Examples longer than ``max_length`` tokens are an error unless ``truncate``.
     """
 
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    target_modules: str | list[str] = ALL_LINEAR
-    learning_rate: float = 2e-4
-    epochs: float = 1.0
-    max_steps: int = -1
-    batch_size: int = 4
-    grad_accum: int = 1
-    max_length: int = 512
-    truncate: bool = False
-    add_eos: bool = True  # append EOS to every response (trained: the model learns to stop)
-    max_examples: int | None = None  # use the first N examples of the file
-    seed: int = 0
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    lr_scheduler: str = "linear"
-    max_grad_norm: float = 1.0
-    save_steps: int = 50
-    save_total_limit: int = 1
-    logging_steps: int = 10
-    bf16: bool = False
-    extra_args: dict[str, Any] = field(default_factory=dict)  # passed to TrainingArguments
+    lora_r: int = option(8, "LoRA rank.")
+    lora_alpha: int = option(16, "LoRA alpha (the CLI's default: 2 x rank).")
+    lora_dropout: float = option(0.0, "LoRA dropout, in [0, 1).")
+    target_modules: str | list[str] = option(
+        ALL_LINEAR, "Adapted modules: 'all-linear' or a list of module names."
+    )
+    learning_rate: float = option(2e-4, "Learning rate.")
+    epochs: float = option(1.0, "Passes over the data (unless --max-steps > 0).")
+    max_steps: int = option(-1, "Optimiser steps; > 0 overrides --epochs.")
+    batch_size: int = option(4, "Examples per forward pass.")
+    grad_accum: int = option(1, "Accumulation steps.")
+    max_length: int = option(
+        512, "Longest example in tokens; longer ones are an error unless --truncate."
+    )
+    truncate: bool = option(False, "Cut over-long examples instead of failing.")
+    add_eos: bool = option(
+        True, "Append EOS to every response (trained: the model learns to stop)."
+    )
+    max_examples: int | None = option(None, "Use the first N examples of --data.")
+    seed: int = option(0, "Seed of the run (LoRA init, data order).")
+    warmup_steps: int = option(0, "Linear warm-up steps of the learning rate.")
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    lr_scheduler: str = option("linear", "Learning-rate schedule (transformers' names).")
+    max_grad_norm: float = option(1.0, "Gradient clipping norm.")
+    save_steps: int = option(50, "Checkpoint every N steps (and at the end).")
+    save_total_limit: int = option(1, "Checkpoints kept.")
+    logging_steps: int = option(10, "Steps between loss log lines.")
+    bf16: bool = option(False, "Train in bfloat16 mixed precision.")
+    extra_args: dict[str, Any] = option({}, "Passed to transformers' TrainingArguments.")
 
     def __post_init__(self) -> None:
         self.validate()
