@@ -49,6 +49,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from geomsafe.capture import cache_kwarg
 from geomsafe.concepts import ConceptSet
 from geomsafe.concepts.split import overlapping, used_prompts
 from geomsafe.errors import GeomsafeError
@@ -238,6 +239,13 @@ def _pad(seqs: Sequence[Sequence[int]], pad: int, side: str) -> tuple[Tensor, Te
     return ids, mask
 
 
+def _cache_name(model: Any) -> str:
+    """The keyword under which the model takes a key/value cache (``cache`` in recent
+    transformers, ``past_key_values`` before), looked up on a peft model's base model."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return cache_kwarg(base) or "past_key_values"
+
+
 def _crop(cache: Any, length: int) -> Any:
     """``cache`` back to its first ``length`` positions: cropped in place when every layer is
     a plain dynamic layer, else a copy (a sliding-window layer cannot be cropped back)."""
@@ -275,9 +283,9 @@ def _side_logps(
         input_ids=ids.to(dev),
         attention_mask=torch.cat([prompt_mask, mask], -1).to(dev),
         position_ids=(start + torch.arange(width)).to(dev),
-        past_key_values=cache,
         use_cache=True,
         logits_to_keep=keep.to(dev),
+        **{_cache_name(lm.model): cache},
     )
     logp = torch.log_softmax(out.logits.float(), dim=-1).cpu()  # [kept, V], row-major
     targets = torch.tensor([t for resp in responses for t in resp[1:]])
@@ -309,7 +317,7 @@ def _pair_logps(
         logits_to_keep=1,
     )
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()
-    cache = out.past_key_values
+    cache = out["cache"] if "cache" in out else out["past_key_values"]
     sides = [[e.input_ids[e.prompt_len :] for e in side] for side in zip(*pairs, strict=True)]
     if together:
         cache.batch_repeat_interleave(2)
