@@ -251,3 +251,12 @@ def test_nudged_weights_give_a_paired_change_with_a_ci(tmp_path):
     assert res.model.metrics["logodds:zset"].concept == "toxicity"
     headers, rows = res.table()
     assert any(r[0].startswith("log-odds zset minus ctrl") and r[3].startswith("+") for r in rows)
+
+
+def test_the_tokens_that_open_every_prompt_of_a_batch_run_once():
+    from geomsafe.evaluate.logodds import _shared_prefix
+
+    assert _shared_prefix([[1, 2, 3, 9], [1, 2, 4]]) == 2
+    assert _shared_prefix([[1, 2], [1, 2, 3]]) == 1  # each prompt keeps its last token
+    assert _shared_prefix([[1, 2, 3]]) == 0  # one pair: nothing to share
+    assert _shared_prefix([[5, 2], [1, 2]]) == 0

@@ -8,12 +8,14 @@ response tokenised on its own and appended; no end-of-turn token is scored). ``l
 :func:`response_logprobs` runs one forward per example, batched (left-padded, longest first),
 and keeps only the logits of the response positions.
 
-:func:`pair_logodds` runs a pair's shared prompt once: the prompts of a batch of pairs
-(left-padded) with a key/value cache, the logits of their last position only (they predict the
-first response token), then each side's responses (right-padded) from that cache, with logits
-only at the scored positions (``logits_to_keep`` as a boolean mask). The token ids and the
-prompt/response split are :func:`~geomsafe.formatting.encode`'s, so the values are those of
-:func:`response_logprobs` up to float rounding (other matrix shapes; within 1e-5 per pair).
+:func:`pair_logodds` runs a pair's prompt once: for a batch of pairs, the tokens that open
+every prompt (a chat template's system prompt) once, then the rest of each prompt with a
+key/value cache and the logits of its last token only (they predict the first response token),
+then each side's responses from that cache, with logits only at the scored positions
+(``logits_to_keep`` as a boolean mask; a response's last token is not fed, it predicts nothing
+scored). The token ids and the prompt/response split are :func:`~geomsafe.formatting.encode`'s,
+so the values are those of :func:`response_logprobs` up to float rounding (other matrix shapes;
+within 1e-5 per pair).
 
 **Log-odds** of a pair (same prompt; ``positive`` the harmful response, ``negative`` the
 harmless one; in a control set ``positive`` is the response standing in the harmful one's place,
@@ -258,6 +260,10 @@ def _crop(cache: Any, length: int) -> Any:
     return copy.deepcopy(cache)
 
 
+def _cache_of(out: Any) -> Any:
+    return out["cache"] if "cache" in out else out["past_key_values"]
+
+
 def _side_logps(
     lm: LoadedModel,
     responses: Sequence[Sequence[int]],
@@ -267,24 +273,25 @@ def _side_logps(
     pad: int,
 ) -> list[float]:
     """Sums of the log-probabilities of each row's response tokens: the first from ``first``
-    (``[B, V]``, the prompts' last log-softmax row), the rest from one forward of the
-    right-padded responses after ``cache``, with logits only at the scored positions."""
+    (``[B, V]``, the log-softmax at each prompt's last token), the others from one forward,
+    after ``cache`` (whose real columns ``prompt_mask`` marks), of the responses without their
+    last token (right-padded), with logits at the real positions only."""
     sums = [float(first[r, resp[0]].double()) for r, resp in enumerate(responses)]
-    width = max(len(r) for r in responses)
-    if width < 2:  # one-token responses: the prompt's last row scored them all
+    inputs = [resp[:-1] for resp in responses]  # the last token predicts nothing scored
+    width = max(len(x) for x in inputs)
+    if width == 0:  # one-token responses: the prompts' last logits scored them all
         return sums
-    ids, mask = _pad(responses, pad, "right")
-    keep = torch.zeros_like(mask, dtype=torch.bool)
-    for r, resp in enumerate(responses):
-        keep[r, : len(resp) - 1] = True  # position t predicts response token t + 1
-    start = prompt_mask.sum(-1, keepdim=True)
+    ids, mask = _pad([x or [pad] for x in inputs], pad, "right")
+    for r, x in enumerate(inputs):
+        mask[r, len(x) :] = 0  # a one-token response feeds no token (its pad row is masked)
+    start = prompt_mask.sum(-1, keepdim=True)  # the real tokens before: the next position
     dev = lm.device
     out = lm.model(
         input_ids=ids.to(dev),
         attention_mask=torch.cat([prompt_mask, mask], -1).to(dev),
         position_ids=(start + torch.arange(width)).to(dev),
         use_cache=True,
-        logits_to_keep=keep.to(dev),
+        logits_to_keep=mask.bool().to(dev),
         **{_cache_name(lm.model): cache},
     )
     logp = torch.log_softmax(out.logits.float(), dim=-1).cpu()  # [kept, V], row-major
@@ -298,26 +305,54 @@ def _side_logps(
     return sums
 
 
+def _shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
+    """Tokens that open every prompt of a batch of several (e.g. a chat template's system
+    prompt), leaving each prompt at least its last token."""
+    if len(prompts) < 2:
+        return 0
+    limit = min(len(p) for p in prompts) - 1
+    n = 0
+    while n < limit and all(p[n] == prompts[0][n] for p in prompts):
+        n += 1
+    return n
+
+
 def _pair_logps(
     lm: LoadedModel, pairs: Sequence[tuple[Encoded, Encoded]], together: bool = False
 ) -> list[tuple[float, float]]:
     """Response log-likelihood sums ``(positive, negative)`` of a batch of encoded pairs whose
-    two sides share their prompt tokens: the prompts run once (module docstring). ``together``:
-    both sides in one forward of 2B rows over the cache expanded to them, rather than one side
-    after the other over the same cache (cropped back between them)."""
+    two sides share their prompt tokens. The tokens that open every prompt of the batch run
+    once (one row, its cache repeated for each pair), then the rest of each prompt (right-padded;
+    the padding columns are masked, positions follow the real tokens) with logits at its last
+    token only, then the responses from that cache (module docstring). ``together``: both sides
+    in one forward of 2B rows over the cache expanded to them, rather than one side after the
+    other over the same cache (cropped back between them)."""
     prompts = [a.input_ids[: a.prompt_len] for a, _ in pairs]
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    ids, mask = _pad(prompts, pad, "left")
     dev = lm.device
+    shared = _shared_prefix(prompts)
+    extra: dict[str, Any] = {}
+    if shared:
+        head = lm.model(
+            input_ids=torch.tensor([prompts[0][:shared]]).to(dev), use_cache=True, logits_to_keep=1
+        )
+        cache = _cache_of(head)
+        cache.batch_repeat_interleave(len(prompts))
+        extra = {_cache_name(lm.model): cache}
+    ids, rest = _pad([p[shared:] for p in prompts], pad, "right")
+    last = torch.zeros_like(rest, dtype=torch.bool)
+    last[torch.arange(len(prompts)), rest.sum(-1) - 1] = True
+    mask = torch.cat([torch.ones(len(prompts), shared, dtype=torch.long), rest], -1)
     out = lm.model(
         input_ids=ids.to(dev),
         attention_mask=mask.to(dev),
-        position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(dev),
+        position_ids=(shared + torch.arange(ids.shape[1])).expand_as(ids).to(dev),
         use_cache=True,
-        logits_to_keep=1,
+        logits_to_keep=last.to(dev),
+        **extra,
     )
-    first = torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()
-    cache = out["cache"] if "cache" in out else out["past_key_values"]
+    first = torch.log_softmax(out.logits.float(), dim=-1).cpu()  # [B, V]: one row per prompt
+    cache = _cache_of(out)
     sides = [[e.input_ids[e.prompt_len :] for e in side] for side in zip(*pairs, strict=True)]
     if together:
         cache.batch_repeat_interleave(2)
@@ -326,8 +361,8 @@ def _pair_logps(
             lm, rows, first.repeat_interleave(2, 0), mask.repeat_interleave(2, 0), cache, pad
         )
         return list(zip(sums[0::2], sums[1::2], strict=True))
-    pos = _side_logps(lm, sides[0], first, mask, _crop(cache, ids.shape[1]), pad)
-    neg = _side_logps(lm, sides[1], first, mask, _crop(cache, ids.shape[1]), pad)
+    pos = _side_logps(lm, sides[0], first, mask, _crop(cache, mask.shape[1]), pad)
+    neg = _side_logps(lm, sides[1], first, mask, _crop(cache, mask.shape[1]), pad)
     return list(zip(pos, neg, strict=True))
 
 
