@@ -60,6 +60,71 @@ def test_logodds_equal_the_hand_computed_likelihood_difference(family):
     assert all(abs(v) > 1e-4 for v in got)  # a random model still prefers one side
 
 
+SHORT = (
+    ResponsePair("s1", "One letter?", "y", "n"),  # one response token each (with a template)
+    ResponsePair("s2", "Two?", "ab", "c"),
+)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("chat_template", [True, False])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_shared_prompt_scoring_equals_one_forward_per_example(family, chat_template, batch_size):
+    """The prompt-once path (prompt cache, responses after it, logits at scored positions only)
+    gives the values of the straightforward path: each example's whole sequence in one
+    unpadded forward, with and without a chat template (BOS + plain format), any batch size,
+    the two sides one after the other or together."""
+    from geomsafe.evaluate.logodds import _pair_logps
+
+    lm = tiny_model(family, chat_template=chat_template)
+    pairs = PAIRS + SHORT
+    want = []
+    for p in pairs:
+        (lp_pos, n_pos), (lp_neg, n_neg) = (manual_logp(lm, ex) for ex in p.examples())
+        want.append(lp_pos / n_pos - lp_neg / n_neg)
+    got = pair_logodds(lm, pairs, batch_size=batch_size, progress=False)
+    assert got == pytest.approx(want, abs=1e-5)
+    # the old batched path (one forward per example) agrees too
+    scores = response_logprobs(
+        lm, [ex for p in pairs for ex in p.examples()], batch_size=2 * batch_size, progress=False
+    )
+    old = [scores[2 * k].per_token - scores[2 * k + 1].per_token for k in range(len(pairs))]
+    assert got == pytest.approx(old, abs=1e-5)
+    encoded = [tuple(encode(lm.tokenizer, ex) for ex in p.examples()) for p in pairs]
+    with torch.no_grad():
+        apart = _pair_logps(lm, encoded)
+        together = _pair_logps(lm, encoded, together=True)
+    flat = [v for pair in apart for v in pair]
+    assert flat == pytest.approx([v for pair in together for v in pair], abs=1e-4)
+    assert flat == pytest.approx(
+        [manual_logp(lm, ex)[0] for p in pairs for ex in p.examples()], abs=1e-4
+    )
+
+
+def test_shared_prompt_scoring_checks_its_inputs():
+    lm = tiny_model("llama")
+    with pytest.raises(GeomsafeError, match="empty response"):
+        pair_logodds(lm, [ResponsePair("e", "Hi", "", "no")], progress=False)
+    with pytest.raises(GeomsafeError, match="batch size"):
+        pair_logodds(lm, PAIRS, batch_size=0, progress=False)
+
+
+def test_a_cache_is_cropped_back_to_the_prompt_or_copied():
+    from geomsafe.evaluate.logodds import _crop
+
+    lm = tiny_model("llama")
+    out = lm.model(torch.tensor([[1, 5, 6, 7, 8]]), use_cache=True)
+    cache = out["cache"] if "cache" in out else out["past_key_values"]
+    assert _crop(cache, 3) is cache and cache.get_seq_length() == 3
+
+    class Other:
+        layers = [object()]
+
+    other = Other()
+    copied = _crop(other, 3)
+    assert copied is not other and isinstance(copied, Other)
+
+
 def test_batching_and_padding_do_not_change_values():
     lm = tiny_model("qwen2")
     examples = [ex for p in PAIRS for ex in p.examples()]
@@ -186,3 +251,12 @@ def test_nudged_weights_give_a_paired_change_with_a_ci(tmp_path):
     assert res.model.metrics["logodds:zset"].concept == "toxicity"
     headers, rows = res.table()
     assert any(r[0].startswith("log-odds zset minus ctrl") and r[3].startswith("+") for r in rows)
+
+
+def test_the_tokens_that_open_every_prompt_of_a_batch_run_once():
+    from geomsafe.evaluate.logodds import _shared_prefix
+
+    assert _shared_prefix([[1, 2, 3, 9], [1, 2, 4]]) == 2
+    assert _shared_prefix([[1, 2], [1, 2, 3]]) == 1  # each prompt keeps its last token
+    assert _shared_prefix([[1, 2, 3]]) == 0  # one pair: nothing to share
+    assert _shared_prefix([[5, 2], [1, 2]]) == 0

@@ -177,6 +177,36 @@ def test_filter_score_is_configurable(setup, tmp_path):
     assert mean == pytest.approx(rude.prompt_anchored / rude.scale, rel=1e-5)
 
 
+def test_prompt_anchored_scores_equal_the_two_pass_reference(setup, tmp_path):
+    """predict reads the last prompt token from the prompt+response pass: its per-example and
+    concept scores are those of the former two passes (a prompt-only pass for the last prompt
+    token, a prompt+response pass for the responses) to float rounding."""
+    from geomsafe.predict.estimators import scale
+    from geomsafe.projection import project, prompt_projection
+
+    lm, atlas = setup
+    path = write_data(tmp_path, "bad", "you idiot ", n=7)
+    res = predict(lm, path, atlas=atlas, generate=False, gradient=False, progress=False)
+    assert res.example_score == "prompt_anchored"
+    sample = load_dataset(path).sample(128, 0)  # predict's sample: all 7, in its order
+    examples = sample.examples
+    names = ["rude", "calm"]
+    p_data = project(lm, examples, atlas, names, batch_size=16)
+    p_last = prompt_projection(lm, examples, atlas, names, batch_size=16)
+    for c in res.concepts:
+        s = scale(atlas, c.concept, atlas.best_layer(c.concept))
+        want = (p_data[c.concept] - p_last[c.concept]).double() / s
+        assert c.prompt_anchored == pytest.approx(float(want.mean()) * s, abs=1e-5)
+        assert c.risk == pytest.approx(min(1.0, max(0.0, float(want.mean()))), abs=1e-5)
+    at = {rec.line: k for k, rec in enumerate(sample.records)}
+    for row in res.examples:
+        k = at[row["line"]]
+        for n in names:
+            s = scale(atlas, n, atlas.best_layer(n))
+            want = float((p_data[n][k] - p_last[n][k]).double() / s)
+            assert row["scores"][n] == pytest.approx(want, abs=1e-5)
+
+
 def test_atlas_folder_is_recorded(setup, tmp_path):
     lm, atlas = setup
     atlas.save(tmp_path / "a")

@@ -21,6 +21,7 @@ from geomsafe.projection import (
     own_examples,
     own_response,
     project,
+    project_with_prompt,
     projection_difference,
     prompt_projection,
 )
@@ -94,6 +95,32 @@ def test_prompt_projection_is_the_last_prompt_token():
     assert got["toxicity"].tolist() == pytest.approx(want, abs=1e-4)
     mean = mean_projection(lm, [e.prompt for e in EXAMPLES], atlas, ["toxicity"])
     assert mean["toxicity"] == pytest.approx(sum(want) / len(want), abs=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_one_pass_gives_the_response_and_the_last_prompt_token_projections(family, batch_size):
+    """project_with_prompt = project over responses + prompt_projection, from one pass per
+    example; a prompt cut to fit max_length with its response gets its own prompt pass."""
+    lm = tiny_model(family, 4)
+    atlas = atlas_for(lm)
+    names = ["toxicity", "deception"]
+    kw = dict(batch_size=batch_size)
+    for max_length in (512, 30):  # 30: the long example's prompt loses tokens to its response
+        resp, last = project_with_prompt(lm, EXAMPLES, atlas, names, max_length=max_length, **kw)
+        want_resp = project(lm, EXAMPLES, atlas, names, max_length=max_length, **kw)
+        want_last = prompt_projection(lm, EXAMPLES, atlas, names, max_length=max_length, **kw)
+        for n in names:
+            assert resp[n].tolist() == pytest.approx(want_resp[n].tolist(), abs=1e-5)
+            assert last[n].tolist() == pytest.approx(want_last[n].tolist(), abs=1e-5)
+    long = Example(EXAMPLES[1].prompt, "x" * 40)  # prompt cut when encoded with its response
+    enc, alone = encode(lm.tokenizer, long, 30), encode(lm.tokenizer, Example(long.prompt), 30)
+    assert enc.input_ids[: enc.prompt_len] != alone.input_ids
+    _, last = project_with_prompt(lm, [long, *EXAMPLES], atlas, names, max_length=30)
+    want = prompt_projection(lm, [long, *EXAMPLES], atlas, names, max_length=30)
+    assert last["toxicity"].tolist() == pytest.approx(want["toxicity"].tolist(), abs=1e-5)
+    with pytest.raises(GeomsafeError, match="no examples"):
+        project_with_prompt(lm, [], atlas, names)
 
 
 def test_concept_layers_resolves_and_checks():

@@ -30,9 +30,9 @@ from torch import Tensor, nn
 
 from geomsafe.adapters import adapter_disabled, is_peft, view
 from geomsafe.atlas import FeatureAtlas
-from geomsafe.capture import capture_projections
+from geomsafe.capture import _Pooler, _prepare, _run, capture_projections
 from geomsafe.errors import GeomsafeError
-from geomsafe.formatting import Example
+from geomsafe.formatting import Example, encode_all
 from geomsafe.models import LoadedModel
 
 Layers = int | Mapping[str, int] | None
@@ -109,20 +109,8 @@ def project(
     needed layers (:func:`~geomsafe.capture.capture_projections`: it keeps ``[N, K]``
     projections, not the ``[N, L, D]`` pooled activations), with the model in eval mode (its
     mode is restored after). A peft model is measured as it is (adapter on)."""
-    names = list(names) if names is not None else atlas.harmful
-    if not names:
-        raise GeomsafeError("no concepts to project on")
-    if not examples:
-        raise GeomsafeError("no examples to project")
-    where = concept_layers(atlas, names, layers, lm)
+    where, directions, at = _directions(lm, atlas, names, layers, examples)
     lm = view(lm)
-    at: dict[int, list[str]] = {}
-    for name, layer in where.items():
-        at.setdefault(layer, []).append(name)
-    directions = {
-        layer: torch.stack([atlas.direction(n, layer).float().cpu() for n in group])
-        for layer, group in at.items()
-    }
     with _eval_mode(lm.model):
         projections = capture_projections(  # running projections, never [N, L, D]
             lm,
@@ -134,7 +122,111 @@ def project(
             progress=progress,
             desc=desc,
         )
+    return _by_name(projections, where, at)
+
+
+def _directions(
+    lm: LoadedModel,
+    atlas: FeatureAtlas,
+    names: Sequence[str] | None,
+    layers: Layers,
+    examples: Sequence[object],
+) -> tuple[dict[str, int], dict[int, Tensor], dict[int, list[str]]]:
+    """Each concept's layer, the ``[K, D]`` directions to project on at each layer, and the
+    concepts in their row order at each layer (checked: there are concepts and examples)."""
+    names = list(names) if names is not None else atlas.harmful
+    if not names:
+        raise GeomsafeError("no concepts to project on")
+    if not examples:
+        raise GeomsafeError("no examples to project")
+    where = concept_layers(atlas, names, layers, lm)
+    at: dict[int, list[str]] = {}
+    for name, layer in where.items():
+        at.setdefault(layer, []).append(name)
+    directions = {
+        layer: torch.stack([atlas.direction(n, layer).float().cpu() for n in group])
+        for layer, group in at.items()
+    }
+    return where, directions, at
+
+
+def _by_name(
+    projections: Mapping[int, Tensor], where: dict[str, int], at: dict[int, list[str]]
+) -> dict[str, Tensor]:
     return {name: projections[layer][:, at[layer].index(name)] for name, layer in where.items()}
+
+
+class _TwoSelections:
+    """Pools two token selections of each example from the same forward passes: the picks of
+    a pass are made for ``spans`` (the first pooler's) and moved to ``other`` for the second."""
+
+    def __init__(self, first: _Pooler, second: _Pooler, spans, other) -> None:
+        self.first, self.second = first, second
+        self.spans, self.other = spans, other
+        self.layers = first.layers
+        self.parts = None
+
+    def add(self, store: dict, head_store: dict, picks: list) -> None:
+        moved = []
+        for i, row, a, _ in picks:
+            off = a - self.spans[i][0]
+            moved.append((i, row, off + self.other[i][0], off + self.other[i][1]))
+        self.second.add(dict(store), {}, moved)
+        self.first.add(store, head_store, picks)
+
+    def reduce(self) -> None:
+        self.first.reduce()
+        self.second.reduce()
+
+
+def project_with_prompt(
+    lm: LoadedModel,
+    examples: Sequence[Example],
+    atlas: FeatureAtlas,
+    names: Sequence[str] | None = None,
+    *,
+    layers: Layers = None,
+    batch_size: int = 16,
+    max_length: int = 512,
+    progress: bool = False,
+    desc: str = "projection",
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """``(responses, prompts)``: :func:`project` of ``examples`` over their response tokens
+    and :func:`prompt_projection` of their prompts, from one forward pass per example. Under
+    causal attention the last prompt token's residual in the prompt+response pass is the one
+    of a prompt-only pass (equal up to float rounding: other batch shapes). An example whose
+    prompt loses tokens to fit ``max_length`` with its response (so that its prompt-only pass
+    would see more of it) gets a prompt-only pass of its own."""
+    where, directions, at = _directions(lm, atlas, names, layers, examples)
+    lm = view(lm)
+    exs, chosen, encoded, spans = _prepare(
+        lm, examples, sorted(directions), "response", 1, max_length
+    )
+    last = [(e.prompt_len - 1, e.prompt_len) for e in encoded]
+    alone = encode_all(lm.tokenizer, [Example(e.prompt) for e in exs], max_length)
+    pairs = enumerate(zip(encoded, alone, strict=True))
+    apart = [i for i, (e, a) in pairs if a.input_ids != e.input_ids[: e.prompt_len]]
+    pool = _Pooler(len(exs), chosen, lm.d_model, 0, False, spans, project_on=directions)
+    at_last = _Pooler(len(exs), chosen, lm.d_model, 0, False, last, project_on=directions)
+    with _eval_mode(lm.model):
+        both = _TwoSelections(pool, at_last, spans, last)
+        _run(lm, encoded, spans, both, batch_size, "right", progress, desc, False, False)
+    responses = _by_name(pool.projections, where, at)
+    prompts = _by_name(at_last.projections, where, at)
+    if apart:
+        own = prompt_projection(
+            lm,
+            [exs[i] for i in apart],
+            atlas,
+            list(where),
+            dict(where),
+            batch_size=batch_size,
+            max_length=max_length,
+            progress=False,
+        )
+        for name in where:
+            prompts[name][apart] = own[name]
+    return responses, prompts
 
 
 def prompt_projection(
@@ -265,6 +357,7 @@ __all__ = [
     "own_examples",
     "own_response",
     "project",
+    "project_with_prompt",
     "projection_difference",
     "prompt_projection",
 ]

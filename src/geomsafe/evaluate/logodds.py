@@ -4,9 +4,18 @@
 ``logp = sum_t log P(r_t | prompt, r_1..r_{t-1})`` over the response tokens ``r_1..r_n``
 exactly as :func:`geomsafe.formatting.encode` makes them (the prompt rendered with the chat
 template and ``add_generation_prompt``, a BOS token prepended when the tokenizer adds one, the
-response tokenised on its own and appended; no end-of-turn token is scored). ``len = n``. One
-forward per example, batched (left-padded, longest first); only the logits of the response
-positions are kept.
+response tokenised on its own and appended; no end-of-turn token is scored). ``len = n``.
+:func:`response_logprobs` runs one forward per example, batched (left-padded, longest first),
+and keeps only the logits of the response positions.
+
+:func:`pair_logodds` runs a pair's prompt once: for a batch of pairs, the tokens that open
+every prompt (a chat template's system prompt) once, then the rest of each prompt with a
+key/value cache and the logits of its last token only (they predict the first response token),
+then each side's responses from that cache, with logits only at the scored positions
+(``logits_to_keep`` as a boolean mask; a response's last token is not fed, it predicts nothing
+scored). The token ids and the prompt/response split are :func:`~geomsafe.formatting.encode`'s,
+so the values are those of :func:`response_logprobs` up to float rounding (other matrix shapes;
+within 1e-5 per pair).
 
 **Log-odds** of a pair (same prompt; ``positive`` the harmful response, ``negative`` the
 harmless one; in a control set ``positive`` is the response standing in the harmful one's place,
@@ -29,6 +38,7 @@ Which concept each row speaks for: :mod:`geomsafe.evaluate.concept_map`.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import random
@@ -41,6 +51,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from geomsafe.capture import cache_kwarg
 from geomsafe.concepts import ConceptSet
 from geomsafe.concepts.split import overlapping, used_prompts
 from geomsafe.errors import GeomsafeError
@@ -218,6 +229,144 @@ def response_logprobs(
     return [o for o in out if o is not None]
 
 
+def _pad(seqs: Sequence[Sequence[int]], pad: int, side: str) -> tuple[Tensor, Tensor]:
+    """``[B, W]`` ids and attention mask of ``seqs`` padded on ``side`` to the longest."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        at = slice(width - len(s), width) if side == "left" else slice(0, len(s))
+        ids[r, at] = torch.tensor(list(s))
+        mask[r, at] = 1
+    return ids, mask
+
+
+def _cache_name(model: Any) -> str:
+    """The keyword under which the model takes a key/value cache (``cache`` in recent
+    transformers, ``past_key_values`` before), looked up on a peft model's base model."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return cache_kwarg(base) or "past_key_values"
+
+
+def _crop(cache: Any, length: int) -> Any:
+    """``cache`` back to its first ``length`` positions: cropped in place when every layer is
+    a plain dynamic layer, else a copy (a sliding-window layer cannot be cropped back)."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None and all(type(x).__name__ == "DynamicLayer" for x in layers):
+        extra = cache.get_seq_length() - length
+        if extra > 0:
+            cache.crop(-extra)  # negative: remove that many positions from the end
+        return cache
+    return copy.deepcopy(cache)
+
+
+def _cache_of(out: Any) -> Any:
+    return out["cache"] if "cache" in out else out["past_key_values"]
+
+
+def _side_logps(
+    lm: LoadedModel,
+    responses: Sequence[Sequence[int]],
+    first: Tensor,
+    prompt_mask: Tensor,
+    cache: Any,
+    pad: int,
+) -> list[float]:
+    """Sums of the log-probabilities of each row's response tokens: the first from ``first``
+    (``[B, V]``, the log-softmax at each prompt's last token), the others from one forward,
+    after ``cache`` (whose real columns ``prompt_mask`` marks), of the responses without their
+    last token (right-padded), with logits at the real positions only."""
+    sums = [float(first[r, resp[0]].double()) for r, resp in enumerate(responses)]
+    inputs = [resp[:-1] for resp in responses]  # the last token predicts nothing scored
+    width = max(len(x) for x in inputs)
+    if width == 0:  # one-token responses: the prompts' last logits scored them all
+        return sums
+    ids, mask = _pad([x or [pad] for x in inputs], pad, "right")
+    for r, x in enumerate(inputs):
+        mask[r, len(x) :] = 0  # a one-token response feeds no token (its pad row is masked)
+    start = prompt_mask.sum(-1, keepdim=True)  # the real tokens before: the next position
+    dev = lm.device
+    out = lm.model(
+        input_ids=ids.to(dev),
+        attention_mask=torch.cat([prompt_mask, mask], -1).to(dev),
+        position_ids=(start + torch.arange(width)).to(dev),
+        use_cache=True,
+        logits_to_keep=mask.bool().to(dev),
+        **{_cache_name(lm.model): cache},
+    )
+    logp = torch.log_softmax(out.logits.float(), dim=-1).cpu()  # [kept, V], row-major
+    targets = torch.tensor([t for resp in responses for t in resp[1:]])
+    picked = logp[torch.arange(len(targets)), targets].double()
+    at = 0
+    for r, resp in enumerate(responses):
+        n = len(resp) - 1
+        sums[r] += float(picked[at : at + n].sum())
+        at += n
+    return sums
+
+
+def _shared_prefix(prompts: Sequence[Sequence[int]]) -> int:
+    """Tokens that open every prompt of a batch of several (e.g. a chat template's system
+    prompt), leaving each prompt at least its last token."""
+    if len(prompts) < 2:
+        return 0
+    limit = min(len(p) for p in prompts) - 1
+    n = 0
+    while n < limit and all(p[n] == prompts[0][n] for p in prompts):
+        n += 1
+    return n
+
+
+def _pair_logps(
+    lm: LoadedModel, pairs: Sequence[tuple[Encoded, Encoded]], together: bool = False
+) -> list[tuple[float, float]]:
+    """Response log-likelihood sums ``(positive, negative)`` of a batch of encoded pairs whose
+    two sides share their prompt tokens. The tokens that open every prompt of the batch run
+    once (one row, its cache repeated for each pair), then the rest of each prompt (right-padded;
+    the padding columns are masked, positions follow the real tokens) with logits at its last
+    token only, then the responses from that cache (module docstring). ``together``: both sides
+    in one forward of 2B rows over the cache expanded to them, rather than one side after the
+    other over the same cache (cropped back between them)."""
+    prompts = [a.input_ids[: a.prompt_len] for a, _ in pairs]
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    dev = lm.device
+    shared = _shared_prefix(prompts)
+    extra: dict[str, Any] = {}
+    if shared:
+        head = lm.model(
+            input_ids=torch.tensor([prompts[0][:shared]]).to(dev), use_cache=True, logits_to_keep=1
+        )
+        cache = _cache_of(head)
+        cache.batch_repeat_interleave(len(prompts))
+        extra = {_cache_name(lm.model): cache}
+    ids, rest = _pad([p[shared:] for p in prompts], pad, "right")
+    last = torch.zeros_like(rest, dtype=torch.bool)
+    last[torch.arange(len(prompts)), rest.sum(-1) - 1] = True
+    mask = torch.cat([torch.ones(len(prompts), shared, dtype=torch.long), rest], -1)
+    out = lm.model(
+        input_ids=ids.to(dev),
+        attention_mask=mask.to(dev),
+        position_ids=(shared + torch.arange(ids.shape[1])).expand_as(ids).to(dev),
+        use_cache=True,
+        logits_to_keep=last.to(dev),
+        **extra,
+    )
+    first = torch.log_softmax(out.logits.float(), dim=-1).cpu()  # [B, V]: one row per prompt
+    cache = _cache_of(out)
+    sides = [[e.input_ids[e.prompt_len :] for e in side] for side in zip(*pairs, strict=True)]
+    if together:
+        cache.batch_repeat_interleave(2)
+        rows = [r for pair in zip(*sides, strict=True) for r in pair]  # pos, neg, pos, ...
+        sums = _side_logps(
+            lm, rows, first.repeat_interleave(2, 0), mask.repeat_interleave(2, 0), cache, pad
+        )
+        return list(zip(sums[0::2], sums[1::2], strict=True))
+    pos = _side_logps(lm, sides[0], first, mask, _crop(cache, mask.shape[1]), pad)
+    neg = _side_logps(lm, sides[1], first, mask, _crop(cache, mask.shape[1]), pad)
+    return list(zip(pos, neg, strict=True))
+
+
+@torch.no_grad()
 def pair_logodds(
     lm: LoadedModel,
     pairs: PairSet | Sequence[ResponsePair],
@@ -225,12 +374,33 @@ def pair_logodds(
     batch_size: int = 32,
     progress: bool = True,
 ) -> list[float]:
-    """Per-pair log-odds ``logp(positive)/len - logp(negative)/len`` (nats per token)."""
+    """Per-pair log-odds ``logp(positive)/len - logp(negative)/len`` (nats per token); each
+    pair's prompt runs once (module docstring). ``batch_size``: pairs per batch."""
+    if batch_size < 1:
+        raise GeomsafeError(f"batch size must be >= 1, not {batch_size}")
     items = pairs.pairs if isinstance(pairs, PairSet) else tuple(pairs)
     desc = f"log-odds {pairs.name}" if isinstance(pairs, PairSet) else "log-odds"
-    examples = [ex for p in items for ex in p.examples()]
-    scores = response_logprobs(lm, examples, batch_size=batch_size, progress=progress, desc=desc)
-    return [scores[2 * k].per_token - scores[2 * k + 1].per_token for k in range(len(items))]
+    encoded = []
+    for p in items:
+        pos, neg = (encode(lm.tokenizer, ex) for ex in p.examples())
+        for e, text in ((pos, p.positive), (neg, p.negative)):
+            if not text or e.length == e.prompt_len:
+                raise GeomsafeError(
+                    f"an example has an empty response (prompt {str(p.prompt)[:60]!r})"
+                )
+        if pos.input_ids[: pos.prompt_len] != neg.input_ids[: neg.prompt_len]:
+            raise GeomsafeError(f"pair {p.id}: its two sides encode different prompts")
+        encoded.append((pos, neg))
+    # longest first (the longer side of each pair), as response_logprobs batches
+    order = sorted(range(len(items)), key=lambda i: -max(e.length for e in encoded[i]))
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    out: list[float] = [0.0] * len(items)
+    for idx in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
+        sums = _pair_logps(lm, [encoded[i] for i in idx])
+        for (lp_pos, lp_neg), i in zip(sums, idx, strict=True):
+            pos, neg = encoded[i]
+            out[i] = lp_pos / (pos.length - pos.prompt_len) - lp_neg / (neg.length - neg.prompt_len)
+    return out
 
 
 def refuse_overlap(sets: Sequence[PairSet], atlas_stats: Mapping[str, Mapping[str, Any]]) -> None:

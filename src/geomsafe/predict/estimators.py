@@ -32,7 +32,7 @@ from geomsafe.models import LoadedModel
 from geomsafe.predict.behaviour import behavioural_estimate
 from geomsafe.predict.gradient import gradient_estimate, probe_prompts
 from geomsafe.predict.pairs import concept_pairs_for_direction
-from geomsafe.projection import project, projection_difference, prompt_projection
+from geomsafe.projection import project_with_prompt, projection_difference
 
 if TYPE_CHECKING:
     from geomsafe.predict.config import PredictConfig
@@ -79,8 +79,10 @@ def _columns(t: Tensor, names: list[str]) -> dict[str, float]:
 
 
 def _data_projection(x: Inputs) -> dict[str, Tensor]:
+    """The data responses' projections; with an atlas, the last prompt tokens' come from the
+    same passes (``p_last``, :func:`~geomsafe.projection.project_with_prompt`)."""
     if "p_data" not in x.cache:
-        x.cache["p_data"] = project(
+        x.cache["p_data"], x.cache["p_last"] = project_with_prompt(
             x.lm,
             x.examples,
             x.need_atlas("projection"),
@@ -114,16 +116,9 @@ def _scaled(method: str, shifts: dict[str, Tensor], x: Inputs) -> Estimate:
 
 def prompt_anchored() -> Estimator:
     def estimate(x: Inputs) -> Estimate:
-        p_last = prompt_projection(
-            x.lm,
-            x.examples,
-            x.need_atlas("prompt_anchored"),
-            x.names,
-            batch_size=x.config.batch_size,
-            progress=x.progress,
-            desc="prompts",
-        )
-        p_data = _data_projection(x)
+        x.need_atlas("prompt_anchored")
+        p_data = _data_projection(x)  # the last prompt tokens read from the same passes
+        p_last = x.cache["p_last"]
         return _scaled("prompt_anchored", {n: p_data[n] - p_last[n] for n in x.names}, x)
 
     return estimate

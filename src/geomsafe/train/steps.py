@@ -12,12 +12,15 @@ import torch
 from torch import nn
 
 from geomsafe.atlas import FeatureAtlas
-from geomsafe.formatting import Example
+from geomsafe.errors import GeomsafeError
+from geomsafe.evaluate.logodds import response_logps
+from geomsafe.evaluate.probes import _batches
+from geomsafe.formatting import Encoded, Example
 from geomsafe.guard import Guard, GuardConfig, MonitorGuard
 from geomsafe.guard.resolve import GuardSpec, resolve_guards
 from geomsafe.models import LoadedModel, pad_token_id
 from geomsafe.train.config import TrainConfig
-from geomsafe.train.data import TrainData, load_data
+from geomsafe.train.data import IGNORE_INDEX, TrainData, load_data
 from geomsafe.train.lora import make_peft_model, peft_layer_template
 from geomsafe.train.trainer import (
     GeometryCallback,
@@ -121,37 +124,34 @@ def run_steps(
 def heldout_loss(
     lm: LoadedModel, data: TrainData | Sequence[dict[str, list[int]]], batch_size: int = 8
 ) -> float:
-    """Mean token cross-entropy on the response tokens (labels != -100) of ``data``."""
+    """Mean token cross-entropy on the response tokens (labels != -100) of ``data``: minus their
+    summed log-likelihood (:func:`geomsafe.evaluate.logodds.response_logps`, the one response
+    log-likelihood; logits at the labelled positions only) over their number. The model is
+    scored in eval mode (its mode is restored after)."""
     features = data.features if isinstance(data, TrainData) else list(data)
+    encoded = [_labelled(f) for f in features]
     model = lm.model
     was_training = model.training
     model.eval()
-    pad = pad_token_id(lm.tokenizer)
-    collate = PadCollator(pad)
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
+    total = 0.0
     try:
-        for start in range(0, len(features), batch_size):
-            batch = collate(features[start : start + batch_size])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            logits = (
-                model(
-                    input_ids=batch["input_ids"],
-                    attention_mask=batch["attention_mask"],
-                    use_cache=False,
-                )
-                .logits[:, :-1]
-                .float()
-            )
-            labels = batch["labels"][:, 1:]
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]),
-                labels.reshape(-1),
-                ignore_index=-100,
-                reduction="sum",
-            )
-            total += float(loss)
-            count += int((labels != -100).sum())
+        for idx in _batches([e.input_ids for e in encoded], batch_size):
+            total -= float(response_logps(lm, [encoded[i] for i in idx], torch.float64).sum())
     finally:
         model.train(was_training)
+    count = sum(e.length - e.prompt_len for e in encoded)
     return total / max(count, 1)
+
+
+def _labelled(feature: dict[str, list[int]]) -> Encoded:
+    """A training feature as an encoded example whose response is its labelled tokens (the
+    labels are ``-100`` on the prompt, then the token ids, as :mod:`geomsafe.train.data` makes
+    them)."""
+    ids, labels = list(feature["input_ids"]), list(feature["labels"])
+    p = next((t for t, v in enumerate(labels) if v != IGNORE_INDEX), len(labels))
+    if p == len(ids) or labels[p:] != ids[p:] or len(labels) != len(ids):
+        raise GeomsafeError(
+            "held-out features need labels -100 on the prompt, then the token ids "
+            "(geomsafe.train.load_data makes them)"
+        )
+    return Encoded(tuple(ids), p)
