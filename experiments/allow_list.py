@@ -32,7 +32,7 @@ unguarded run.
      pairs of the project's held-out split; the atlas direction is built from the other half):
      sycophantic over honest reply.
    Each run's change against the base has a bootstrap CI (both from
-   :func:`geomsafe.pareto.frontier.behaviour_change`, as in the guard Pareto grid).
+   :func:`geomsafe.stats.behaviour_change`, as in the guard Pareto grid).
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ from geomsafe.evaluate.pairsets import load_pair_set
 from geomsafe.formatting import Example
 from geomsafe.guard import GuardConfig
 from geomsafe.models import load
-from geomsafe.pareto.frontier import behaviour_change
 from geomsafe.projection import prompt_projection
+from geomsafe.stats import behaviour_change
 from geomsafe.train import TrainConfig, finetune, heldout_loss, load_data
 
 HARMFUL, TARGET = "sycophancy", "empathy"

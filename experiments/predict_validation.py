@@ -72,12 +72,12 @@ from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate import attach_adapter, evaluate
 from geomsafe.evaluate.logodds import refuse_overlap
 from geomsafe.evaluate.pairsets import CONCEPT_SETS, load_pair_set
-from geomsafe.evaluate.stats import change_ci
 from geomsafe.guard.resolve import extract_atlas
 from geomsafe.models import LoadedModel, load
 from geomsafe.predict import predict, probe_prompts
 from geomsafe.projection import mean_projection, measured_shift
 from geomsafe.report.validation import DEFAULT_ESTIMATOR, GOALS, level_change, spearman_p
+from geomsafe.stats import change_ci
 from geomsafe.train import finetune
 
 ESTIMATORS = ("risk", "projection_difference", "prompt_anchored", "gradient", "gradient_alignment")

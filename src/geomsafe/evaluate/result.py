@@ -14,7 +14,7 @@ from typing import Any
 
 from geomsafe.artefacts import EVAL_JSON, GENERATIONS_JSONL, format_tag, read_json
 from geomsafe.errors import GeomsafeError
-from geomsafe.evaluate.stats import CI, bootstrap_ci, change_ci
+from geomsafe.stats import CI, bootstrap_ci, change_ci
 
 FORMAT = format_tag("eval")
 # kinds shown in percent (value) and percentage points (change); the rest in raw units

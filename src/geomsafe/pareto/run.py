@@ -43,10 +43,11 @@ from geomsafe.evaluate.logodds import PairSet, pair_logodds
 from geomsafe.guard import Guard, GuardConfig, build_guards
 from geomsafe.models import LoadedModel
 from geomsafe.pareto.data import TrainSet
-from geomsafe.pareto.frontier import Goal, harm_groups
+from geomsafe.pareto.frontier import Goal
 from geomsafe.pareto.grid import Cell, CellStore, cells, fingerprint, guard_config
 from geomsafe.pareto.summary import HARM_RULES, markdown, summarise
 from geomsafe.projection import prompt_projection
+from geomsafe.stats import harm_groups
 from geomsafe.train.config import TrainConfig
 from geomsafe.train.data import TrainData, build
 from geomsafe.train.lora import peft_layer_template
@@ -256,7 +257,7 @@ def run_grid(
     summary (written to ``pareto.json`` and ``pareto.md``; returned). ``controls`` maps a row to
     its style-control row (both in ``rows``; :func:`geomsafe.evaluate.pairsets.
     load_with_controls`): that row's harm measure is its change minus the control's
-    (:func:`geomsafe.pareto.frontier.harm_groups`). With ``run_missing=False`` nothing is run:
+    (:func:`geomsafe.stats.harm_groups`). With ``run_missing=False`` nothing is run:
     the summary covers the finished cells of the grid (a partial grid; the base measures must
     exist)."""
     cfg = (config or ParetoConfig()).validate()
