@@ -9,11 +9,12 @@ import pytest
 from click.testing import CliRunner
 
 from geomsafe.bench import BenchConfig, bench, preset
-from geomsafe.bench.table import cells, correlation, correlations, markdown
+from geomsafe.bench.table import cells, correlations, markdown
 from geomsafe.bench.tasks import resolve_task
 from geomsafe.cli import main
 from geomsafe.errors import GeomsafeError
 from geomsafe.report import report
+from geomsafe.stats import correlation
 from geomsafe.testing import tiny_model
 
 TINY = BenchConfig(
