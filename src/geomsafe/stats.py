@@ -103,6 +103,12 @@ class CI:
                 return cls(value, low, high, int(n), int(n_boot), float(level))
         raise GeomsafeError(f"not a confidence interval (keys {', '.join(sorted(d))})")
 
+    @classmethod
+    def at(cls, d: Mapping[str, Any], key: str) -> CI:
+        """The CI serialised at ``d[key]``; in a file from before the one layout, where the
+        interval's keys sit in ``d`` itself (``d[key]`` a number or absent), read from ``d``."""
+        return cls.from_dict(d[key] if isinstance(d.get(key), Mapping) else d)
+
     def scaled(self, factor: float) -> CI:
         """The same interval in other units (e.g. ``100`` for percent / percentage points)."""
         return CI(

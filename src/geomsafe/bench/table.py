@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from geomsafe.stats import correlation
+from geomsafe.stats import CI, correlation
 
 COLUMNS = (
     "model",
@@ -42,10 +42,12 @@ def _num(row: dict[str, Any], key: str) -> float | None:
     return float(v)
 
 
-def _ci(d: dict[str, float] | None, digits: int = 1) -> str:
+def _ci(d: dict[str, Any] | None, digits: int = 1) -> str:
+    """A serialised CI (any bench.json version) as ``+v [+low, +high]``; – when absent."""
     if not d:
         return "–"
-    return f"{d['value']:+.{digits}f} [{d['ci_low']:+.{digits}f}, {d['ci_high']:+.{digits}f}]"
+    ci = CI.from_dict(d)
+    return f"{ci.value:+.{digits}f} [{ci.low:+.{digits}f}, {ci.high:+.{digits}f}]"
 
 
 def cells(row: dict[str, Any]) -> list[str]:

@@ -17,8 +17,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from geomsafe.errors import GeomsafeError
 from geomsafe.report import plots
-from geomsafe.stats import correlation, mean_change_ci
+from geomsafe.stats import CI, correlation, mean_change_ci
 
 #: The validation goals of issue 14 (predict's default estimator): pooled Spearman of predicted
 #: risk against behavioural change, pooled share of data-set pairs ranked right, and the
@@ -53,6 +54,16 @@ def level_ci(
     if changes is None:
         return (math.nan, math.nan)
     ci = mean_change_ci(changes)
+    return (ci.low, ci.high)
+
+
+def _row_ci(beh: Mapping[str, Any]) -> tuple[float, float]:
+    """A behaviour row's change CI (``CI.at(row, "change")``: a ``CI.to_dict`` or the
+    ``change``/``ci_low``/``ci_high`` keys); NaN when the row has none."""
+    try:
+        ci = CI.at(beh, "change")
+    except GeomsafeError:
+        return (math.nan, math.nan)
     return (ci.low, ci.high)
 
 
@@ -158,7 +169,7 @@ def pooled_points(
                     "concept": c,
                     "predicted": float(pred),
                     "change": float(beh["change"]),
-                    "ci": (float(beh.get("ci_low", math.nan)), float(beh.get("ci_high", math.nan))),
+                    "ci": _row_ci(beh),
                 }
             )
     return out
