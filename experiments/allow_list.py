@@ -32,7 +32,7 @@ unguarded run.
      pairs of the project's held-out split; the atlas direction is built from the other half):
      sycophantic over honest reply.
    Each run's change against the base has a bootstrap CI (both from
-   :func:`lib.pareto.frontier.behaviour_change`, as in the guard Pareto grid).
+   :func:`geomsafe.stats.behaviour_change`, as in the guard Pareto grid).
 """
 
 from __future__ import annotations
@@ -57,9 +57,9 @@ from geomsafe.guard import GuardConfig
 from geomsafe.layers import default_band
 from geomsafe.models import load
 from geomsafe.projection import project, prompt_projection
+from geomsafe.stats import behaviour_change
 from geomsafe.train import TrainConfig, finetune, heldout_loss, load_data
 from lib.common import RESULTS, machine, write_json
-from lib.pareto.frontier import behaviour_change
 
 HARMFUL, TARGET = "sycophancy", "empathy"
 

@@ -93,7 +93,7 @@ def main() -> None:
     for where, r in pair.items():
         print(
             f"toxicity~hate_bias ({where}, layers {r.layers[0]}..{r.layers[-1]}): "
-            f"{r.score:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}], null q95 {r.null_q95:.3f}, "
+            f"{r.score:.3f} [{r.ci.low:.3f}, {r.ci.high:.3f}], null q95 {r.null_q95:.3f}, "
             f"p={r.p_value:.3f}"
         )
     for k, ok in checks.items():
@@ -131,8 +131,7 @@ def main() -> None:
                         "target",
                         "harmful",
                         "score",
-                        "ci_low",
-                        "ci_high",
+                        "ci",
                         "p_value",
                         "null_q95",
                         "layer",

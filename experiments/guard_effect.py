@@ -24,7 +24,7 @@ log-odds rows) next to the activation shift along the harmful directions.
    tuned - base of every row with its 95% bootstrap CI, and the harm change summed over the
    harm measures (``all``); per guarded run the **behaviour ratio** = guarded / unguarded harm
    change with its paired, stratified bootstrap CI
-   (:func:`lib.pareto.frontier.behaviour_change`, the Pareto benchmark's harm ratio).
+   (:func:`geomsafe.stats.behaviour_change`, the Pareto benchmark's harm ratio).
    The unguarded change is *resolved* when its CI lies above 0; the ratio of an unresolved
    change is noise and is not judged.
 4. Activation shift per concept (geomsafe.projection): mean over a fixed held-out prompt set
@@ -67,11 +67,11 @@ from geomsafe.guard import GuardConfig
 from geomsafe.models import LoadedModel, load
 from geomsafe.options import split_csv
 from geomsafe.projection import concept_layers
+from geomsafe.stats import behaviour_change
 from geomsafe.train import finetune, heldout_loss
 from geomsafe.train.data import build
 from lib.common import RESULTS, machine, write_json
 from lib.guard_setup import eval_questions, middle_atlas, recipe
-from lib.pareto.frontier import behaviour_change
 from lib.pareto.run import measure
 from lib.train_sets import base_dataset
 

@@ -70,12 +70,12 @@ from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate import attach_adapter, evaluate
 from geomsafe.evaluate.logodds import refuse_overlap
 from geomsafe.evaluate.pairsets import CONCEPT_SETS, DEFAULT_SETS, load_pair_set
-from geomsafe.evaluate.stats import change_ci
 from geomsafe.guard.resolve import extract_atlas
 from geomsafe.models import LoadedModel, load
 from geomsafe.predict import predict, probe_prompts
 from geomsafe.projection import mean_projection, measured_shift
-from geomsafe.report.validation import DEFAULT_ESTIMATOR, GOALS, level_change, spearman_p
+from geomsafe.report.validation import DEFAULT_ESTIMATOR, GOALS, level_ci
+from geomsafe.stats import change_ci, correlation
 from geomsafe.train import finetune
 from lib.behaviour import base_eval, eval_config, pair_changes, recipe, row_payload
 from lib.common import RESULTS, machine, write_json
@@ -107,7 +107,7 @@ def pair_accuracy(pred: Sequence[float], meas: Sequence[float]) -> float:
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman's rho (NaN for fewer than 3 points or a constant side)."""
-    return spearman_p(list(x), list(y))[0]
+    return correlation(list(x), list(y))["spearman"]
 
 
 def monotonicity(levels: Sequence[float], values: Sequence[float]) -> float:
@@ -116,10 +116,10 @@ def monotonicity(levels: Sequence[float], values: Sequence[float]) -> float:
 
 
 def agreement(pred: Sequence[float], meas: Sequence[float]) -> dict[str, float | int]:
-    rho, p = spearman_p(list(pred), list(meas))
+    corr = correlation(list(pred), list(meas))
     return {
-        "spearman": rho,
-        "p": p,
+        "spearman": corr["spearman"],
+        "p": corr["spearman_p"],
         "pair_accuracy": pair_accuracy(pred, meas),
         "n": len(pred),
     }
@@ -189,7 +189,7 @@ def mixture_groups(names: Sequence[str]) -> dict[str, list[tuple[float, str]]]:
 def mixture_monotonicity(rows: Mapping[str, Mapping[str, Any]], concepts: Sequence[str]):
     """Per mixture group: Spearman over the levels of the overall risk and of the mean change
     over the concept rows (and of each concept row); per level the mean change's 95% CI
-    (:func:`geomsafe.report.validation.level_change`, when the rows carry CIs)."""
+    (:func:`geomsafe.report.validation.level_ci`, when the rows carry per-pair changes)."""
     out = {}
     for group, levels in mixture_groups(list(rows)).items():
         fs = [f for f, _ in levels]
@@ -202,7 +202,9 @@ def mixture_monotonicity(rows: Mapping[str, Mapping[str, Any]], concepts: Sequen
             for _, n in levels
         ]
         with_ci = all(
-            "ci_low" in rows[n]["behaviour"].get(r, {}) for _, n in levels for r in concept_rows
+            rows[n]["behaviour"].get(r, {}).get("pair_changes")
+            for _, n in levels
+            for r in concept_rows
         )
         out[group] = {
             "levels": fs,
@@ -212,7 +214,7 @@ def mixture_monotonicity(rows: Mapping[str, Mapping[str, Any]], concepts: Sequen
             **(
                 {
                     "mean_concept_ci": [
-                        list(level_change(rows[n]["behaviour"], concept_rows)[1:])
+                        list(level_ci(rows[n]["behaviour"], concept_rows))
                         for _, n in levels
                     ]
                 }

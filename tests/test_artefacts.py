@@ -24,7 +24,7 @@ def test_write_json_stamps_and_reads_back(tmp_path):
     path = write_json(tmp_path / AUDIT_JSON, {"targets": [], "format": "old"}, "audit")
     data = json.loads(path.read_text())
     assert list(data)[:2] == ["format", "geomsafe_version"]
-    assert data["format"] == "geomsafe.audit/1" and data["geomsafe_version"] == __version__
+    assert data["format"] == "geomsafe.audit/2" and data["geomsafe_version"] == __version__
     assert read_json(path, "audit")["targets"] == []
     assert not list(tmp_path.glob(".*.tmp"))
 
@@ -41,7 +41,7 @@ def test_every_kind_has_a_tag():
     [
         ('{"format": "geomsafe.eval/1"}', "not a geomsafe audit file .*geomsafe.eval/1"),
         ('{"format": "other-tool/3"}', "not a geomsafe audit file .*other-tool/3"),
-        ('{"format": "geomsafe.audit/2"}', "written by a newer geomsafe"),
+        ('{"format": "geomsafe.audit/3"}', "written by a newer geomsafe"),
         ('{"kind": "predict"}', "kind 'predict'"),
         ("[1, 2]", "a JSON list, not an object"),
         ('"text"', "a JSON str, not an object"),

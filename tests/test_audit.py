@@ -49,7 +49,7 @@ def test_audit_writes_atlas_and_report(concept_files, tmp_path):
     assert names == ["helpful", "random_labels"]
     row = report["targets"][0]
     assert row["harmful"] in {"rude", "lies"} and 0 <= row["score"] <= 1
-    assert row["ci_low"] <= row["ci_high"] and 0 < row["p_value"] <= 1
+    assert row["ci"]["low"] <= row["ci"]["high"] and 0 < row["p_value"] <= 1
     assert len(row["per_layer"]) == 4 and row["heads"]["target"]["layer"] == row["layer"]
     assert len(report["density"]) == 4 and report["density"][0]["n_features"] == 3
     assert report["harmful_neighbours"][0]["target"] == "rude"
@@ -121,7 +121,7 @@ def test_audit_refuses_a_folder_with_other_results(concept_files, tmp_path):
         progress=False,
     )
     assert sorted(p.name for p in out.iterdir()) == ["atlas", "audit.json"]
-    assert json.loads((out / "audit.json").read_text())["format"] == "geomsafe.audit/1"
-    assert res.report["format"] == "geomsafe.audit/1"
+    assert json.loads((out / "audit.json").read_text())["format"] == "geomsafe.audit/2"
+    assert res.report["format"] == "geomsafe.audit/2"
     usage = CliRunner().invoke(main, ["audit", "--out", str(out / "audit.json")])
     assert usage.exit_code == 2 and len(usage.output.strip().splitlines()) == 1

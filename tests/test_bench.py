@@ -9,11 +9,12 @@ import pytest
 from click.testing import CliRunner
 
 from geomsafe.bench import BenchConfig, bench, preset
-from geomsafe.bench.table import cells, correlation, correlations, markdown
+from geomsafe.bench.table import cells, correlations, markdown
 from geomsafe.bench.tasks import resolve_task
 from geomsafe.cli import main
 from geomsafe.errors import GeomsafeError
 from geomsafe.report import report
+from geomsafe.stats import correlation
 from geomsafe.testing import tiny_model
 
 TINY = BenchConfig(
@@ -50,7 +51,7 @@ def test_bench_rows_per_task_and_guard(result):
         assert ov["harmful"] in r["predicted"] and set(r["predicted"]) == set(r["measured"])
         assert r["predicted_shift"] == r["predicted"]["toxicity"]
         inc = r["toxic_increase_pp"]
-        assert inc["ci_low"] <= inc["value"] <= inc["ci_high"]
+        assert inc["low"] <= inc["value"] <= inc["high"] and inc["n_boot"] > 0  # CI.to_dict
         assert math.isclose(
             inc["value"],
             100 * (r["toxic_after"]["value"] - r["toxic_before"]["value"]),
@@ -78,11 +79,7 @@ def test_bench_rows_carry_the_behavioural_change(result, tmp_path):
             ("shift_behaviour_change", "logodds:concept:toxicity"),
         ):
             c = ev["changes"][row]
-            assert r[key] == {
-                "value": c["delta"],
-                "ci_low": c["delta_ci_low"],
-                "ci_high": c["delta_ci_high"],
-            }
+            assert r[key] == c["delta"]  # the same CI.to_dict in eval.json and bench.json
             assert r["behaviour"][row] == r[key]
         assert all(k.startswith("logodds:") for k in r["behaviour"])
     corr = result.behaviour_correlations
@@ -111,7 +108,7 @@ def test_bench_rows_carry_the_behavioural_change(result, tmp_path):
 def test_bench_folder_is_complete(result):
     out = result.out
     payload = json.loads((out / "bench.json").read_text())
-    assert payload["format"] == "geomsafe.bench/1" and len(payload["rows"]) == 6
+    assert payload["format"] == "geomsafe.bench/2" and len(payload["rows"]) == 6
     prov = payload["provenance"]
     assert prov["command"] == "test" and set(prov["data_sha256"]) == set(TINY.tasks)
     assert (out / "atlas" / "atlas.json").is_file() and (out / "eval-base" / "eval.json").is_file()
@@ -206,9 +203,10 @@ def test_report_of_a_bench_and_of_its_runs(result):
         "changes"
     ]["toxic_rate"]
     assert "<h2>Evaluation before / after</h2>" in ev and "paired bootstrap" in ev
-    assert f"{100 * change['delta']:+.2f} pp" in ev
-    assert f"Toxic-output rate changed by {100 * change['delta']:+.1f} points" in ev or (
-        change["delta_ci_low"] > 0 and "rose by" in ev
+    delta = change["delta"]  # CI.to_dict (geomsafe.eval/2)
+    assert f"{100 * delta['value']:+.2f} pp" in ev
+    assert f"Toxic-output rate changed by {100 * delta['value']:+.1f} points" in ev or (
+        delta["low"] > 0 and "rose by" in ev
     )
     run = report(result.out / "runs" / "code-orthogonal").read_text()
     assert "<h2>Training</h2>" in run and "orthogonal" in run and "training loss" in run

@@ -164,7 +164,7 @@ def test_evaluate_writes_results_and_repeats_exactly(tmp_path, shared_data):
     for m in r1.model.metrics.values():
         assert m.ci.low <= m.ci.value <= m.ci.high
     data = json.loads((tmp_path / "a" / "eval.json").read_text())
-    assert data["format"] == "geomsafe.eval/1" and data["config"]["n_prompts"] == 6
+    assert data["format"] == "geomsafe.eval/2" and data["config"]["n_prompts"] == 6
     prov = data["provenance"]
     for key in ("geomsafe_version", "model_spec", "seed", "data_sha256", "toxicity_classifier"):
         assert prov[key] is not None

@@ -72,7 +72,8 @@ def test_null_separates_related_from_random_labels():
     atlas = _atlas(acts)
     rel = overlap(atlas, acts, "related", [0], ["harm", "other"], n_perm=300, n_boot=100)
     assert rel.harmful == "harm" and rel.p_value < 0.05
-    assert rel.ci_low <= rel.score <= rel.ci_high and rel.score > rel.null_q95
+    assert rel.ci.low <= rel.score <= rel.ci.high and rel.score > rel.null_q95
+    assert rel.ci.value == rel.score and rel.ci.n == 40 and rel.ci.n_boot == 100
     rnd = overlap(atlas, acts, "random", [0], ["harm", "other"], n_perm=300, n_boot=100)
     assert rnd.p_value > 0.05
     again = overlap(atlas, acts, "random", [0], ["harm", "other"], n_perm=300, n_boot=100)

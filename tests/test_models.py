@@ -266,7 +266,8 @@ def test_bf16_model_through_audit_predict_and_a_guarded_finetune(tmp_path: Path)
     res = audit(lm, concepts=concepts, n_perm=20, n_boot=20, progress=False)
     assert all(d.dtype == torch.float32 for d in res.atlas.directions.values())
     row = res.rows[0]
-    assert all(math.isfinite(row[k]) for k in ("score", "p_value", "ci_low", "auroc"))
+    assert all(math.isfinite(row[k]) for k in ("score", "p_value", "auroc"))
+    assert math.isfinite(row["ci"]["low"])
     data = tmp_path / "data.jsonl"
     rows = [{"prompt": f"hello {i}", "completion": "you idiot " * (1 + i % 3)} for i in range(8)]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))

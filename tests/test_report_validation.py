@@ -11,19 +11,24 @@ import predict_validation as pv
 from geomsafe.artefacts import VALIDATION_JSON, kind_of, read_json, write_json
 from geomsafe.errors import GeomsafeError
 from geomsafe.report import report
-from geomsafe.report.validation import GOALS, level_change, section
+from geomsafe.report.validation import GOALS, level_ci, section
+from geomsafe.stats import mean_change_ci
 
 CONCEPTS = ["toxicity", "deception"]
 LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def _row(name, risk, change, half=0.01):
-    """One data set as validation_row returns it (risk per concept, change per concept row)."""
+    """One data set as validation_row returns it (risk per concept, change per concept row
+    with its per-pair changes, spread by ``half`` around the change)."""
     beh = {
         f"logodds:concept:{c}": {
             "change": change + k * 0.001,
             "ci_low": change + k * 0.001 - half,
             "ci_high": change + k * 0.001 + half,
+            "pair_changes": {
+                f"p{i}": change + k * 0.001 + d * half for i, d in enumerate((-1, -0.5, 0.5, 1))
+            },
         }
         for k, c in enumerate(CONCEPTS)
     }
@@ -48,16 +53,18 @@ def _payload(mix_risk, mix_change, tasks=((0.05, 0.0), (0.3, 0.2), (0.6, 0.4))):
     return {**payload, "provenance": {"model_spec": "tiny"}, "command": "python pv.py"}
 
 
-def test_level_change_adds_the_rows_half_widths_in_quadrature():
+def test_level_ci_is_the_mean_change_bootstrap_over_the_rows_pairs():
     beh = {
-        "a": {"change": 1.0, "ci_low": 0.7, "ci_high": 1.4},
-        "b": {"change": 3.0, "ci_low": 2.6, "ci_high": 3.3},
+        "a": {"change": 1.0, "pair_changes": {"p1": 0.7, "p2": 1.0, "p3": 1.3}},
+        "b": {"change": 3.0, "pair_changes": {"q1": 2.6, "q2": 3.4}},
+        "old": {"change": 2.0, "ci_low": 1.5, "ci_high": 2.5},  # no per-pair changes kept
     }
-    mean, lo, hi = level_change(beh, ["a", "b"])
-    assert mean == pytest.approx(2.0)
-    assert lo == pytest.approx(2.0 - math.hypot(0.3, 0.4) / 2)
-    assert hi == pytest.approx(2.0 + math.hypot(0.4, 0.3) / 2)
-    assert all(math.isnan(v) for v in level_change(beh, ["a", "missing"]))
+    low, high = level_ci(beh, ["a", "b"])
+    ci = mean_change_ci({"a": [0.7, 1.0, 1.3], "b": [2.6, 3.4]})
+    assert (low, high) == (ci.low, ci.high) and ci.value == pytest.approx(2.0)
+    assert low < 2.0 < high
+    for rows in (["a", "missing"], ["a", "old"], []):
+        assert all(math.isnan(v) for v in level_ci(beh, rows))
 
 
 def test_missed_goals_are_sentences_and_the_plots_are_inline_svg(tmp_path):

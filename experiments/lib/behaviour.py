@@ -65,8 +65,9 @@ def base_eval(lm: LoadedModel, cfg: EvalConfig, out: Path, progress: bool) -> Pa
 
 
 def row_payload(result) -> dict[str, dict[str, Any]]:
-    """Per changed row: change, 95% CI, before, after, pairs and the concept it speaks for."""
-    rows = {}
+    """Per changed row: change, 95% CI, before, after, pairs, the concept it speaks for and
+    each pair's change (``pair_changes``, log-odds rows; the level CIs of predict validation)."""
+    rows, pairs = {}, pair_changes(result)
     for name, c in result.changes.items():
         m = result.model.metrics.get(name)
         rows[name] = {
@@ -79,6 +80,7 @@ def row_payload(result) -> dict[str, dict[str, Any]]:
             "n_paired": c.n_paired,
             "label": c.label,
             "concept": m.concept if m is not None else None,
+            "pair_changes": pairs.get(name),
         }
     return rows
 

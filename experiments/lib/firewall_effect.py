@@ -21,7 +21,7 @@ above every base score. Also the share of sequences whose score rose.
 
 **Clamp effect**: per behavioural row, per pair, ``d = lo(tuned [+ clamp]) - lo(base)``; the
 share of the harm change removed is ``1 - ratio`` with ``ratio`` the paired harm ratio
-(:func:`lib.pareto.frontier.ratio_ci`: clamped vs unclamped change, same pairs), CI from
+(:func:`geomsafe.stats.ratio_ci`: clamped vs unclamped change, same pairs), CI from
 the same bootstrap. Benign cost: mean response-token cross-entropy of held-out benign examples
 with the clamp over without (on the tuned model); XSTest over-refusal: refusal rate of greedy
 responses to XSTest's safe prompts under ``clamp`` minus under ``monitor`` (which changes
@@ -41,7 +41,6 @@ from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.generate import SamplingConfig
 from geomsafe.evaluate.logodds import PairSet, ResponseLogprob, pair_logodds, response_logprobs
 from geomsafe.evaluate.refusal import refusals
-from geomsafe.evaluate.stats import change_ci
 from geomsafe.firewall.calibration import sequence_statistics
 from geomsafe.firewall.config import Firewall
 from geomsafe.firewall.hooks import install
@@ -49,7 +48,7 @@ from geomsafe.firewall.screening import screen
 from geomsafe.firewall.traffic import Item
 from geomsafe.formatting import Example, encode
 from geomsafe.models import LoadedModel
-from lib.pareto.frontier import behaviour_change
+from geomsafe.stats import behaviour_change, change_ci
 
 
 @torch.no_grad()
@@ -164,7 +163,7 @@ def harm_removed(
     ``logodds:<H>-controlled`` change as :func:`geomsafe.evaluate.logodds.controlled_changes`),
     its ratio bootstrapped with pairs resampled within each of the two rows. ``all`` sums the
     harm measures: a controlled row where there is one, the plain row where there is none;
-    control rows are not harm measures (:func:`lib.pareto.frontier.behaviour_change`)."""
+    control rows are not harm measures (:func:`geomsafe.stats.behaviour_change`)."""
     got = behaviour_change(base, clamped, tuned, controls=controls, n_boot=n_boot, seed=seed)
     return {
         key: {

@@ -54,14 +54,16 @@ REPORT_HTML = "report.html"
 CONTROL = "random_labels"  # the audit's label-shuffled control concept (atlas and audit.json)
 
 # ---- format stamps ----------------------------------------------------------------------------
-#: The newest version of each kind this geomsafe writes (and the newest it reads).
+#: The newest version of each kind this geomsafe writes (and the newest it reads). Version 2 of
+#: eval, bench and audit: every CI is serialised as :meth:`geomsafe.stats.CI.to_dict`
+#: (``{value, low, high, n, n_boot, level}``); older files are read through ``CI.from_dict``.
 VERSIONS: dict[str, int] = {
     "atlas": 1,
-    "audit": 1,
+    "audit": 2,
     "predict": 1,
     "run": 1,
-    "eval": 1,
-    "bench": 1,
+    "eval": 2,
+    "bench": 2,
     "toy": 1,
     "pilot": 1,
     "firewall": 1,

@@ -2,8 +2,9 @@
 benign training sets, judged in behaviour (log-odds rows) against the task cost (held-out loss)
 and the time cost (step time), with a recommended default chosen from the data by a stated
 rule. :mod:`.grid` (cells, strengths, resumable store), :mod:`.data` (training sets, rows),
-:mod:`.frontier` (ratio CIs, goal, front, rule), :mod:`.summary` (``pareto.json``,
-``pareto.md``), :mod:`.run` (the runner). Script: ``experiments/guard_pareto.py``."""
+:mod:`.frontier` (goal, front, rule; the ratio CIs: :mod:`geomsafe.stats`), :mod:`.summary`
+(``pareto.json``, ``pareto.md``), :mod:`.run` (the runner). Script:
+``experiments/guard_pareto.py``."""
 
 from __future__ import annotations
 
@@ -11,13 +12,9 @@ from lib.pareto.data import TrainSet, concept_split, harm_rows, load_train_set
 from lib.pareto.frontier import (
     Goal,
     Setting,
-    behaviour_change,
-    harm_groups,
     pareto_front,
-    ratio_ci,
     recommend,
     settings,
-    sum_change_ci,
 )
 from lib.pareto.grid import LEVELS, NONE, STRENGTHS, Cell, CellStore, cells, guard_config
 from lib.pareto.run import PARETO_JSON, PARETO_MD, ParetoConfig, run_cell, run_grid
@@ -35,21 +32,17 @@ __all__ = [
     "ParetoConfig",
     "Setting",
     "TrainSet",
-    "behaviour_change",
     "cell_rows",
     "cells",
     "concept_split",
     "guard_config",
-    "harm_groups",
     "harm_rows",
     "load_train_set",
     "markdown",
     "pareto_front",
-    "ratio_ci",
     "recommend",
     "run_cell",
     "run_grid",
     "settings",
     "summarise",
-    "sum_change_ci",
 ]

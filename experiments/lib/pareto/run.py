@@ -43,13 +43,14 @@ from geomsafe.evaluate.logodds import PairSet, pair_logodds
 from geomsafe.guard import Guard, GuardConfig, build_guards
 from geomsafe.models import LoadedModel
 from geomsafe.projection import prompt_projection
+from geomsafe.stats import harm_groups
 from geomsafe.train.config import TrainConfig
 from geomsafe.train.data import TrainData, build
 from geomsafe.train.lora import peft_layer_template
 from geomsafe.train.pilot import pilot_directions, pilot_guard_config
 from geomsafe.train.steps import heldout_loss, run_steps, train_steps
 from lib.pareto.data import TrainSet
-from lib.pareto.frontier import Goal, harm_groups
+from lib.pareto.frontier import Goal
 from lib.pareto.grid import Cell, CellStore, cells, fingerprint, guard_config
 from lib.pareto.summary import HARM_RULES, markdown, summarise
 
@@ -256,7 +257,7 @@ def run_grid(
     summary (written to ``pareto.json`` and ``pareto.md``; returned). ``controls`` maps a row to
     its style-control row (both in ``rows``; :func:`geomsafe.evaluate.pairsets.
     load_with_controls`): that row's harm measure is its change minus the control's
-    (:func:`lib.pareto.frontier.harm_groups`). With ``run_missing=False`` nothing is run:
+    (:func:`geomsafe.stats.harm_groups`). With ``run_missing=False`` nothing is run:
     the summary covers the finished cells of the grid (a partial grid; the base measures must
     exist)."""
     cfg = (config or ParetoConfig()).validate()

@@ -4,14 +4,14 @@ and the recommended default, as JSON (``pareto.json``) and a markdown table (``p
 Per guarded cell, against the unguarded cell of the same data set (both against the same base
 model, on the same pairs and prompts):
 
-- ``harm[measure]``: the harm ratio of each harm measure (:func:`.frontier.harm_groups`: every
-  row, ``<row>-controlled`` = row minus its style control for each ``base["controls"]`` entry,
+- ``harm[measure]``: the harm ratio of each harm measure (:func:`geomsafe.stats.harm_groups`:
+  every row, ``<row>-controlled`` = row minus its style control for each ``base["controls"]`` entry,
   and ``all``, the controlled measure of a row with a control and the row itself otherwise,
   control rows left out) and ``harm["rule"]`` over the rule measures (``rule_rows``; ``all``
   for every harm measure; ``resolved`` for those of ``all``'s measures whose unguarded change
   on this data set is resolved on its own, so that an unresolved row that a guard pushes below
   the base cannot offset harm left on the others; ``rule_measures`` lists them), with paired
-  CIs (:func:`.frontier.ratio_ci`); the unguarded change of the rule measures decides
+  CIs (:func:`geomsafe.stats.ratio_ci`); the unguarded change of the rule measures decides
   ``resolved`` (its CI lies above 0). How several rule measures make one harm figure is
   ``harm_rule``: ``worst`` (the default) takes the largest of their own ratios (and that
   measure's CI; ``worst_measure`` names it), so that a guard cannot pass by over-correcting one
@@ -39,18 +39,8 @@ from typing import Any
 import numpy as np
 
 from geomsafe.errors import GeomsafeError
-from lib.pareto.frontier import (
-    Goal,
-    behaviour_change,
-    complete_settings,
-    harm_groups,
-    pareto_front,
-    ratio_ci,
-    recommend,
-    settings,
-    signed_changes,
-    sum_change_ci,
-)
+from geomsafe.stats import behaviour_change, harm_groups, ratio_ci, signed_changes, sum_change_ci
+from lib.pareto.frontier import Goal, complete_settings, pareto_front, recommend, settings
 
 ALL = "all"
 RULE = "rule"

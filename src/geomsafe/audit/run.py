@@ -221,7 +221,7 @@ def _report(
     cfg: AuditConfig,
     clock: _Clock,
 ) -> dict[str, Any]:
-    """The ``audit.json`` payload (stamped ``geomsafe.audit/1``)."""
+    """The ``audit.json`` payload (stamped ``geomsafe.audit/2``)."""
     features = [n for n in atlas.names() if atlas.kinds[n] != "control"]
     report = {
         "targets": rows,

@@ -54,6 +54,7 @@ from geomsafe.layers import default_band
 from geomsafe.models import LoadedModel, load
 from geomsafe.predict import probe_prompts
 from geomsafe.projection import mean_projection, measured_shift
+from geomsafe.stats import CI
 from geomsafe.train import TrainConfig, finetune
 
 
@@ -109,26 +110,23 @@ def _recipe(cfg: BenchConfig) -> TrainConfig:
     )
 
 
-def _ci(before: float, low: float, high: float, scale: float = 1.0) -> dict[str, float]:
-    return {"value": before * scale, "ci_low": low * scale, "ci_high": high * scale}
-
-
-def _change(ev: EvalResult, name: str) -> dict[str, float] | None:
+def _change(ev: EvalResult, name: str) -> dict[str, Any] | None:
+    """The change of ``name`` in percentage points (``CI.to_dict``), None when not measured."""
     c = ev.changes.get(name)
-    return None if c is None else _ci(c.delta.value, c.delta.low, c.delta.high, 100.0)
+    return None if c is None else c.delta.scaled(100.0).to_dict()
 
 
 def _behaviour(ev: EvalResult) -> dict[str, dict[str, float]]:
     """Every log-odds change of ``ev`` (nats/token, paired 95% CI) by row name."""
     return {
-        name: _ci(c.delta.value, c.delta.low, c.delta.high)
+        name: c.delta.to_dict()
         for name, c in ev.changes.items()
         if name.startswith("logodds:")
     }
 
 
-def _rate(ci: Any) -> dict[str, float] | None:
-    return None if ci is None else _ci(ci.value, ci.low, ci.high)
+def _rate(ci: CI | None) -> dict[str, Any] | None:
+    return None if ci is None else ci.to_dict()
 
 
 def _sample(task: Task, cfg: BenchConfig) -> Dataset:
@@ -306,8 +304,7 @@ def _row(
             "layer": ov.layers[len(ov.layers) // 2],
             "layers": ov.layers,
             "p_value": ov.p_value,
-            "ci_low": ov.ci_low,
-            "ci_high": ov.ci_high,
+            "ci": ov.ci.to_dict(),
             "null_q95": ov.null_q95,
             "cosines": ov.cosines,
             "n_pairs": geom.n_pairs,

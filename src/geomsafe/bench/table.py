@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from scipy.stats import pearsonr, spearmanr
+from geomsafe.stats import CI, correlation
 
 COLUMNS = (
     "model",
@@ -19,21 +19,6 @@ COLUMNS = (
     "measured shift",
     "final loss",
 )
-
-
-def correlation(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
-    """Pearson and Spearman correlation with p-values; NaN where undefined (n < 3 or a
-    constant input)."""
-    n = len(x)
-    out: dict[str, Any] = {"n": n}
-    ok = n >= 3 and len(set(x)) > 1 and len(set(y)) > 1
-    for key, fn in (("pearson", pearsonr), ("spearman", spearmanr)):
-        if ok:
-            res = fn(x, y)
-            out[key], out[f"{key}_p"] = float(res.statistic), float(res.pvalue)
-        else:
-            out[key], out[f"{key}_p"] = math.nan, math.nan
-    return out
 
 
 def correlations(rows: Sequence[dict[str, Any]], x: str, y: str) -> dict[str, dict[str, Any]]:
@@ -57,10 +42,12 @@ def _num(row: dict[str, Any], key: str) -> float | None:
     return float(v)
 
 
-def _ci(d: dict[str, float] | None, digits: int = 1) -> str:
+def _ci(d: dict[str, Any] | None, digits: int = 1) -> str:
+    """A serialised CI (any bench.json version) as ``+v [+low, +high]``; – when absent."""
     if not d:
         return "–"
-    return f"{d['value']:+.{digits}f} [{d['ci_low']:+.{digits}f}, {d['ci_high']:+.{digits}f}]"
+    ci = CI.from_dict(d)
+    return f"{ci.value:+.{digits}f} [{ci.low:+.{digits}f}, {ci.high:+.{digits}f}]"
 
 
 def cells(row: dict[str, Any]) -> list[str]:

@@ -19,7 +19,7 @@ def print_audit(result: AuditResult) -> None:
                 r["target"],
                 r["harmful"],
                 r["score"],
-                f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]",
+                f"[{r['ci']['low']:.3f}, {r['ci']['high']:.3f}]",
                 r["p_value"],
                 r["null_q95"],
                 r["layer"],

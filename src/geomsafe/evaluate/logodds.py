@@ -28,7 +28,7 @@ CI over pairs; before vs after is the paired change on the pair ids both runs sh
 **Controlled change** of a harm set H whose style control is C (``PairSet.style_control``):
 ``change(H) - change(C)``, each change the mean over that set's pairs of after - before. H and C
 hold different pairs, so each is bootstrapped over its own pairs, independently, and the
-interval is taken over the differences (:func:`geomsafe.evaluate.stats.difference_ci`); its
+interval is taken over the differences (:func:`geomsafe.stats.difference_ci`); its
 *before* and *after* are ``mean(H) - mean(C)`` at each end, bootstrapped the same way. Reported
 as the change ``logodds:<H>-controlled``. Only this row is a harm measure for an external set
 whose two sides differ in style as much as in harm (a compliance against a refusal).
@@ -58,9 +58,9 @@ from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.concept_map import CONTROLLED_SUFFIX
 from geomsafe.evaluate.probes import _batches, _forward_tail
 from geomsafe.evaluate.result import Change, Metric, ModelEval
-from geomsafe.evaluate.stats import difference_ci
 from geomsafe.formatting import Encoded, Example, encode
 from geomsafe.models import LoadedModel, pad_token_id
+from geomsafe.stats import difference_ci
 
 KINDS = ("harm", "control")
 PREFIX = "logodds:"

@@ -2,7 +2,7 @@
 
 Trait-matching probability of one probe: ``P(matching) / (P(matching) + P(not matching))``
 (with more than two answers, the sum runs over all of them). A trait's score is the mean over
-its probes, with a bootstrap CI over probes (:mod:`geomsafe.evaluate.stats`).
+its probes, with a bootstrap CI over probes (:mod:`geomsafe.stats`).
 
 Two probe formats:
 

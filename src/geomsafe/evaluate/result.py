@@ -14,7 +14,7 @@ from typing import Any
 
 from geomsafe.artefacts import EVAL_JSON, GENERATIONS_JSONL, format_tag, read_json
 from geomsafe.errors import GeomsafeError
-from geomsafe.evaluate.stats import CI, bootstrap_ci, change_ci
+from geomsafe.stats import CI, bootstrap_ci, change_ci
 
 FORMAT = format_tag("eval")
 # kinds shown in percent (value) and percentage points (change); the rest in raw units
@@ -62,12 +62,8 @@ class Metric:
         return {
             "label": self.label,
             "kind": self.kind,
-            "value": self.ci.value,
-            "ci_low": self.ci.low,
-            "ci_high": self.ci.high,
-            "n_units": self.ci.n,
+            "ci": self.ci.to_dict(),
             "n_values": sum(len(v) for v in self.units.values()),
-            "n_boot": self.ci.n_boot,
             "detail": self.detail,
             "concept": self.concept,
             "units": self.units,
@@ -75,13 +71,9 @@ class Metric:
 
     @classmethod
     def from_dict(cls, name: str, d: dict[str, Any]) -> Metric:
-        ci = CI(
-            float(d["value"]),
-            float(d["ci_low"]),
-            float(d["ci_high"]),
-            int(d["n_units"]),
-            int(d["n_boot"]),
-        )
+        """From :meth:`to_dict`, or an eval.json before ``geomsafe.eval/2`` (the CI's value,
+        ``ci_low``, ``ci_high`` among the metric's keys)."""
+        ci = CI.at(d, "ci")
         units = {str(k): [float(x) for x in v] for k, v in d["units"].items()}
         detail, concept = bool(d.get("detail", False)), d.get("concept")
         return cls(name, d["label"], d["kind"], units, ci, detail, concept)
@@ -140,19 +132,19 @@ class Change:
         return 100.0 if self.kind in PERCENT_KINDS else 1.0
 
     def to_dict(self) -> dict[str, Any]:
+        """``before``, ``after`` and ``delta`` as CIs (:meth:`CI.to_dict`), ``delta`` also in
+        the printed units (``delta_pp`` for rates and probabilities, else ``delta_raw``)."""
         unit = "pp" if self.scale == 100.0 else "raw"
         return {
             "label": self.label,
             "kind": self.kind,
-            "before": self.before.value,
-            "after": self.after.value,
-            "delta": self.delta.value,
-            "delta_ci_low": self.delta.low,
-            "delta_ci_high": self.delta.high,
-            f"delta_{unit}": self.delta.value * self.scale,
-            f"delta_{unit}_ci": [self.delta.low * self.scale, self.delta.high * self.scale],
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict(),
+            "delta": self.delta.to_dict(),
+            f"delta_{unit}": self.delta.scaled(self.scale).to_dict(),
             "n_paired": self.n_paired,
         }
+
 
 
 def compare(before: Metric, after: Metric, *, n_boot: int, seed: int) -> Change | None:

@@ -142,7 +142,7 @@ def _provenance(
 
 
 def _write(out: Path, result: EvalResult, runs: list[ModelEval]) -> None:
-    """``generations.jsonl`` then ``eval.json`` (stamped ``geomsafe.eval/1``), each atomic."""
+    """``generations.jsonl`` then ``eval.json`` (stamped ``geomsafe.eval/2``), each atomic."""
     out.mkdir(parents=True, exist_ok=True)
     lines = "".join(json.dumps(r) + "\n" for run in runs for r in run.generations)
     atomic_write_text(out / GENERATIONS_JSONL, lines)

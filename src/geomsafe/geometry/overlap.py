@@ -8,20 +8,25 @@ Null band: the same statistic with the *target's* labels permuted (a fair sign f
 pair's difference, the exact permutation for paired data), the harmful directions held
 fixed. Activations are anisotropic, so even label-free directions have non-zero cosines
 with harmful ones; the null measures how large. p-value = (1 + #null >= observed)/(1 + P).
-Bootstrap CI: pairs of the target and of every harmful concept resampled with replacement.
+Bootstrap CI (:class:`geomsafe.stats.CI`): pairs of the target and of every harmful concept
+resampled with replacement, each concept a stratum (:func:`geomsafe.stats.stratified_draws`,
+seeded ``seed + 1``; the target's draws first, then the harmful concepts' in order).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.directions import ConceptActivations, unit
 from geomsafe.errors import GeomsafeError
+from geomsafe.stats import CI, percentile, stratified_draws
 
 
 @dataclass
@@ -33,16 +38,16 @@ class OverlapResult:
     layers: list[int]
     score: float
     cosines: dict[str, float]
-    ci_low: float
-    ci_high: float
+    ci: CI  # the score with its bootstrap interval (n: the target's pairs)
     p_value: float
     null_mean: float
     null_q95: float
     n_perm: int
     n_boot: int
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        """The fields, ``ci`` as :meth:`CI.to_dict` (audit.json from ``geomsafe.audit/2``)."""
+        return {**asdict(self), "ci": self.ci.to_dict()}
 
 
 def cosine_matrix(atlas: FeatureAtlas, layer: int, names: Sequence[str] | None = None) -> Tensor:
@@ -136,10 +141,13 @@ def _sign_flip_directions(diffs: Tensor, n: int, generator: torch.Generator) -> 
     return (signs @ diffs.flatten(1)).view(n, *diffs.shape[1:]) / diffs.shape[0]
 
 
-def _resampled_directions(diffs: Tensor, n: int, generator: torch.Generator) -> Tensor:
-    idx = torch.randint(0, diffs.shape[0], (n, diffs.shape[0]), generator=generator)
-    counts = torch.zeros(n, diffs.shape[0]).scatter_add_(1, idx, torch.ones(n, diffs.shape[0]))
-    return (counts @ diffs.flatten(1)).view(n, *diffs.shape[1:]) / diffs.shape[0]
+def _resampled_directions(diffs: Tensor, idx: np.ndarray) -> Tensor:
+    """The mean-difference directions of the resamples ``idx`` (``[n_boot, n]``) of ``diffs``
+    ``[n, R, D]``: ``[n_boot, R, D]``."""
+    n_boot, n = idx.shape
+    counts = torch.from_numpy(np.stack([np.bincount(row, minlength=n) for row in idx]))
+    flat = diffs.flatten(1)
+    return (counts.to(flat.dtype) @ flat).view(n_boot, *diffs.shape[1:]) / n
 
 
 def overlap(
@@ -160,22 +168,22 @@ def overlap(
         raise GeomsafeError(f"no activations for {', '.join(missing)}: null and CI need them")
     null = _null(atlas, activations, target, layers, harmful, n_perm, seed)
     p_value = float((1 + (null >= score).sum()) / (1 + n_perm))
-    gen = torch.Generator().manual_seed(seed + 1)
-    boot_t = _resampled_directions(_diffs(activations[target], layers), n_boot, gen)
-    boot_cos = []
-    for h in harmful:
-        h_diffs = _diffs(activations[h], layers)
-        boot_cos.append(_band_cos(boot_t, _resampled_directions(h_diffs, n_boot, gen)))
+    diffs = [_diffs(activations[name], layers) for name in [target, *harmful]]
+    draws = stratified_draws([d.shape[0] for d in diffs], n_boot, seed + 1)
+    boot_t = _resampled_directions(diffs[0], draws[0])
+    boot_cos = [
+        _band_cos(boot_t, _resampled_directions(d, idx))
+        for d, idx in zip(diffs[1:], draws[1:], strict=True)
+    ]
     boot = torch.stack(boot_cos, 1).max(dim=1).values.clamp_min(0)
-    lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975])).tolist()
+    ci = CI(score, *percentile(boot.double().numpy()), diffs[0].shape[0], n_boot)
     return OverlapResult(
         target=target,
         harmful=nearest,
         layers=list(layers),
         score=score,
         cosines=cos,
-        ci_low=lo,
-        ci_high=hi,
+        ci=ci,
         p_value=p_value,
         null_mean=float(null.mean()),
         null_q95=float(torch.quantile(null, 0.95)),

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from geomsafe.artefacts import CONTROL
+from geomsafe.stats import CI
 
 
 def recommend(
@@ -75,7 +76,7 @@ def recommend(
 
 def _bench_lines(bench: dict[str, Any]) -> list[str]:
     rows = [r for r in bench["rows"] if r.get("toxic_increase_pp")]
-    up = [r for r in rows if r["guard"] == "none" and r["toxic_increase_pp"]["ci_low"] > 0]
+    up = [r for r in rows if r["guard"] == "none" and CI.from_dict(r["toxic_increase_pp"]).low > 0]
     out = []
     if up:
         out.append(
@@ -176,7 +177,7 @@ def _guard_advice(bench: dict[str, Any] | None) -> str:
         if guard in ("none", "orthogonal") or base is None:
             continue
         b, g = base.get("toxic_increase_pp"), row.get("toxic_increase_pp")
-        if b and g and b["ci_low"] > 0 and g["ci_high"] < b["ci_low"]:
+        if b and g and CI.from_dict(b).low > 0 and CI.from_dict(g).high < CI.from_dict(b).low:
             helped.setdefault(guard, []).append(task)
     if not helped:
         return none_measured.replace("here", "here (the guard benchmark in this folder shows none)")
@@ -193,4 +194,5 @@ def _toxic_change(evaluation: dict[str, Any]) -> tuple[float, float, float] | No
     ch = (evaluation.get("changes") or {}).get("toxic_rate")
     if not isinstance(ch, dict) or "delta" not in ch:
         return None
-    return 100 * ch["delta"], 100 * ch["delta_ci_low"], 100 * ch["delta_ci_high"]
+    d = CI.at(ch, "delta").scaled(100)
+    return d.value, d.low, d.high

@@ -9,10 +9,12 @@ import numpy as np
 
 from geomsafe.bench.table import COLUMNS, behaviour_lines, cells, correlation_lines
 from geomsafe.report import plots
+from geomsafe.stats import CI
 
 
 def audit_section(audit: dict) -> dict:
-    rows = audit["targets"]
+    # the overlap CI as CI.to_dict, also from an audit.json before geomsafe.audit/2
+    rows = [{**r, "ci": CI.at(r, "ci").to_dict()} for r in audit["targets"]]
     names = audit["cosines"]["names"]
     band = audit.get("band") or [int(k) for k in audit["cosines"]["by_layer"]]
     mid = str(band[len(band) // 2])
@@ -92,18 +94,16 @@ def evaluation_section(evaluation: dict[str, Any]) -> dict[str, Any]:
         scale = 100.0 if m["kind"] in ("rate", "probability") else 1.0
         ch = changes.get(name)
         b = before.get(name)
+        # CI.at: the layout of geomsafe.eval/2 and the older ones (ci_low, delta_ci_low, ...)
+        after = CI.at(m, "ci")
         rows.append(
             {
                 "label": m["label"],
                 "unit": "%" if scale == 100.0 else "",
-                "before": None
-                if b is None
-                else [b["value"] * scale, b["ci_low"] * scale, b["ci_high"] * scale],
-                "after": [m["value"] * scale, m["ci_low"] * scale, m["ci_high"] * scale],
-                "change": None
-                if ch is None
-                else [ch["delta"] * scale, ch["delta_ci_low"] * scale, ch["delta_ci_high"] * scale],
-                "n": m["n_units"],
+                "before": None if b is None else _ci3(CI.at(b, "ci").to_dict(), scale),
+                "after": _ci3(after.to_dict(), scale),
+                "change": None if ch is None else _ci3(CI.at(ch, "delta").to_dict(), scale),
+                "n": after.n,
             }
         )
     forests = []
@@ -144,10 +144,12 @@ def run_section(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _ci3(d: dict[str, float] | None) -> tuple[float, float, float]:
+def _ci3(d: dict[str, Any] | None, scale: float = 1.0) -> list[float]:
+    """``[value, low, high]`` (times ``scale``) of a serialised CI of any version (NaN: none)."""
     if not d:
-        return (float("nan"),) * 3
-    return d["value"], d["ci_low"], d["ci_high"]
+        return [float("nan")] * 3
+    ci = CI.from_dict(d).scaled(scale)
+    return [ci.value, ci.low, ci.high]
 
 
 def bench_section(bench: dict[str, Any]) -> dict[str, Any]:

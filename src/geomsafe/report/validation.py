@@ -4,10 +4,11 @@ behavioural change that fine-tuning on them really causes?
 
 Three parts: the **dose-response curve** (per mixture group ``mix:A:B:F``: predicted overall
 risk and the measured behavioural change, mean over the harmful concepts' log-odds rows with a
-95% CI, against the fraction F, with both monotonicity Spearmans); the pooled **scatter** of
-predicted risk against behavioural change (one point per data set x concept) with the Spearman,
-its p-value and the share of pairs ranked right per estimator; and one plain sentence per goal
-(:data:`GOALS`) that the default estimator misses, computed from the numbers in the file.
+95% CI (:func:`level_ci`), against the fraction F, with both monotonicity Spearmans); the
+pooled **scatter** of predicted risk against behavioural change (one point per data set x
+concept) with the Spearman, its p-value and the share of pairs ranked right per estimator; and
+one plain sentence per goal (:data:`GOALS`) that the default estimator misses, computed from
+the numbers in the file.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from geomsafe.errors import GeomsafeError
 from geomsafe.report import plots
+from geomsafe.stats import CI, correlation, mean_change_ci
 
 #: The validation goals of issue 14 (predict's default estimator): pooled Spearman of predicted
 #: risk against behavioural change, pooled share of data-set pairs ranked right, and the
@@ -27,37 +30,41 @@ _EPS = 1e-9  # a Spearman of 0.9 computed as 0.8999999999999998 meets a goal of 
 CONCEPT_ROW = "logodds:concept:{}"
 
 
-def level_change(
+def pair_changes_of(
     behaviour: Mapping[str, Mapping[str, Any]], rows: Sequence[str]
-) -> tuple[float, float, float]:
-    """``(mean, low, high)``: the mean change over the log-odds ``rows`` of one data set with a
-    95% CI. The rows' pair sets are independent samples, so the distances from each row's
-    change to its CI bounds add in quadrature (normal approximation, lower and upper side each
-    on its own) and are divided by the number of rows. All NaN when a row is missing or
-    ``rows`` is empty."""
-    if not rows or any(r not in behaviour for r in rows):
-        return (math.nan, math.nan, math.nan)
-    k = len(rows)
-    vals = [float(behaviour[r]["change"]) for r in rows]
-    down = [float(behaviour[r]["change"]) - float(behaviour[r]["ci_low"]) for r in rows]
-    up = [float(behaviour[r]["ci_high"]) - float(behaviour[r]["change"]) for r in rows]
-    mean = sum(vals) / k
-    return (
-        mean,
-        mean - math.sqrt(sum(d * d for d in down)) / k,
-        mean + math.sqrt(sum(u * u for u in up)) / k,
-    )
+) -> dict[str, list[float]] | None:
+    """The per-pair changes of the log-odds ``rows`` of one data set (each row's
+    ``pair_changes``, written by ``experiments/behaviour_runs.py``), for
+    :func:`geomsafe.stats.mean_change_ci`; None when ``rows`` is empty or a row is missing or
+    has no per-pair changes (a behaviour file written before they were kept)."""
+    got = [behaviour.get(r, {}).get("pair_changes") for r in rows]
+    if not rows or any(not g for g in got):
+        return None
+    return {r: [float(v) for v in g.values()] for r, g in zip(rows, got, strict=True)}
 
 
-def spearman_p(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
-    """Spearman's rho and its two-sided p-value; NaN for fewer than 3 points or a constant
-    side."""
-    if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
+def level_ci(
+    behaviour: Mapping[str, Mapping[str, Any]], rows: Sequence[str]
+) -> tuple[float, float]:
+    """The 95% CI of the mean change over the log-odds ``rows`` of one data set:
+    :func:`geomsafe.stats.mean_change_ci` (the summed change's stratified bootstrap over the
+    rows' pairs, divided by the number of rows; ``n_boot`` 1000, seed 0); NaN without per-pair
+    changes (:func:`pair_changes_of`)."""
+    changes = pair_changes_of(behaviour, rows)
+    if changes is None:
         return (math.nan, math.nan)
-    from scipy.stats import spearmanr
+    ci = mean_change_ci(changes)
+    return (ci.low, ci.high)
 
-    res = spearmanr(xs, ys)
-    return (float(res.statistic), float(res.pvalue))
+
+def _row_ci(beh: Mapping[str, Any]) -> tuple[float, float]:
+    """A behaviour row's change CI (``CI.at(row, "change")``: a ``CI.to_dict`` or the
+    ``change``/``ci_low``/``ci_high`` keys); NaN when the row has none."""
+    try:
+        ci = CI.at(beh, "change")
+    except GeomsafeError:
+        return (math.nan, math.nan)
+    return (ci.low, ci.high)
 
 
 def _concepts(payload: Mapping[str, Any], est: str) -> list[str]:
@@ -108,7 +115,7 @@ def dose_response(
             cis = [(float(lo), float(hi)) for lo, hi in mix["mean_concept_ci"]]
         else:
             cis = [
-                level_change(r["behaviour"], rows)[1:] if r is not None else (math.nan, math.nan)
+                level_ci(r["behaviour"], rows) if r is not None else (math.nan, math.nan)
                 for r in _level_rows(group, mix, by_name)
             ]
         out.append(
@@ -162,7 +169,7 @@ def pooled_points(
                     "concept": c,
                     "predicted": float(pred),
                     "change": float(beh["change"]),
-                    "ci": (float(beh.get("ci_low", math.nan)), float(beh.get("ci_high", math.nan))),
+                    "ci": _row_ci(beh),
                 }
             )
     return out
@@ -177,7 +184,7 @@ def estimator_table(payload: Mapping[str, Any], concepts: Sequence[str]) -> list
         p = pooled.get("p")
         if p is None:
             pts = pooled_points(payload["rows"], est, concepts)
-            p = spearman_p([q["predicted"] for q in pts], [q["change"] for q in pts])[1]
+            p = correlation([q["predicted"] for q in pts], [q["change"] for q in pts])["spearman_p"]
         out.append(
             {
                 "estimator": est,
@@ -280,4 +287,4 @@ def section(payload: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-__all__ = ["DEFAULT_ESTIMATOR", "GOALS", "level_change", "section", "spearman_p"]
+__all__ = ["DEFAULT_ESTIMATOR", "GOALS", "level_ci", "pair_changes_of", "section"]

@@ -44,10 +44,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy import stats
 from torch import Tensor
 
 from geomsafe.config import at_least, option, require
+from geomsafe.stats import correlation
 from geomsafe.toy.metrics import REPRESENTED, cosines, norms, unit_columns
 from geomsafe.toy.model import ToyConfig, ToyModel
 from geomsafe.toy.train import ToyTrainConfig, importance_vector, train
@@ -126,10 +126,10 @@ class EntangleResult:
         for name, arm in (("free", self.free), ("guarded", self.guarded)):
             probe = np.asarray(arm.probe_collateral)
             output = np.asarray(arm.output_collateral)
-            out[f"{name}_pearson_probe"] = _pearson(cos, probe)
-            out[f"{name}_spearman_probe"] = _spearman(cos, probe)
-            out[f"{name}_pearson_output"] = _pearson(cos, output)
-            out[f"{name}_spearman_output"] = _spearman(cos, output)
+            for kind, values in (("probe", probe), ("output", output)):
+                corr = correlation(cos, values)
+                out[f"{name}_pearson_{kind}"] = corr["pearson"]
+                out[f"{name}_spearman_{kind}"] = corr["spearman"]
             out[f"{name}_probe_collateral_protected"] = float(probe[prot].mean())
             out[f"{name}_probe_collateral_unprotected"] = float(probe[~prot].mean())
             out[f"{name}_output_collateral_protected"] = float(output[prot].mean())
@@ -149,18 +149,6 @@ class EntangleResult:
             "finetune_guarded_s": self.guarded.seconds,
             "guard_overhead_ratio": self.guarded.seconds / max(self.free.seconds, 1e-12),
         }
-
-
-def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
-        return float("nan")
-    return float(stats.pearsonr(x, y)[0])
-
-
-def _spearman(x: np.ndarray, y: np.ndarray) -> float:
-    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
-        return float("nan")
-    return float(stats.spearmanr(x, y)[0])
 
 
 class ToyOrthogonalGuard:
