@@ -54,9 +54,9 @@ import torch
 
 from _common import RESULTS, machine, write_json
 from geomsafe.adapters import view
+from geomsafe.datasets import resolve_data_root
 from geomsafe.directions import auroc
 from geomsafe.evaluate.pairsets import load_with_controls
-from geomsafe.evaluate.prompts import resolve_data_root
 from geomsafe.firewall import Firewall, calibrate, effect, rethreshold
 from geomsafe.firewall.calibration import sequence_statistics
 from geomsafe.firewall.effect import drift, harm_removed, over_refusal

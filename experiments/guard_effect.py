@@ -61,11 +61,10 @@ from behaviour_runs import base_dataset
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.concepts import load_builtin
 from geomsafe.concepts.split import is_builtin
-from geomsafe.datasets import load_dataset
+from geomsafe.datasets import load_dataset, resolve_data_root
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.logodds import PairSet, refuse_overlap
 from geomsafe.evaluate.pairsets import load_with_controls
-from geomsafe.evaluate.prompts import resolve_data_root
 from geomsafe.guard import GuardConfig
 from geomsafe.guard.resolve import extract_atlas
 from geomsafe.models import LoadedModel, load

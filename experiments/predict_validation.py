@@ -63,13 +63,14 @@ import torch
 
 import behaviour_runs as br
 from _common import RESULTS, machine, write_json
+from geomsafe.adapters import attach_adapter
 from geomsafe.artefacts import VALIDATION_JSON, atomic_write
 from geomsafe.artefacts import write_json as write_artefact
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.concepts import builtin_names
 from geomsafe.datasets import Dataset
 from geomsafe.errors import GeomsafeError
-from geomsafe.evaluate import attach_adapter, evaluate
+from geomsafe.evaluate import evaluate
 from geomsafe.evaluate.logodds import refuse_overlap
 from geomsafe.evaluate.pairsets import CONCEPT_SETS, load_pair_set
 from geomsafe.evaluate.stats import change_ci

@@ -14,14 +14,13 @@ from a direction half (:func:`load_for_direction`); ``evaluate`` scores the othe
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from geomsafe.errors import GeomsafeError
+from geomsafe.hashing import rows_sha256
 from geomsafe.textfile import json_lines, read_text
 
 KINDS = ("harmful", "target", "control")
@@ -46,10 +45,7 @@ class ConceptSet:
     meta: dict[str, str] = field(default_factory=dict)
 
     def data_hash(self) -> str:
-        h = hashlib.sha256()
-        for p in self.pairs:
-            h.update(json.dumps([p.prompt, p.positive, p.negative]).encode())
-        return h.hexdigest()[:16]
+        return rows_sha256((p.prompt, p.positive, p.negative) for p in self.pairs)[:16]
 
     def subset(self, n: int | None, seed: int = 0) -> ConceptSet:
         """At most ``n`` pairs, a fixed random sample (all when ``n`` is None)."""

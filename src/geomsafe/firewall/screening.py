@@ -30,9 +30,9 @@ import torch
 from torch import Tensor
 
 from geomsafe import __version__
+from geomsafe.adapters import adapter_sha256
 from geomsafe.artefacts import atomic_write, prepare_out
 from geomsafe.errors import GeomsafeError
-from geomsafe.evaluate import adapter_sha256
 from geomsafe.evaluate.generate import SamplingConfig, eos_ids, generate
 from geomsafe.evaluate.prompts import EvalPrompt, load_prompt_set, prompts_hash, select
 from geomsafe.firewall.adapter import adapter_provenance, check_adapter, maybe_adapter

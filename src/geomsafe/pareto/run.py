@@ -102,16 +102,6 @@ class ParetoConfig:
         return d
 
 
-def _atlas_hash(atlas: FeatureAtlas, names: Sequence[str]) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for n in names:
-        h.update(n.encode())
-        h.update(atlas.directions[n].float().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def measure(
     lm: LoadedModel,
     rows: Sequence[PairSet],
@@ -228,7 +218,7 @@ def _settings(
         "guard": base_guard.to_dict(),
         "rows": {ps.name: ps.sha256() for ps in rows},
         "prompts": list(prompts),
-        "atlas": _atlas_hash(atlas, names),
+        "atlas": atlas.sha256(names),
     }
     if controls:  # absent when empty: folders made before controls existed stay valid
         out["controls"] = dict(sorted(controls.items()))
