@@ -11,14 +11,13 @@ from geomsafe.firewall.calibration import (
     rethreshold,
     sequence_statistics,
 )
-from geomsafe.firewall.config import DEFAULT_REFUSAL, FORMAT, MODES, Check, Firewall
+from geomsafe.firewall.config import DEFAULT_REFUSAL, MODES, Check, Firewall
 from geomsafe.firewall.hooks import RowTrace, Session, Verdict, install
 from geomsafe.firewall.requests import REQUEST_CONCEPT, fit_request_direction, load_requests
 from geomsafe.firewall.screening import RunResult, Screened, run, screen
 
 __all__ = [
     "DEFAULT_REFUSAL",
-    "FORMAT",
     "MODES",
     "REQUEST_CONCEPT",
     "CalibrationConfig",

@@ -4,18 +4,16 @@ from geomsafe.predict.config import METHODS, PER_EXAMPLE_SCORES, PredictConfig
 from geomsafe.predict.estimators import ESTIMATORS, Estimate, Estimator, Inputs
 from geomsafe.predict.examples import attack_lines, riskiest_lines
 from geomsafe.predict.gradient import probe_prompts
-from geomsafe.predict.output import FORMAT, RISK_JSON, write_predict
+from geomsafe.predict.output import write_predict
 from geomsafe.predict.pairs import concept_pairs_for_direction
 from geomsafe.predict.result import NO_CONCEPT, ConceptRisk, PredictResult
 from geomsafe.predict.run import harmful_atlas, predict
 
 __all__ = [
     "ESTIMATORS",
-    "FORMAT",
     "METHODS",
     "NO_CONCEPT",
     "PER_EXAMPLE_SCORES",
-    "RISK_JSON",
     "ConceptRisk",
     "Estimate",
     "Estimator",
