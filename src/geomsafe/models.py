@@ -47,6 +47,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from geomsafe.artefacts import write_plain_json
 from geomsafe.errors import GeomsafeError
 from geomsafe.hashing import file_sha256
 from geomsafe.layers import get_layers, guess_layer_template
@@ -427,7 +428,7 @@ def _write_cache(
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dst.parent))
         config = model.config.to_dict()
         config.pop("quantization_config", None)
-        (tmp / "config.json").write_text(json.dumps(config, indent=1))
+        write_plain_json(tmp / "config.json", config)
         state = model.state_dict()
         if getattr(model.config, "tie_word_embeddings", False):
             state.pop("lm_head.weight", None)  # tied to the embedding; re-tied on load
@@ -439,7 +440,7 @@ def _write_cache(
             "gguf_sha256": gguf_sha256 or file_sha256(src),
             "files": {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()},
         }
-        (tmp / CACHE_META).write_text(json.dumps(record, indent=1))
+        write_plain_json(tmp / CACHE_META, record)
         if dst.exists():
             shutil.rmtree(dst)
         os.replace(tmp, dst)

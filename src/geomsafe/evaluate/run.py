@@ -22,14 +22,12 @@ bootstrap CI over the units both share, in percentage points for rates and proba
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from geomsafe import __version__
 from geomsafe.adapters import adapter_sha256, attach_adapter, is_peft, view
-from geomsafe.artefacts import atomic_write_text, prepare_out, write_json
+from geomsafe.artefacts import geomsafe_version, prepare_out, write_json, write_jsonl
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.capture import HOOK_SITE
 from geomsafe.errors import GeomsafeError
@@ -90,7 +88,7 @@ def _provenance(
     atlas_path: str | None,
 ) -> dict[str, Any]:
     prov: dict[str, Any] = {
-        "geomsafe_version": __version__,
+        "geomsafe_version": geomsafe_version(),
         "seed": cfg.seed,
         **lm.provenance(),
         "adapter": str(Path(adapter).resolve()) if adapter is not None else None,
@@ -116,8 +114,7 @@ def _provenance(
 def _write(out: Path, result: EvalResult, runs: list[ModelEval]) -> None:
     """``generations.jsonl`` then ``eval.json`` (stamped ``geomsafe.eval/1``), each atomic."""
     out.mkdir(parents=True, exist_ok=True)
-    lines = "".join(json.dumps(r) + "\n" for run in runs for r in run.generations)
-    atomic_write_text(out / GENERATIONS_JSONL, lines)
+    write_jsonl(out / GENERATIONS_JSONL, (r for run in runs for r in run.generations))
     write_json(out / EVAL_JSON, result.to_dict(), "eval")
 
 
