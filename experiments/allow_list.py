@@ -60,7 +60,9 @@ from geomsafe.guard import GuardConfig
 from geomsafe.models import load
 from geomsafe.pareto.frontier import behaviour_change
 from geomsafe.projection import prompt_projection
-from geomsafe.train import TrainConfig, finetune, heldout_loss, load_data
+from geomsafe.train import TrainConfig, finetune
+from geomsafe.train.data import load_data
+from geomsafe.train.steps import heldout_loss
 
 HARMFUL, TARGET = "sycophancy", "empathy"
 

@@ -73,8 +73,9 @@ from geomsafe.pareto import ParetoConfig
 from geomsafe.pareto.frontier import behaviour_change
 from geomsafe.pareto.run import measure
 from geomsafe.projection import concept_layers
-from geomsafe.train import finetune, heldout_loss
+from geomsafe.train import finetune
 from geomsafe.train.data import build
+from geomsafe.train.steps import heldout_loss
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 INSECURE = DATA / "emergent-misalignment" / "data" / "insecure.jsonl"

@@ -76,7 +76,8 @@ from geomsafe.evaluate.pairsets import CONCEPT_SETS, load_pair_set
 from geomsafe.evaluate.stats import change_ci
 from geomsafe.guard.resolve import extract_atlas
 from geomsafe.models import LoadedModel, load
-from geomsafe.predict import predict, probe_prompts
+from geomsafe.predict import predict
+from geomsafe.predict.gradient import probe_prompts
 from geomsafe.projection import mean_projection, measured_shift
 from geomsafe.report.validation import DEFAULT_ESTIMATOR, GOALS, level_change, spearman_p
 from geomsafe.train import finetune

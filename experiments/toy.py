@@ -17,8 +17,9 @@ import time
 import torch
 
 from _common import RESULTS, machine, write_json
-from geomsafe.toy import ToyModel, ToyOrthogonalGuard, ToyTrainConfig, importance_vector, toy, train
+from geomsafe.toy import ToyModel, ToyOrthogonalGuard, ToyTrainConfig, toy, train
 from geomsafe.toy.entangle import protected_features
+from geomsafe.toy.train import importance_vector
 
 
 def guard_overhead(copies: int, m: int, n: int, protect: int, steps: int, reps: int) -> dict:

@@ -9,10 +9,11 @@ from transformers import Trainer
 from geomsafe.errors import GeomsafeError
 from geomsafe.guard import GuardConfig, build_guards
 from geomsafe.testing import tiny_model
-from geomsafe.train import GuardCallback, GuardedTrainer, PadCollator, load_data, make_peft_model
+from geomsafe.train import GuardCallback, GuardedTrainer
 from geomsafe.train.callback import micro_batches
-from geomsafe.train.lora import peft_layer_template
-from geomsafe.train.trainer import GeometryCallback, quiet, training_arguments
+from geomsafe.train.data import load_data
+from geomsafe.train.lora import make_peft_model, peft_layer_template
+from geomsafe.train.trainer import GeometryCallback, PadCollator, quiet, training_arguments
 from guard_helpers import hooks
 from train_helpers import REPEAT, cfg, lm_atlas
 

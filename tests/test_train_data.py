@@ -12,8 +12,9 @@ from geomsafe.errors import GeomsafeError
 from geomsafe.formatting import Example, encode
 from geomsafe.hashing import file_sha256
 from geomsafe.testing import tiny_model
-from geomsafe.train import IGNORE_INDEX, PadCollator, TrainConfig, finetune, load_data
-from geomsafe.train.data import build
+from geomsafe.train import TrainConfig, finetune
+from geomsafe.train.data import IGNORE_INDEX, build, load_data
+from geomsafe.train.trainer import PadCollator
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 MULTI = {

@@ -8,7 +8,11 @@ import torch
 from geomsafe.guard import Guard, GuardConfig
 from geomsafe.layers import decoder_blocks
 from geomsafe.testing import tiny_model
-from geomsafe.train import PadCollator, finetune, heldout_loss, load_data, make_peft_model
+from geomsafe.train import finetune
+from geomsafe.train.data import load_data
+from geomsafe.train.lora import make_peft_model
+from geomsafe.train.steps import heldout_loss
+from geomsafe.train.trainer import PadCollator
 from train_helpers import REPEAT, StandIn, cfg, lm_atlas
 
 

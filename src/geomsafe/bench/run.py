@@ -52,7 +52,7 @@ from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate import EvalConfig, EvalResult, evaluate
 from geomsafe.layers import default_band
 from geomsafe.models import LoadedModel, load
-from geomsafe.predict import probe_prompts
+from geomsafe.predict.gradient import probe_prompts
 from geomsafe.projection import mean_projection, measured_shift
 from geomsafe.train import TrainConfig, finetune
 

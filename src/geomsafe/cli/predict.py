@@ -13,7 +13,8 @@ from geomsafe.cli.common import model_option, print_table
 from geomsafe.distributed import is_main
 from geomsafe.errors import GeomsafeError
 from geomsafe.options import split_csv
-from geomsafe.predict import METHODS, PER_EXAMPLE_SCORES, PredictConfig, PredictResult, predict
+from geomsafe.predict import PredictConfig, PredictResult, predict
+from geomsafe.predict.config import METHODS, PER_EXAMPLE_SCORES
 
 _FIELDS = {f.name: f for f in dataclasses.fields(PredictConfig)}
 _COLUMNS = [  # (header, ConceptRisk field)

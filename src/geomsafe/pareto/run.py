@@ -6,8 +6,8 @@ training part (:func:`geomsafe.train.steps.run_steps`: a private copy of the mod
 init and batches for every cell), with the cell's guard at its strength; then, on the tuned
 model, the per-pair log-odds of every behavioural row (:func:`geomsafe.evaluate.logodds.
 pair_logodds`), the projections of the evaluation prompts (:func:`geomsafe.projection.
-prompt_projection`) and the held-out task loss (:func:`geomsafe.train.heldout_loss`). A guarded
-cell also times guarded and unguarded training steps side by side (``time_rounds`` rounds of
+prompt_projection`) and the held-out task loss (:func:`geomsafe.train.steps.heldout_loss`). A
+guarded cell also times guarded and unguarded training steps side by side (``time_rounds`` rounds of
 one ``time_steps``-step call each, order alternating, first step of each call dropped):
 the cell keeps every step time (``time.ratio`` = median guarded / median unguarded step; the
 summary's ``time_ratio`` is the paired ratio of sums, :mod:`.summary`). A cell whose

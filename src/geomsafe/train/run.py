@@ -44,7 +44,8 @@ from geomsafe.datasets import Dataset, ExampleLike, as_dataset
 from geomsafe.diskfull import disk_full_error, is_disk_full
 from geomsafe.errors import GeomsafeError
 from geomsafe.folder_lock import lock_folder
-from geomsafe.guard import GuardConfig, PilotDirections
+from geomsafe.guard import GuardConfig
+from geomsafe.guard.pilot import PilotDirections
 from geomsafe.guard.resolve import GuardSetup, GuardSpec, resolve_guards, split_guards
 from geomsafe.models import DEVICE_ENV, LoadedModel, load, resolve_device
 from geomsafe.train import outdir
