@@ -58,7 +58,9 @@ from geomsafe.layers import default_band
 from geomsafe.models import load
 from geomsafe.projection import project, prompt_projection
 from geomsafe.stats import behaviour_change
-from geomsafe.train import TrainConfig, finetune, heldout_loss, load_data
+from geomsafe.train import TrainConfig, finetune
+from geomsafe.train.data import load_data
+from geomsafe.train.steps import heldout_loss
 from lib.common import RESULTS, machine, write_json
 
 HARMFUL, TARGET = "sycophancy", "empathy"

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from geomsafe import __version__
 from geomsafe.concepts.compliance import NEAR_DUPLICATE, compliance_concept, write_concept
+from geomsafe.datasets import need_root, resolve_data_root
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.pairsets import COMPLIANCE_CSV, EXTERNAL, load_compliance_csv
-from geomsafe.evaluate.prompts import need_root, resolve_data_root
 from geomsafe.options import split_csv
 
 

@@ -53,9 +53,9 @@ from pathlib import Path
 import torch
 
 from geomsafe.adapters import view
+from geomsafe.datasets import resolve_data_root
 from geomsafe.directions import auroc
 from geomsafe.evaluate.pairsets import load_with_controls
-from geomsafe.evaluate.prompts import resolve_data_root
 from geomsafe.firewall import Firewall, calibrate, install, rethreshold
 from geomsafe.firewall.calibration import sequence_statistics
 from geomsafe.firewall.traffic import benign_split, harmful_items, sample

@@ -58,18 +58,18 @@ import torch
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.concepts import load_builtin
 from geomsafe.concepts.split import is_builtin
-from geomsafe.datasets import load_dataset
+from geomsafe.datasets import load_dataset, resolve_data_root
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.logodds import PairSet, refuse_overlap
 from geomsafe.evaluate.pairsets import load_with_controls
-from geomsafe.evaluate.prompts import resolve_data_root
 from geomsafe.guard import GuardConfig
 from geomsafe.models import LoadedModel, load
 from geomsafe.options import split_csv
 from geomsafe.projection import concept_layers
 from geomsafe.stats import behaviour_change
-from geomsafe.train import finetune, heldout_loss
+from geomsafe.train import finetune
 from geomsafe.train.data import build
+from geomsafe.train.steps import heldout_loss
 from lib.common import RESULTS, machine, write_json
 from lib.guard_setup import eval_questions, middle_atlas, recipe
 from lib.pareto.run import measure

@@ -9,7 +9,7 @@ Two measurements, each with no guard, each guard alone and all four together:
   times one full training step (forward under the guards' hooks, penalties, backward, AdamW
   step, ``after_step``) for every variant, round-robin with a rotating start, so that load from
   other processes hits every variant alike. Median over ``--iters`` iterations.
-- ``trainer``: ``geomsafe.train.train_steps`` (transformers Trainer) on the same batches per
+- ``trainer``: ``geomsafe.train.steps.train_steps`` (transformers Trainer) on the same batches per
   variant, interleaved per repetition, dropping each call's first step (warm-up).
 
 Prints the median step time of each variant and its ratio to the unguarded step (goal: a few
@@ -27,16 +27,14 @@ import time
 import torch
 
 from geomsafe.atlas import FeatureAtlas
-from geomsafe.guard import GUARDS, GuardConfig, build_guards, combined, total_penalty
+from geomsafe.guard import GUARDS, GuardConfig, build_guards
+from geomsafe.guard.base import combined, total_penalty
 from geomsafe.models import LoadedModel, load
-from geomsafe.train import (
-    PadCollator,
-    TrainConfig,
-    load_data,
-    make_peft_model,
-    peft_layer_template,
-    train_steps,
-)
+from geomsafe.train import TrainConfig
+from geomsafe.train.data import load_data
+from geomsafe.train.lora import make_peft_model, peft_layer_template
+from geomsafe.train.steps import train_steps
+from geomsafe.train.trainer import PadCollator
 from lib.common import RESULTS, machine, sample_examples, write_json
 
 

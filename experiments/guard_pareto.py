@@ -38,10 +38,10 @@ from pathlib import Path
 import torch
 
 from geomsafe.atlas import FeatureAtlas
+from geomsafe.datasets import resolve_data_root
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.logodds import refuse_overlap
 from geomsafe.evaluate.pairsets import load_with_controls
-from geomsafe.evaluate.prompts import resolve_data_root
 from geomsafe.guard import GuardConfig, PilotConfig
 from geomsafe.guard.resolve import concept_names
 from geomsafe.models import load

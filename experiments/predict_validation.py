@@ -61,18 +61,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from geomsafe.adapters import attach_adapter
 from geomsafe.artefacts import VALIDATION_JSON, atomic_write
 from geomsafe.artefacts import write_json as write_artefact
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.concepts import builtin_names
 from geomsafe.datasets import Dataset
 from geomsafe.errors import GeomsafeError
-from geomsafe.evaluate import attach_adapter, evaluate
+from geomsafe.evaluate import evaluate
 from geomsafe.evaluate.logodds import refuse_overlap
 from geomsafe.evaluate.pairsets import CONCEPT_SETS, DEFAULT_SETS, load_pair_set
 from geomsafe.guard.resolve import extract_atlas
 from geomsafe.models import LoadedModel, load
-from geomsafe.predict import predict, probe_prompts
+from geomsafe.predict import predict
+from geomsafe.predict.gradient import probe_prompts
 from geomsafe.projection import mean_projection, measured_shift
 from geomsafe.report.validation import DEFAULT_ESTIMATOR, GOALS, level_ci
 from geomsafe.stats import change_ci, correlation

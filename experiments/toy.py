@@ -16,8 +16,9 @@ import time
 
 import torch
 
-from geomsafe.toy import ToyModel, ToyOrthogonalGuard, ToyTrainConfig, importance_vector, toy, train
+from geomsafe.toy import ToyModel, ToyOrthogonalGuard, ToyTrainConfig, toy, train
 from geomsafe.toy.entangle import protected_features
+from geomsafe.toy.train import importance_vector
 from lib.common import RESULTS, machine, write_json
 
 

@@ -57,3 +57,15 @@ def test_adapter_disabled_runs_the_base_model():
             plain = lm.model(ids).logits
     assert not torch.allclose(tuned, base) and torch.allclose(off, base)
     assert torch.allclose(plain, tuned)
+
+
+def test_adapter_sha256_covers_the_adapter_files_only(tmp_path):
+    from geomsafe.adapters import adapter_sha256
+
+    (tmp_path / "adapter_config.json").write_text("{}")
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"w")
+    first = adapter_sha256(tmp_path)
+    (tmp_path / "README.md").write_text("not part of the adapter")
+    assert adapter_sha256(tmp_path) == first
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"v")
+    assert adapter_sha256(tmp_path) != first

@@ -14,13 +14,13 @@ from geomsafe.datasets import (
     Dataset,
     as_dataset,
     builtin_task,
-    file_sha256,
     load_dataset,
     parse_record,
     resolve_data,
 )
 from geomsafe.errors import GeomsafeError
 from geomsafe.formatting import Example
+from geomsafe.hashing import file_sha256
 from geomsafe.testing import tiny_model
 from geomsafe.train.data import load_data
 
@@ -281,3 +281,19 @@ def test_every_command_reads_a_file_the_same_way(
         assert message.startswith(f"{spec}:{line}: ")
     elif not spec.startswith("task:"):
         assert spec in message
+
+
+def test_data_root_from_argument_environment_or_none(tmp_path, monkeypatch):
+    from geomsafe.datasets import default_data_root, need_root, resolve_data_root
+
+    (tmp_path / "xstest").mkdir()
+    assert resolve_data_root(tmp_path) == tmp_path
+    with pytest.raises(GeomsafeError, match="data root not found"):
+        resolve_data_root(tmp_path / "missing")
+    monkeypatch.setenv("GEOMSAFE_DATA", str(tmp_path))
+    assert resolve_data_root(None) == default_data_root() == tmp_path
+    assert need_root(tmp_path, "xstest") == tmp_path / "xstest"
+    with pytest.raises(GeomsafeError, match="not found under the data root"):
+        need_root(tmp_path, "rtp")
+    with pytest.raises(GeomsafeError, match="pass --data-root or set GEOMSAFE_DATA"):
+        need_root(None, "xstest")

@@ -6,14 +6,8 @@ import pytest
 import torch
 
 from geomsafe.errors import GeomsafeError
-from geomsafe.firewall import (
-    CalibrationConfig,
-    Firewall,
-    calibrate,
-    choose_thresholds,
-    rethreshold,
-)
-from geomsafe.firewall.calibration import atlas_checks, sequence_statistics
+from geomsafe.firewall import CalibrationConfig, Firewall, calibrate, rethreshold
+from geomsafe.firewall.calibration import atlas_checks, choose_thresholds, sequence_statistics
 from geomsafe.firewall.traffic import Item
 from geomsafe.formatting import Example, encode
 from geomsafe.testing import tiny_atlas

@@ -6,8 +6,9 @@ import math
 import pytest
 import torch
 
+from geomsafe.artefacts import FIREWALL_JSON, format_tag
 from geomsafe.errors import GeomsafeError
-from geomsafe.firewall.config import FIREWALL_JSON, FORMAT, Check, Firewall
+from geomsafe.firewall.config import Check, Firewall
 
 
 def _fw(tau: float = 0.5) -> Firewall:
@@ -29,7 +30,8 @@ def test_save_and_load_round_trip(tmp_path):
     fw = _fw()
     fw.save(tmp_path)
     meta = json.loads((tmp_path / FIREWALL_JSON).read_text())
-    assert meta["format"] == FORMAT and meta["checks"][2]["threshold"] == "inf"
+    assert meta["format"] == "geomsafe.firewall/1" and meta["geomsafe_version"]
+    assert meta["checks"][2]["threshold"] == "inf"
     back = Firewall.load(tmp_path)
     assert back.keys == fw.keys and back.fpr == 0.02 and back.provenance == fw.provenance
     for a, b in zip(back.checks, fw.checks, strict=True):
@@ -52,10 +54,24 @@ def test_load_rejects_what_is_not_a_firewall(tmp_path):
     (tmp_path / FIREWALL_JSON).write_text(json.dumps({**meta, "format": "other/1"}))
     with pytest.raises(GeomsafeError, match="format"):
         Firewall.load(tmp_path)
-    (tmp_path / FIREWALL_JSON).write_text(json.dumps({"format": FORMAT, "checks": [{}]}))
+    (tmp_path / FIREWALL_JSON).write_text(json.dumps({**meta, "format": "geomsafe.firewall/2"}))
+    with pytest.raises(GeomsafeError, match="written by a newer geomsafe"):
+        Firewall.load(tmp_path)
+    unstamped = {k: v for k, v in meta.items() if k != "format"}
+    (tmp_path / FIREWALL_JSON).write_text(json.dumps(unstamped))  # every firewall.json has one
+    with pytest.raises(GeomsafeError, match="no format stamp"):
+        Firewall.load(tmp_path)
+    (tmp_path / FIREWALL_JSON).write_text(json.dumps({**meta, "geomsafe_version": "0.0.1"}))
+    assert Firewall.load(tmp_path).keys == _fw().keys  # an older geomsafe's file reads
+    stamp = format_tag("firewall")
+    (tmp_path / FIREWALL_JSON).write_text(json.dumps({"format": stamp, "checks": [{}]}))
     with pytest.raises(GeomsafeError, match="malformed"):
         Firewall.load(tmp_path)
     (tmp_path / FIREWALL_JSON).write_text("{not json")
+    with pytest.raises(GeomsafeError, match="not valid JSON"):
+        Firewall.load(tmp_path)
+    (tmp_path / "firewall.safetensors").write_bytes(b"junk")
+    (tmp_path / FIREWALL_JSON).write_text(json.dumps(meta))
     with pytest.raises(GeomsafeError, match="unreadable"):
         Firewall.load(tmp_path)
 

@@ -6,10 +6,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from geomsafe.artefacts import FIREWALL_RUN_JSON as RUN_JSON
+from geomsafe.artefacts import GENERATIONS_JSONL
 from geomsafe.cli import main
 from geomsafe.evaluate.generate import SamplingConfig, generate
 from geomsafe.firewall import Firewall, calibrate, run, screen
-from geomsafe.firewall.screening import GENERATIONS_JSONL, RUN_JSON
 from geomsafe.formatting import Example, encode
 from geomsafe.report import report
 from geomsafe.testing import tiny_atlas, tiny_firewall

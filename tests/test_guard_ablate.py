@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from geomsafe.guard import GuardConfig, build_guards, orthonormal_basis
+from geomsafe.guard import GuardConfig, build_guards
+from geomsafe.guard.basis import orthonormal_basis
 from geomsafe.testing import FAMILIES, tiny_model
 from geomsafe.train import finetune
 from guard_helpers import (

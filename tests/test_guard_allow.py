@@ -5,9 +5,11 @@ import torch
 
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.errors import GeomsafeError
-from geomsafe.guard import GuardConfig, MonitorGuard, build_guards, combined, layer_plans
+from geomsafe.guard import GuardConfig, MonitorGuard, build_guards
 from geomsafe.guard import resolve as resolve_module
 from geomsafe.guard.allow import MIN_RESIDUAL, allowed_complement
+from geomsafe.guard.base import combined
+from geomsafe.guard.layer_plan import layer_plans
 from geomsafe.guard.resolve import resolve_guards
 from geomsafe.testing import tiny_model
 from guard_helpers import (

@@ -7,17 +7,8 @@ import pytest
 import torch
 
 from geomsafe.errors import GeomsafeError
-from geomsafe.guard import (
-    GUARDS,
-    Guard,
-    GuardConfig,
-    MonitorGuard,
-    build_guards,
-    combined,
-    step_logs,
-    total_penalty,
-)
-from geomsafe.guard.base import guard_kinds
+from geomsafe.guard import GUARDS, Guard, GuardConfig, MonitorGuard, build_guards
+from geomsafe.guard.base import combined, guard_kinds, step_logs, total_penalty
 from geomsafe.layers import decoder_blocks
 from guard_helpers import (
     PEFT_TEMPLATE,

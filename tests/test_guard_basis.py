@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from geomsafe.guard import orthonormal_basis
+from geomsafe.guard.basis import orthonormal_basis
 from guard_helpers import WIDTH, random_atlas
 
 

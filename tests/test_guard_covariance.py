@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from geomsafe.guard import GuardConfig, build_guards, cross_covariance
+from geomsafe.guard import GuardConfig, build_guards
+from geomsafe.guard.covariance import cross_covariance
 from guard_helpers import make_batch, peft_llama, random_atlas, randomise_lora_b
 
 pytestmark = pytest.mark.usefixtures("one_thread")

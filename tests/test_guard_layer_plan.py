@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from geomsafe.errors import GeomsafeError
-from geomsafe.guard import GuardConfig, layer_plans
+from geomsafe.guard import GuardConfig
+from geomsafe.guard.layer_plan import layer_plans
 from guard_helpers import WIDTH, random_atlas
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from geomsafe.errors import GeomsafeError
-from geomsafe.guard import GuardConfig, PilotConfig, PilotDirections, build_guards
-from geomsafe.guard.pilot import null_band, principal_shifts, select_shifts
+from geomsafe.guard import GuardConfig, PilotConfig, build_guards
+from geomsafe.guard.pilot import PilotDirections, null_band, principal_shifts, select_shifts
 from guard_helpers import WIDTH, random_atlas, unit
 
 N = 48

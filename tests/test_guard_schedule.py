@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from geomsafe.errors import GeomsafeError
-from geomsafe.guard import GuardConfig, begin_steps, build_guards, combined, total_penalty
+from geomsafe.guard import GuardConfig, build_guards
+from geomsafe.guard.base import begin_steps, combined, total_penalty
 from geomsafe.guard.schedule import strength
 from geomsafe.testing import tiny_model
 from geomsafe.train import finetune

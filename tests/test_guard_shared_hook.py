@@ -5,7 +5,8 @@ import torch
 
 from geomsafe.capture import record
 from geomsafe.errors import GeomsafeError
-from geomsafe.guard import GuardConfig, MonitorGuard, build_guards, combined
+from geomsafe.guard import GuardConfig, MonitorGuard, build_guards
+from geomsafe.guard.base import combined
 from geomsafe.guard.shared_hook import shared_layers, suspended
 from geomsafe.layers import decoder_blocks, hidden_of
 from guard_helpers import make_batch, peft_llama, random_atlas, residuals

@@ -71,3 +71,39 @@ def test_unknown_name_is_an_attribute_error():
         assert "nope" in str(exc)
     else:
         raise AssertionError
+
+
+#: What each package face offers: the names a user calls. Everything else is imported from its
+#: module by the code that needs it (review §1, issue 29).
+FACES = {
+    "concepts": ["KINDS", "SPLIT_SEED", "ConceptSet", "Pair", "builtin_names", "load_builtin",
+                 "load_concept", "load_for_direction", "load_for_evaluation", "load_jsonl",
+                 "load_persona", "load_toxigen", "split_concept", "split_record"],
+    "evaluate": ["Change", "EvalConfig", "EvalResult", "Metric", "ModelEval", "evaluate",
+                 "load_eval"],
+    "firewall": ["CalibrationConfig", "Check", "Firewall", "RunResult", "Session", "Verdict",
+                 "calibrate", "install", "rethreshold", "run", "screen"],
+    "guard": ["GUARDS", "AblateGuard", "AtlasGuard", "CovarianceGuard", "Guard", "GuardConfig",
+              "MonitorGuard", "OrthogonalGuard", "PilotConfig", "ProjectionGuard", "SteerGuard",
+              "build_guards", "register"],
+    "predict": ["ConceptRisk", "PredictConfig", "PredictResult", "predict"],
+    "toy": ["EntangleConfig", "PhaseConfig", "SweepConfig", "ToyConfig", "ToyModel",
+            "ToyOrthogonalGuard", "ToyResult", "ToyTrainConfig", "run_entanglement",
+            "run_phase_diagram", "run_sweep", "toy", "train"],
+    "train": ["FinetuneResult", "GuardCallback", "GuardedTrainer", "TrainConfig", "finetune"],
+}
+
+
+def test_package_faces_offer_the_user_names_only():
+    import importlib
+    import types
+
+    for pkg, names in FACES.items():
+        face = importlib.import_module(f"geomsafe.{pkg}")
+        assert sorted(face.__all__) == sorted(names), pkg
+        public = {
+            n
+            for n, v in vars(face).items()
+            if not n.startswith("_") and n != "annotations" and not isinstance(v, types.ModuleType)
+        }
+        assert public == set(names), (pkg, sorted(public - set(names)))

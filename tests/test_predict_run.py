@@ -4,9 +4,10 @@ import json
 
 import pytest
 
+from geomsafe.artefacts import format_tag
 from geomsafe.datasets import load_dataset
 from geomsafe.errors import GeomsafeError
-from geomsafe.predict import FORMAT, PredictConfig, predict
+from geomsafe.predict import PredictConfig, predict
 from geomsafe.testing import tiny_model
 from predict_helpers import tiny_setup, write_data
 
@@ -89,7 +90,7 @@ def test_behavioural_needs_no_atlas_and_names_a_concept_only_with_its_ci(lm_gpt2
     tox = next(c for c in res.concepts if c.concept == "toxicity")
     assert total == pytest.approx(tox.behavioural_alignment, rel=1e-6, abs=1e-12)
     risk = json.loads((tmp_path / "o" / "risk.json").read_text())
-    assert risk["format"] == FORMAT and risk["method"] == "behavioural"
+    assert risk["format"] == format_tag("predict") and risk["method"] == "behavioural"
     assert set(risk["provenance"]["pairs"]) == {"toxicity", "deception"}
     assert risk["provenance"]["seed"] == 0 and risk["provenance"]["atlas_source"] is None
     assert 0 <= risk["concentration"]["risky_fraction"] <= 1
@@ -143,7 +144,7 @@ def test_filter_and_attack_outputs(setup, tmp_path):
     assert risk["filter"]["score"] == "projection_difference"
     assert all(a["toxicity"] < 0.2 for a in risk["attack"])
     assert risk["provenance"]["data_sha256"] == load_dataset(path).sha256
-    assert risk["format"] == FORMAT
+    assert risk["format"] == format_tag("predict")
 
     # a re-run replaces the whole set only with overwrite: no stale filtered.jsonl/attack.jsonl
     with pytest.raises(GeomsafeError, match="overwrite"):

@@ -26,7 +26,8 @@ from geomsafe.projection import (
     prompt_projection,
 )
 from geomsafe.testing import tiny_model
-from geomsafe.train import TrainConfig, make_peft_model
+from geomsafe.train import TrainConfig
+from geomsafe.train.lora import make_peft_model
 
 PROMPTS = ["What is 2+2?", "Tell me a story about a cat.", "hi", "Name three colours please."]
 EXAMPLES = [

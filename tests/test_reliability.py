@@ -20,7 +20,8 @@ import torch
 import geomsafe
 from geomsafe.errors import GeomsafeError
 from geomsafe.folder_lock import FolderBusy, read_holder
-from geomsafe.models import CACHE_META, TRUST_ENV, load, sha256_file
+from geomsafe.hashing import file_sha256
+from geomsafe.models import CACHE_META, TRUST_ENV, load
 from geomsafe.testing import remote_code_folder, save_tiny, tiny_gguf
 from geomsafe.train import TrainConfig, finetune
 from geomsafe.train.outdir import COMPLETE, latest_checkpoint, work_dir
@@ -213,11 +214,11 @@ def test_corrupted_cache_of_the_same_size_is_detected_and_rebuilt(tmp_path, monk
     gguf = tiny_gguf(tmp_path / "tiny.gguf")
     first = load(str(gguf))
     assert not first.from_cache
-    assert first.provenance()["gguf_sha256"] == sha256_file(gguf)  # recorded in artefacts
+    assert first.provenance()["gguf_sha256"] == file_sha256(gguf)  # recorded in artefacts
     (cached,) = (tmp_path / "cache" / "gguf").iterdir()
     record = json.loads((cached / CACHE_META).read_text())
-    assert record["gguf_sha256"] == sha256_file(gguf)
-    assert record["files"]["model.safetensors"] == sha256_file(cached / "model.safetensors")
+    assert record["gguf_sha256"] == file_sha256(gguf)
+    assert record["files"]["model.safetensors"] == file_sha256(cached / "model.safetensors")
     assert load(str(gguf)).from_cache
     weights = cached / "model.safetensors"
     size = weights.stat().st_size

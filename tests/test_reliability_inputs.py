@@ -13,9 +13,9 @@ import peft
 import pytest
 from click.testing import CliRunner
 
+from geomsafe.adapters import attach_adapter
 from geomsafe.cli import main
 from geomsafe.errors import GeomsafeError
-from geomsafe.evaluate import attach_adapter
 from geomsafe.evaluate.generate import SamplingConfig, generate
 from geomsafe.evaluate.pairsets import load_pair_set
 from geomsafe.firewall.requests import load_requests

@@ -19,18 +19,15 @@ from geomsafe.toy import (
     ToyModel,
     ToyOrthogonalGuard,
     ToyTrainConfig,
-    classify_phase,
-    cosines,
-    dimensionality,
-    dims_per_feature,
-    importance_vector,
     run_entanglement,
     run_sweep,
-    sample_features,
     toy,
     train,
 )
+from geomsafe.toy.metrics import cosines, dimensionality, dims_per_feature
 from geomsafe.toy.run import FIGURES, JSON_NAME
+from geomsafe.toy.sweep import classify_phase
+from geomsafe.toy.train import importance_vector, sample_features
 
 # --- metrics on hand-made geometries ---------------------------------------------------------
 

@@ -14,9 +14,10 @@ from geomsafe.errors import GeomsafeError
 from geomsafe.guard import GUARDS
 from geomsafe.layers import decoder_blocks
 from geomsafe.testing import tiny_model
-from geomsafe.train import GuardCallback, GuardedTrainer, PadCollator, load_data
+from geomsafe.train import GuardCallback, GuardedTrainer
 from geomsafe.train.callback import micro_batches
-from geomsafe.train.trainer import GeometryCallback, quiet, training_arguments
+from geomsafe.train.data import load_data
+from geomsafe.train.trainer import GeometryCallback, PadCollator, quiet, training_arguments
 from guard_helpers import hooks, randomise_lora_b
 from train_helpers import (
     CHECKPOINTING,

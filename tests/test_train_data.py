@@ -7,12 +7,14 @@ import torch
 from click.testing import CliRunner
 
 from geomsafe.cli import main
-from geomsafe.datasets import Dataset, builtin_task, file_sha256, load_dataset
+from geomsafe.datasets import Dataset, builtin_task, load_dataset
 from geomsafe.errors import GeomsafeError
 from geomsafe.formatting import Example, encode
+from geomsafe.hashing import file_sha256
 from geomsafe.testing import tiny_model
-from geomsafe.train import IGNORE_INDEX, PadCollator, TrainConfig, finetune, load_data
-from geomsafe.train.data import build
+from geomsafe.train import TrainConfig, finetune
+from geomsafe.train.data import IGNORE_INDEX, build, load_data
+from geomsafe.train.trainer import PadCollator
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
 MULTI = {

@@ -7,8 +7,8 @@ import torch
 
 from geomsafe.errors import GeomsafeError
 from geomsafe.guard import GuardConfig, PilotConfig
-from geomsafe.train import finetune, pilot_directions
-from geomsafe.train.pilot import pilot_guard_config, split_heldout
+from geomsafe.train import finetune
+from geomsafe.train.pilot import pilot_directions, pilot_guard_config, split_heldout
 from guard_helpers import unit
 from train_helpers import REPEAT, aligned_atlas, cfg, learnable, lm_atlas
 

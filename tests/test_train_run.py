@@ -12,8 +12,11 @@ from geomsafe.cli import main
 from geomsafe.errors import GeomsafeError
 from geomsafe.guard import GUARDS, GuardConfig
 from geomsafe.testing import tiny_model
-from geomsafe.train import PadCollator, finetune, load_data, make_peft_model
+from geomsafe.train import finetune
+from geomsafe.train.data import load_data
+from geomsafe.train.lora import make_peft_model
 from geomsafe.train.outdir import work_dir
+from geomsafe.train.trainer import PadCollator
 from guard_helpers import custom_guard_kind
 from train_helpers import REPEAT, StandIn, cfg, learnable, lm_atlas
 

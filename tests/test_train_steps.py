@@ -5,7 +5,9 @@ import torch
 
 from geomsafe.errors import GeomsafeError
 from geomsafe.testing import tiny_model
-from geomsafe.train import PadCollator, heldout_loss, load_data, train_steps
+from geomsafe.train.data import load_data
+from geomsafe.train.steps import heldout_loss, train_steps
+from geomsafe.train.trainer import PadCollator
 from train_helpers import REPEAT, StandIn, cfg, lm_atlas
 
 

@@ -9,16 +9,11 @@ from geomsafe.errors import GeomsafeError
 from geomsafe.guard import GUARDS, Guard, GuardConfig
 from geomsafe.layers import decoder_blocks
 from geomsafe.testing import tiny_model
-from geomsafe.train import (
-    GeometryCallback,
-    GuardedTrainer,
-    PadCollator,
-    finetune,
-    heldout_loss,
-    load_data,
-    make_peft_model,
-)
-from geomsafe.train.trainer import quiet, training_arguments
+from geomsafe.train import GuardedTrainer, finetune
+from geomsafe.train.data import load_data
+from geomsafe.train.lora import make_peft_model
+from geomsafe.train.steps import heldout_loss
+from geomsafe.train.trainer import GeometryCallback, PadCollator, quiet, training_arguments
 from guard_helpers import hooks, randomise_lora_b
 from train_helpers import (
     CHECKPOINTING,

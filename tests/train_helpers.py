@@ -14,8 +14,8 @@ from geomsafe.guard import Guard, GuardConfig, build_guards
 from geomsafe.layers import decoder_blocks
 from geomsafe.models import LoadedModel
 from geomsafe.testing import tiny_model
-from geomsafe.train import TrainConfig, make_peft_model
-from geomsafe.train.lora import peft_layer_template
+from geomsafe.train import TrainConfig
+from geomsafe.train.lora import make_peft_model, peft_layer_template
 from guard_helpers import random_atlas, unit
 
 REPEAT = [("say a", "abab abab abab"), ("say b", "bcbc bcbc bcbc"), ("say c", "cdcd cdcd")] * 4

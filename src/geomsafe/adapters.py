@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from geomsafe.errors import GeomsafeError
+from geomsafe.hashing import file_sha256
 from geomsafe.layers import get_layers
 from geomsafe.models import LoadedModel
 
@@ -88,11 +91,37 @@ def load_adapter(model: nn.Module, folder: str | Path) -> nn.Module:
         raise GeomsafeError(f"could not load adapter {folder}: {first[:300]}") from exc
 
 
+def adapter_sha256(folder: str | Path) -> str:
+    """sha256 over the adapter's ``adapter_*`` files (config and weights)."""
+    files = sorted(p for p in Path(folder).iterdir() if p.name.startswith("adapter_"))
+    return hashlib.sha256(
+        "".join(file_sha256(p) for p in files if p.is_file()).encode()
+    ).hexdigest()
+
+
+@contextlib.contextmanager
+def attach_adapter(lm: LoadedModel, adapter: str | Path) -> Iterator[Any]:
+    """Load a peft adapter saved with ``save_pretrained`` onto ``lm.model`` and yield the
+    ``PeftModel`` (use its ``disable_adapter()`` for the base model). The LoRA layers are
+    injected into ``lm.model`` in place, so ``lm`` (and its layer template) now runs the adapted
+    model; they are removed again on exit."""
+    if is_peft(lm.model):
+        raise GeomsafeError("the model already carries a peft adapter; pass a plain model")
+    peft_model: Any = load_adapter(lm.model, adapter)
+    peft_model.eval()
+    try:
+        yield peft_model
+    finally:
+        peft_model.unload()
+
+
 __all__ = [
     "ADAPTER_CONFIG",
     "ADAPTER_WEIGHTS",
     "PEFT_PREFIX",
+    "adapter_sha256",
     "adapter_disabled",
+    "attach_adapter",
     "is_peft",
     "load_adapter",
     "layer_template_for",

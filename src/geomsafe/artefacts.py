@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ BENCH_TABLE = "table.md"
 TOY_JSON = "toy.json"
 PILOT_JSON = "pilot.json"
 FIREWALL_JSON = "firewall.json"
+FIREWALL_WEIGHTS = "firewall.safetensors"
 FIREWALL_RUN_JSON = "firewall_run.json"
 PARETO_JSON = "pareto.json"
 VALIDATION_JSON = "validation.json"  # experiments/predict_validation.py
@@ -96,19 +97,44 @@ def format_tag(kind: str) -> str:
     return f"geomsafe.{kind}/{VERSIONS[kind]}"
 
 
-def stamp(payload: dict[str, Any], kind: str) -> dict[str, Any]:
-    """``payload`` with ``format`` and ``geomsafe_version`` first (any old stamp replaced)."""
+def geomsafe_version() -> str:
+    """The installed geomsafe's version, as every artefact and provenance block records it
+    (the one place ``geomsafe.__version__`` is read)."""
     from geomsafe import __version__
 
+    return __version__
+
+
+def stamp(payload: dict[str, Any], kind: str) -> dict[str, Any]:
+    """``payload`` with ``format`` and ``geomsafe_version`` first (any old stamp replaced)."""
     rest = {k: v for k, v in payload.items() if k not in ("format", "geomsafe_version")}
-    return {"format": format_tag(kind), "geomsafe_version": __version__, **rest}
+    return {"format": format_tag(kind), "geomsafe_version": geomsafe_version(), **rest}
 
 
 def write_json(path: str | Path, payload: dict[str, Any], kind: str, **dump: Any) -> Path:
     """Write ``payload`` stamped as ``kind`` (:func:`stamp`) to ``path`` atomically."""
+    return write_plain_json(path, stamp(payload, kind), **dump)
+
+
+def write_plain_json(path: str | Path, obj: Any, *, indent: int = 1, **dump: Any) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically, unstamped: for files geomsafe does not
+    read back as a result (a checkpoint's run record, a lock holder, a model cache's index,
+    a model's ``config.json``). Results go through :func:`write_json`."""
     path = Path(path)
-    text = json.dumps(stamp(payload, kind), indent=1, **dump)
+    text = json.dumps(obj, indent=indent, **dump)
     atomic_write(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
+    return path
+
+
+def jsonl_text(rows: Iterable[Any], **dump: Any) -> str:
+    """``rows`` as JSONL text: one JSON value per line, each line ending in a newline."""
+    return "".join(json.dumps(r, **dump) + "\n" for r in rows)
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Any], **dump: Any) -> Path:
+    """Write ``rows`` to ``path`` as JSONL (:func:`jsonl_text`) atomically."""
+    path = Path(path)
+    atomic_write_text(path, jsonl_text(rows, **dump))
     return path
 
 
@@ -310,7 +336,11 @@ __all__ = [
     "ATLAS_DIR",
     "OutFolder",
     "atomic_write",
+    "geomsafe_version",
+    "kind_of",
     "prepare_out",
     "read_json",
+    "stamp",
     "write_json",
+    "write_jsonl",
 ]

@@ -7,6 +7,8 @@ A command's output folder keeps its atlas in ``<out>/atlas/`` (:data:`ATLAS_DIR`
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,16 @@ class FeatureAtlas:
         """``[F, D]`` directions of ``names`` (all) at ``layer``."""
         names = names or list(self.directions)
         return torch.stack([self.direction(n, layer) for n in names])
+
+    def sha256(self, names: Sequence[str] | None = None) -> str:
+        """Hex sha256 over each name of ``names`` (default: every feature, in order) and its
+        float32 ``[L, D]`` directions: what identifies the directions a result was computed
+        from."""
+        h = hashlib.sha256()
+        for n in self.names() if names is None else names:
+            h.update(n.encode())
+            h.update(self.directions[n].float().contiguous().cpu().numpy().tobytes())
+        return h.hexdigest()
 
     def to(self, *args, **kwargs) -> FeatureAtlas:
         return FeatureAtlas(

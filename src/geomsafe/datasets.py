@@ -17,6 +17,10 @@ bad JSON and an empty file are errors: a one-line :class:`GeomsafeError` that st
 ``file:line:`` (the file alone for a missing or empty file). ``task:NAME`` names a built-in
 benign task set. Each record keeps its raw line, so a filtered data set is written back byte
 for byte.
+
+Public data sets (RealToxicityPrompts, XSTest, the emergent-misalignment files, ...) are read
+from the data root: ``--data-root``, else ``$GEOMSAFE_DATA``, else ``../shared/data`` next to
+the source tree or the working directory (:func:`resolve_data_root`, :func:`need_root`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -197,13 +202,37 @@ def parse_record(obj: Any, where: str) -> Example:
     return Example(prompt, response)
 
 
-def file_sha256(path: str | Path) -> str:
-    """sha256 (hex) of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def default_data_root() -> Path | None:
+    """``$GEOMSAFE_DATA``, else the first ``shared/data`` folder found beside the source tree
+    or the working directory; None when there is none."""
+    env = os.environ.get("GEOMSAFE_DATA")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve()
+    for cand in (here.parents[3] / "shared" / "data", Path.cwd().parent / "shared" / "data"):
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def resolve_data_root(data_root: str | Path | None) -> Path | None:
+    if data_root is not None:
+        root = Path(data_root)
+        if not root.is_dir():
+            raise GeomsafeError(f"data root not found: {root}")
+        return root
+    return default_data_root()
+
+
+def need_root(data_root: Path | None, sub: str) -> Path:
+    if data_root is None:
+        raise GeomsafeError(
+            f"public data not found (needed: {sub}); pass --data-root or set GEOMSAFE_DATA"
+        )
+    path = data_root / sub
+    if not path.exists():
+        raise GeomsafeError(f"{path} not found under the data root")
+    return path
 
 
 def builtin_task(name: str) -> Path:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-import geomsafe
+from geomsafe.artefacts import geomsafe_version
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.capture import HOOK_SITE, capture
 from geomsafe.concepts import ConceptSet, split_record
@@ -233,7 +233,7 @@ def extract(
         "method": "mean_difference",
         "seed": seed,
         "data_hash": {c.name: c.data_hash() for c in concepts},
-        "geomsafe_version": geomsafe.__version__,
+        "geomsafe_version": geomsafe_version(),
     }
     atlas = FeatureAtlas(chosen, directions, kinds, stats, provenance)
     return Extraction(atlas, acts_by_name)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from geomsafe.artefacts import atomic_write
+from geomsafe.artefacts import write_plain_json
 from geomsafe.errors import GeomsafeError
 
 
@@ -131,8 +131,7 @@ def lock_folder(out: str | Path, command: str | None = None) -> Iterator[Holder]
         if previous is not None:
             warnings.warn(f"geomsafe: {out}: {took_over(previous)}", stacklevel=3)
         me = Holder.me(command)
-        text = json.dumps(asdict(me), indent=1)
-        atomic_write(holder_path(out), lambda p: Path(p).write_text(text, encoding="utf-8"))
+        write_plain_json(holder_path(out), asdict(me))
         yield me
     finally:
         try:

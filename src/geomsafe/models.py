@@ -47,7 +47,9 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from geomsafe.artefacts import write_plain_json
 from geomsafe.errors import GeomsafeError
+from geomsafe.hashing import file_sha256
 from geomsafe.layers import get_layers, guess_layer_template
 
 DEFAULT_SPEC = "default"
@@ -283,17 +285,6 @@ def _why(exc: OSError) -> str:
     return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
 
 
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    with path.open("rb") as fh:
-        if hasattr(hashlib, "file_digest"):  # Python 3.11+: no copy per chunk, about 2x faster
-            return hashlib.file_digest(fh, "sha256").hexdigest()
-        digest = hashlib.sha256()
-        while chunk := fh.read(1 << 24):
-            digest.update(chunk)
-        return digest.hexdigest()
-
-
 def _gguf_key(path: Path) -> str:
     st = path.stat()
     raw = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()
@@ -395,7 +386,7 @@ def _load_gguf(path: Path, dtype: torch.dtype, use_cache: bool) -> tuple:
     """Dequantise a GGUF file, or read the safetensors cache written by an earlier load.
 
     Returns ``(model, tokenizer, from_cache, gguf_sha256)``."""
-    gguf_sha = sha256_file(path)
+    gguf_sha = file_sha256(path)
     cached = cache_root() / "gguf" / f"{path.stem}-{_gguf_key(path)}"
     if use_cache and (cached / CACHE_META).is_file():
         loaded = _read_cache(cached, gguf_sha, dtype)
@@ -443,7 +434,7 @@ def _read_cache(cached: Path, gguf_sha: str, dtype: torch.dtype) -> tuple | None
         if meta["gguf_sha256"] != gguf_sha:
             raise ValueError("it was built from a different GGUF")
         for name, digest in files.items():
-            if sha256_file(cached / name) != digest:
+            if file_sha256(cached / name) != digest:
                 raise ValueError(f"{name} does not match its recorded SHA-256")
         return _load_folder(cached, dtype)
     except Exception as exc:  # a damaged cache is rebuilt, never trusted
@@ -469,7 +460,7 @@ def _write_cache(
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dst.parent))
         config = model.config.to_dict()
         config.pop("quantization_config", None)
-        (tmp / "config.json").write_text(json.dumps(config, indent=1))
+        write_plain_json(tmp / "config.json", config)
         state = model.state_dict()
         if getattr(model.config, "tie_word_embeddings", False):
             state.pop("lm_head.weight", None)  # tied to the embedding; re-tied on load
@@ -478,10 +469,10 @@ def _write_cache(
         record = {
             "gguf": str(src.resolve()),
             "size": src.stat().st_size,
-            "gguf_sha256": gguf_sha256 or sha256_file(src),
-            "files": {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
+            "gguf_sha256": gguf_sha256 or file_sha256(src),
+            "files": {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()},
         }
-        (tmp / CACHE_META).write_text(json.dumps(record, indent=1))
+        write_plain_json(tmp / CACHE_META, record)
         if dst.exists():
             shutil.rmtree(dst)
         os.replace(tmp, dst)

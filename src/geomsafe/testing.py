@@ -237,6 +237,8 @@ def remote_code_folder(folder: str | Path, marker_dir: str | Path) -> Path:
     ``marker_dir/RAN_<file stem>``, so a test can tell whether the code ran."""
     import json
 
+    from geomsafe.artefacts import write_plain_json
+
     folder = save_tiny(folder)
     config = json.loads((folder / "config.json").read_text())
     config["model_type"] = "geomsafe_custom"
@@ -245,7 +247,7 @@ def remote_code_folder(folder: str | Path, marker_dir: str | Path) -> Path:
         "AutoConfig": "configuration_custom.CustomConfig",
         "AutoModelForCausalLM": "modeling_custom.CustomForCausalLM",
     }
-    (folder / "config.json").write_text(json.dumps(config, indent=1))
+    write_plain_json(folder / "config.json", config)
     for name, code in _CUSTOM_CODE.items():
         marker = Path(marker_dir).absolute() / f"RAN_{name.removesuffix('.py')}"
         marker_dir_text = repr(str(marker.parent))

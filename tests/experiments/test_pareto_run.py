@@ -11,8 +11,8 @@ from geomsafe.datasets import Dataset
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.logodds import PairSet, ResponsePair
 from geomsafe.guard import GuardConfig, PilotConfig
-from geomsafe.train import pilot_directions
 from geomsafe.train.data import build
+from geomsafe.train.pilot import pilot_directions
 from guard_helpers import unit
 from lib.pareto import PARETO_JSON, PARETO_MD, ParetoConfig, TrainSet, run_grid
 from train_helpers import aligned_atlas, learnable, lm_atlas

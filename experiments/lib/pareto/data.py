@@ -38,11 +38,10 @@ from pathlib import Path
 
 from geomsafe.concepts import ConceptSet, load_concept
 from geomsafe.concepts.split import split_concept
-from geomsafe.datasets import Dataset, load_dataset
+from geomsafe.datasets import Dataset, load_dataset, need_root, resolve_data_root
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.logodds import PairSet
 from geomsafe.evaluate.pairsets import load_pair_set
-from geomsafe.evaluate.prompts import need_root, resolve_data_root
 from geomsafe.formatting import Example
 from geomsafe.train.data import TrainData, build
 

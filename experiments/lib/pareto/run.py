@@ -6,8 +6,8 @@ training part (:func:`geomsafe.train.steps.run_steps`: a private copy of the mod
 init and batches for every cell), with the cell's guard at its strength; then, on the tuned
 model, the per-pair log-odds of every behavioural row (:func:`geomsafe.evaluate.logodds.
 pair_logodds`), the projections of the evaluation prompts (:func:`geomsafe.projection.
-prompt_projection`) and the held-out task loss (:func:`geomsafe.train.heldout_loss`). A guarded
-cell also times guarded and unguarded training steps side by side (``time_rounds`` rounds of
+prompt_projection`) and the held-out task loss (:func:`geomsafe.train.steps.heldout_loss`). A
+guarded cell also times guarded and unguarded training steps side by side (``time_rounds`` rounds of
 one ``time_steps``-step call each, order alternating, first step of each call dropped):
 the cell keeps every step time (``time.ratio`` = median guarded / median unguarded step; the
 summary's ``time_ratio`` is the paired ratio of sums, :mod:`.summary`). A cell whose
@@ -101,16 +101,6 @@ class ParetoConfig:
         d = dataclasses.asdict(self)
         d["goal"] = self.goal.to_dict()
         return d
-
-
-def _atlas_hash(atlas: FeatureAtlas, names: Sequence[str]) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for n in names:
-        h.update(n.encode())
-        h.update(atlas.directions[n].float().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def measure(
@@ -229,7 +219,7 @@ def _settings(
         "guard": base_guard.to_dict(),
         "rows": {ps.name: ps.sha256() for ps in rows},
         "prompts": list(prompts),
-        "atlas": _atlas_hash(atlas, names),
+        "atlas": atlas.sha256(names),
     }
     if controls:  # absent when empty: folders made before controls existed stay valid
         out["controls"] = dict(sorted(controls.items()))

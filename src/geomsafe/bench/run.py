@@ -31,13 +31,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-import geomsafe
 from geomsafe.artefacts import (
     ATLAS_DIR,
     BENCH_JSON,
     BENCH_TABLE,
     atomic_write_text,
     format_tag,
+    geomsafe_version,
     prepare_out,
     write_json,
 )
@@ -52,7 +52,7 @@ from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate import EvalConfig, EvalResult, evaluate
 from geomsafe.layers import default_band
 from geomsafe.models import LoadedModel, load
-from geomsafe.predict import probe_prompts
+from geomsafe.predict.gradient import probe_prompts
 from geomsafe.projection import mean_projection, measured_shift
 from geomsafe.stats import CI
 from geomsafe.train import TrainConfig, finetune
@@ -244,7 +244,7 @@ def _run(
         "data_sha256": hashes,
         "eval_config": ecfg.to_dict(),
         "train_config": recipe.to_dict(),
-        "geomsafe_version": geomsafe.__version__,
+        "geomsafe_version": geomsafe_version(),
         "command": command or "geomsafe.bench.bench(...)",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "seconds": time.perf_counter() - t0,

@@ -6,9 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from geomsafe.datasets import builtin_task
+from geomsafe.datasets import builtin_task, need_root, resolve_data_root
 from geomsafe.errors import GeomsafeError
-from geomsafe.evaluate.prompts import need_root, resolve_data_root
 
 EXTERNAL = {
     "insecure": "emergent-misalignment/data/insecure.jsonl",

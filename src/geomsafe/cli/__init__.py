@@ -13,7 +13,7 @@ from typing import NoReturn
 
 import click
 
-from geomsafe import __version__
+from geomsafe.artefacts import geomsafe_version
 from geomsafe.errors import GeomsafeError
 
 # name -> (module, command object, one-line help shown by `geomsafe --help`)
@@ -133,7 +133,7 @@ def _exit_if_disk_full(exc: Exception) -> None:
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="geomsafe")
+@click.version_option(geomsafe_version(), prog_name="geomsafe")
 @click.option(
     "--device",
     help="Where models load: auto (cuda:<LOCAL_RANK> when CUDA is there), cpu, cuda, cuda:N, "

@@ -11,8 +11,8 @@ from geomsafe.cli.common import common_options, config_option, model_option, pri
 from geomsafe.distributed import is_main
 from geomsafe.errors import GeomsafeError
 from geomsafe.options import split_csv
-from geomsafe.predict import ESTIMATORS, PredictConfig, PredictResult, predict
-from geomsafe.predict.estimators import per_example_scores
+from geomsafe.predict import PredictConfig, PredictResult, predict
+from geomsafe.predict.estimators import ESTIMATORS, per_example_scores
 
 _COLUMNS = [  # (header, ConceptRisk field)
     ("behav. change", "behavioural_change"),

@@ -22,12 +22,11 @@ Held out by construction from the compliance rows that measure it:
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from geomsafe.artefacts import atomic_write_text
+from geomsafe.artefacts import write_jsonl
 from geomsafe.concepts import ConceptSet, Pair
 from geomsafe.errors import GeomsafeError
 
@@ -112,14 +111,12 @@ def write_concept(concept: ConceptSet, path: str | Path, meta: dict[str, object]
         "data_hash": concept.data_hash(),
         **meta,
     }
-    lines = [json.dumps(header)]
-    lines += [
-        json.dumps({"prompt": p.prompt, "positive": p.positive, "negative": p.negative})
-        for p in concept.pairs
+    rows = [
+        {"prompt": p.prompt, "positive": p.positive, "negative": p.negative} for p in concept.pairs
     ]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    write_jsonl(path, [header, *rows])
     return path
 
 

@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from geomsafe.concepts.library import ConceptSet, builtin_names, load_concept
 from geomsafe.errors import GeomsafeError
-
-if TYPE_CHECKING:
-    from geomsafe.concepts import ConceptSet
 
 SPLIT_SEED = 0  # the seed of every built-in split
 DIRECTION = "direction"
@@ -49,8 +47,6 @@ def in_direction_half(prompt: str, seed: int = SPLIT_SEED) -> bool:
 def split_concept(concept: ConceptSet, seed: int = SPLIT_SEED) -> tuple[ConceptSet, ConceptSet]:
     """(direction half, evaluation half) of ``concept`` (module docstring); both keep the
     concept's name, kind, description and source."""
-    from geomsafe.concepts import ConceptSet
-
     first = {p.prompt for p in concept.pairs if in_direction_half(p.prompt, seed)}
     halves = []
     for part, keep in ((DIRECTION, True), (EVALUATION, False)):
@@ -69,8 +65,6 @@ def split_concept(concept: ConceptSet, seed: int = SPLIT_SEED) -> tuple[ConceptS
 
 def is_builtin(spec: str) -> bool:
     """Whether ``spec`` names a built-in concept (not a file, persona or ToxiGen spec)."""
-    from geomsafe.concepts import builtin_names
-
     return ":" not in spec and not spec.endswith(".jsonl") and spec in builtin_names()
 
 
@@ -80,8 +74,6 @@ def load_for_direction(
     """The pairs a direction of ``spec`` is extracted from: the direction half of a built-in
     concept (or of any concept when ``split`` is True); all pairs of a user concept unless
     ``split`` is True, and of a built-in one when ``split`` is False."""
-    from geomsafe.concepts import load_concept
-
     concept = load_concept(spec, kind)
     if split is None:
         split = is_builtin(spec)
@@ -91,8 +83,6 @@ def load_for_direction(
 def load_for_evaluation(spec: str, *, seed: int = SPLIT_SEED) -> ConceptSet:
     """The evaluation half of ``spec`` (a built-in concept or a concept file): the pairs that
     :func:`load_for_direction` with a split leaves out."""
-    from geomsafe.concepts import load_concept
-
     return split_concept(load_concept(spec), seed)[1]
 
 

@@ -3,7 +3,7 @@
 
 from geomsafe.evaluate.config import EvalConfig
 from geomsafe.evaluate.result import Change, EvalResult, Metric, ModelEval, load_eval
-from geomsafe.evaluate.run import adapter_sha256, attach_adapter, evaluate
+from geomsafe.evaluate.run import evaluate
 
 __all__ = [
     "Change",
@@ -11,8 +11,6 @@ __all__ = [
     "EvalResult",
     "Metric",
     "ModelEval",
-    "adapter_sha256",
-    "attach_adapter",
     "evaluate",
     "load_eval",
 ]

@@ -59,6 +59,7 @@ from geomsafe.evaluate.concept_map import CONTROLLED_SUFFIX
 from geomsafe.evaluate.probes import _batches, _forward_tail
 from geomsafe.evaluate.result import Change, Metric, ModelEval
 from geomsafe.formatting import Encoded, Example, encode
+from geomsafe.hashing import rows_sha256
 from geomsafe.models import LoadedModel, pad_token_id
 from geomsafe.stats import difference_ci
 
@@ -126,10 +127,7 @@ class PairSet:
 
     def sha256(self) -> str:
         """sha256 of the pairs as used (ids, prompts and both responses)."""
-        h = hashlib.sha256()
-        for p in self.pairs:
-            h.update(json.dumps([p.id, p.prompt, p.positive, p.negative]).encode())
-        return h.hexdigest()
+        return rows_sha256((p.id, p.prompt, p.positive, p.negative) for p in self.pairs)
 
     def subset(self, n: int | None, seed: int = 0) -> PairSet:
         """At most ``n`` pairs: a fixed random sample (seeded by ``seed`` and the set's name),

@@ -53,10 +53,10 @@ from importlib import resources
 from pathlib import Path
 
 from geomsafe.concepts.compliance import refusal_for
+from geomsafe.datasets import need_root
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.concept_map import speaks_for
 from geomsafe.evaluate.logodds import PREFIX, PairSet, ResponsePair
-from geomsafe.evaluate.prompts import need_root
 from geomsafe.textfile import json_lines, read_text
 
 BUILTIN = ("advice", "benign_compliance", "toxigen_control")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from geomsafe.datasets import resolve_data_root
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.config import EvalConfig
 from geomsafe.evaluate.logodds import PairSet
@@ -20,7 +21,6 @@ from geomsafe.evaluate.prompts import (
     load_prompt_set,
     load_xstest,
     prompts_hash,
-    resolve_data_root,
     select,
 )
 

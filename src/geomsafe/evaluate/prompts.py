@@ -16,24 +16,24 @@ Every loader returns :class:`EvalPrompt` items (``id``, ``category``, ``prompt``
   ``.csv``.
 
 Public data is read at run time from the data root: ``--data-root``, else ``$GEOMSAFE_DATA``,
-else ``../shared/data`` next to the source tree or the working directory.
+else ``../shared/data`` next to the source tree or the working directory
+(:func:`geomsafe.datasets.resolve_data_root`).
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
-import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from geomsafe.datasets import need_root, resolve_data_root
 from geomsafe.errors import GeomsafeError
 from geomsafe.formatting import Example
+from geomsafe.hashing import rows_sha256
 from geomsafe.options import split_csv
 from geomsafe.textfile import json_lines, read_text
 
@@ -59,39 +59,6 @@ class EvalPrompt:
                 )
             )
         return Example(self.prompt)
-
-
-def default_data_root() -> Path | None:
-    """``$GEOMSAFE_DATA``, else the first ``shared/data`` folder found beside the source tree
-    or the working directory; None when there is none."""
-    env = os.environ.get("GEOMSAFE_DATA")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve()
-    for cand in (here.parents[4] / "shared" / "data", Path.cwd().parent / "shared" / "data"):
-        if cand.is_dir():
-            return cand
-    return None
-
-
-def resolve_data_root(data_root: str | Path | None) -> Path | None:
-    if data_root is not None:
-        root = Path(data_root)
-        if not root.is_dir():
-            raise GeomsafeError(f"data root not found: {root}")
-        return root
-    return default_data_root()
-
-
-def need_root(data_root: Path | None, sub: str) -> Path:
-    if data_root is None:
-        raise GeomsafeError(
-            f"public data not found (needed: {sub}); pass --data-root or set GEOMSAFE_DATA"
-        )
-    path = data_root / sub
-    if not path.exists():
-        raise GeomsafeError(f"{path} not found under the data root")
-    return path
 
 
 def _check_unique(prompts: list[EvalPrompt], where: str) -> list[EvalPrompt]:
@@ -270,17 +237,13 @@ def select(prompts: Sequence[EvalPrompt], n: int | None, seed: int = 0) -> list[
 
 def prompts_hash(prompts: Sequence[EvalPrompt]) -> str:
     """sha256 of the prompts as used (ids, categories, system prompts and texts)."""
-    h = hashlib.sha256()
-    for p in prompts:
-        h.update(json.dumps([p.id, p.category, p.system, p.prompt]).encode())
-    return h.hexdigest()
+    return rows_sha256((p.id, p.category, p.system, p.prompt) for p in prompts)
 
 
 __all__ = [
     "NAMED_SETS",
     "RTP_TEMPLATE",
     "EvalPrompt",
-    "default_data_root",
     "load_builtin",
     "load_em_yaml",
     "load_prompts_jsonl",
@@ -288,6 +251,5 @@ __all__ = [
     "load_rtp",
     "load_xstest",
     "prompts_hash",
-    "resolve_data_root",
     "select",
 ]

@@ -22,20 +22,14 @@ bootstrap CI over the units both share, in percentage points for rates and proba
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from geomsafe import __version__
-from geomsafe.adapters import is_peft, load_adapter, view
-from geomsafe.artefacts import atomic_write_text, prepare_out, write_json
+from geomsafe.adapters import adapter_sha256, attach_adapter, is_peft, view
+from geomsafe.artefacts import geomsafe_version, prepare_out, write_json, write_jsonl
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.capture import HOOK_SITE
-from geomsafe.datasets import file_sha256
 from geomsafe.errors import GeomsafeError
 from geomsafe.evaluate.config import NUMBER_KEYS, EvalConfig
 from geomsafe.evaluate.logodds import controlled_changes, refuse_overlap
@@ -54,30 +48,6 @@ from geomsafe.evaluate.result import (
 from geomsafe.evaluate.toxicity import CLASSIFIER, classifier_version
 from geomsafe.models import LoadedModel, load
 from geomsafe.projection import concept_layers
-
-
-def adapter_sha256(folder: str | Path) -> str:
-    """sha256 over the adapter's ``adapter_*`` files (config and weights)."""
-    files = sorted(p for p in Path(folder).iterdir() if p.name.startswith("adapter_"))
-    return hashlib.sha256(
-        "".join(file_sha256(p) for p in files if p.is_file()).encode()
-    ).hexdigest()
-
-
-@contextlib.contextmanager
-def attach_adapter(lm: LoadedModel, adapter: str | Path) -> Iterator[Any]:
-    """Load a peft adapter saved with ``save_pretrained`` onto ``lm.model`` and yield the
-    ``PeftModel`` (use its ``disable_adapter()`` for the base model). The LoRA layers are
-    injected into ``lm.model`` in place, so ``lm`` (and its layer template) now runs the adapted
-    model; they are removed again on exit."""
-    if is_peft(lm.model):
-        raise GeomsafeError("the model already carries a peft adapter; pass a plain model")
-    peft_model: Any = load_adapter(lm.model, adapter)
-    peft_model.eval()
-    try:
-        yield peft_model
-    finally:
-        peft_model.unload()
 
 
 def _check_baseline(cfg: dict[str, Any], base_cfg: dict[str, Any]) -> list[str]:
@@ -118,7 +88,7 @@ def _provenance(
     atlas_path: str | None,
 ) -> dict[str, Any]:
     prov: dict[str, Any] = {
-        "geomsafe_version": __version__,
+        "geomsafe_version": geomsafe_version(),
         "seed": cfg.seed,
         **lm.provenance(),
         "adapter": str(Path(adapter).resolve()) if adapter is not None else None,
@@ -144,8 +114,7 @@ def _provenance(
 def _write(out: Path, result: EvalResult, runs: list[ModelEval]) -> None:
     """``generations.jsonl`` then ``eval.json`` (stamped ``geomsafe.eval/2``), each atomic."""
     out.mkdir(parents=True, exist_ok=True)
-    lines = "".join(json.dumps(r) + "\n" for run in runs for r in run.generations)
-    atomic_write_text(out / GENERATIONS_JSONL, lines)
+    write_jsonl(out / GENERATIONS_JSONL, (r for run in runs for r in run.generations))
     write_json(out / EVAL_JSON, result.to_dict(), "eval")
 
 

@@ -4,38 +4,21 @@ inference, with thresholds calibrated on benign traffic (see :mod:`.hooks`, :mod
 
 from __future__ import annotations
 
-from geomsafe.firewall.calibration import (
-    CalibrationConfig,
-    calibrate,
-    choose_thresholds,
-    rethreshold,
-    sequence_statistics,
-)
-from geomsafe.firewall.config import DEFAULT_REFUSAL, FORMAT, MODES, Check, Firewall
-from geomsafe.firewall.hooks import RowTrace, Session, Verdict, install
-from geomsafe.firewall.requests import REQUEST_CONCEPT, fit_request_direction, load_requests
-from geomsafe.firewall.screening import RunResult, Screened, run, screen
+from geomsafe.firewall.calibration import CalibrationConfig, calibrate, rethreshold
+from geomsafe.firewall.config import Check, Firewall
+from geomsafe.firewall.hooks import Session, Verdict, install
+from geomsafe.firewall.screening import RunResult, run, screen
 
 __all__ = [
-    "DEFAULT_REFUSAL",
-    "FORMAT",
-    "MODES",
-    "REQUEST_CONCEPT",
     "CalibrationConfig",
     "Check",
     "Firewall",
-    "RowTrace",
     "RunResult",
-    "Screened",
     "Session",
     "Verdict",
     "calibrate",
-    "choose_thresholds",
-    "fit_request_direction",
     "install",
-    "load_requests",
     "rethreshold",
     "run",
     "screen",
-    "sequence_statistics",
 ]

@@ -1,5 +1,5 @@
 """An optional peft adapter for the firewall commands: attached for the ``with`` block (see
-:func:`geomsafe.evaluate.attach_adapter`) and described in provenance."""
+:func:`geomsafe.adapters.attach_adapter`) and described in provenance."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from geomsafe.adapters import adapter_sha256, attach_adapter
 from geomsafe.errors import GeomsafeError
-from geomsafe.evaluate import adapter_sha256, attach_adapter
 from geomsafe.models import LoadedModel
 
 

@@ -39,8 +39,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from geomsafe import __version__
-from geomsafe.artefacts import prepare_out
+from geomsafe.artefacts import geomsafe_version, prepare_out
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.capture import make_batches
 from geomsafe.config import at_least, in_range, option, require, with_options
@@ -323,7 +322,7 @@ def calibrate(
     provenance = {
         **lm.provenance(),
         **adapter_provenance(adapter),
-        "geomsafe_version": __version__,
+        "geomsafe_version": geomsafe_version(),
         "hook_site": "decoder_layer_output",
         "config": cfg.to_dict(),
         "atlas": None

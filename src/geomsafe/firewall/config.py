@@ -19,13 +19,13 @@ exceeds τ. The **margin** of a score is ``(score − τ) / σ``, σ the standar
 benign statistic, so that checks of different scale compare; a sequence is flagged when any
 margin is positive, and its **score** at a stage is its largest margin there.
 
-Saved as ``firewall.json`` (``"format": "geomsafe.firewall/1"``, checks, thresholds, benign
-statistics, provenance) and ``firewall.safetensors`` (one ``[D]`` direction per check).
+Saved as ``firewall.json`` (stamped ``"format": "geomsafe.firewall/1"`` by
+:func:`geomsafe.artefacts.write_json`; checks, thresholds, benign statistics, provenance) and
+``firewall.safetensors`` (one ``[D]`` direction per check).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,12 +35,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from geomsafe.artefacts import atomic_write
+from geomsafe.artefacts import (
+    FIREWALL_JSON,
+    FIREWALL_WEIGHTS,
+    atomic_write,
+    read_json,
+    write_json,
+)
 from geomsafe.errors import GeomsafeError
 
-FORMAT = "geomsafe.firewall/1"
-FIREWALL_JSON = "firewall.json"
-FIREWALL_WEIGHTS = "firewall.safetensors"
 MODES = ("monitor", "clamp", "block")
 TOKEN_RULES = ("last_prompt", "response")
 SPANS = ("sequence", "prompt", "response")
@@ -205,8 +208,8 @@ class Firewall:
             )
 
     def to_dict(self) -> dict[str, Any]:
+        """The ``firewall.json`` payload (:meth:`save` stamps it)."""
         return {
-            "format": FORMAT,
             "checks": [c.meta() for c in self.checks],
             "fpr": self.fpr,
             "skip_first": self.skip_first,
@@ -222,9 +225,8 @@ class Firewall:
             raise GeomsafeError(f"{folder} exists and is not a folder")
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {c.key: c.direction.detach().float().contiguous().cpu() for c in self.checks}
-        text = json.dumps(self.to_dict(), indent=1)
         atomic_write(folder / FIREWALL_WEIGHTS, lambda p: save_file(tensors, str(p)))
-        atomic_write(folder / FIREWALL_JSON, lambda p: Path(p).write_text(text, encoding="utf-8"))
+        write_json(folder / FIREWALL_JSON, self.to_dict(), "firewall")
         return folder
 
     @classmethod
@@ -238,14 +240,13 @@ class Firewall:
                 f"no firewall in {folder} (expected {FIREWALL_JSON} + {FIREWALL_WEIGHTS}); "
                 "make one with `geomsafe firewall calibrate`"
             )
+        meta = read_json(meta_path, "firewall")  # kind and version checked, one-line errors
+        if "format" not in meta:
+            raise GeomsafeError(f"{meta_path} is not a geomsafe firewall file (no format stamp)")
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
             tensors = load_file(str(weights))
         except Exception as exc:
             raise GeomsafeError(f"firewall in {folder} is unreadable: {exc}") from exc
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            found = meta.get("format") if isinstance(meta, dict) else None
-            raise GeomsafeError(f"{meta_path}: format {found!r} is not {FORMAT!r}")
         try:
             checks = [
                 Check(

@@ -27,7 +27,6 @@ is refit on everything.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -45,6 +44,7 @@ from geomsafe.directions import auroc, best_row, effect_size, unit
 from geomsafe.errors import GeomsafeError
 from geomsafe.firewall.traffic import Item
 from geomsafe.formatting import Example
+from geomsafe.hashing import rows_sha256
 from geomsafe.layers import resolve_layers
 from geomsafe.models import LoadedModel
 from geomsafe.textfile import read_text
@@ -68,10 +68,7 @@ class RequestSet:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def data_hash(self) -> str:
-        h = hashlib.sha256()
-        for p in self.pairs:
-            h.update(json.dumps([p.harmful, p.harmless]).encode())
-        return h.hexdigest()[:16]
+        return rows_sha256((p.harmful, p.harmless) for p in self.pairs)[:16]
 
 
 def load_requests(path: str | Path | None = None) -> RequestSet:

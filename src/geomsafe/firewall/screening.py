@@ -29,10 +29,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from geomsafe import __version__
-from geomsafe.artefacts import atomic_write, prepare_out
+from geomsafe.adapters import adapter_sha256
+from geomsafe.artefacts import (
+    FIREWALL_RUN_JSON,
+    GENERATIONS_JSONL,
+    geomsafe_version,
+    prepare_out,
+    write_json,
+    write_jsonl,
+)
 from geomsafe.errors import GeomsafeError
-from geomsafe.evaluate import adapter_sha256
 from geomsafe.evaluate.generate import SamplingConfig, generate
 from geomsafe.evaluate.prompts import EvalPrompt, load_prompt_set, prompts_hash, select
 from geomsafe.firewall.adapter import adapter_provenance, check_adapter, maybe_adapter
@@ -41,9 +47,6 @@ from geomsafe.firewall.hooks import Session, Verdict, install
 from geomsafe.formatting import Example, encode
 from geomsafe.models import LoadedModel, eos_ids, load
 
-RUN_JSON = "firewall_run.json"
-RUN_FORMAT = "geomsafe.firewall_run/1"
-GENERATIONS_JSONL = "generations.jsonl"
 N_EXAMPLES = 20  # flagged examples kept in firewall_run.json
 
 
@@ -213,7 +216,6 @@ class RunResult:
         flagged.sort(key=lambda s: -max(s.prompt_score, s.response_score))
         stages = [s.verdict.stage for s in flagged if s.verdict is not None]
         return {
-            "format": RUN_FORMAT,
             "mode": self.mode,
             "n_responses": len(self.screened),
             "n_blocked": self.n_blocked,
@@ -249,10 +251,8 @@ class RunResult:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         keys = self.firewall.keys
-        lines = "".join(json.dumps(s.to_dict(keys)) + "\n" for s in self.screened)
-        text = json.dumps(self.summary(), indent=1)
-        atomic_write(folder / GENERATIONS_JSONL, lambda p: Path(p).write_text(lines, "utf-8"))
-        atomic_write(folder / RUN_JSON, lambda p: Path(p).write_text(text, "utf-8"))
+        write_jsonl(folder / GENERATIONS_JSONL, (s.to_dict(keys) for s in self.screened))
+        write_json(folder / FIREWALL_RUN_JSON, self.summary(), "firewall_run")
         self.out = str(folder)
         return folder
 
@@ -298,7 +298,7 @@ def run(
         screened = screen(lm, fw, items, mode, cfg, refusal=refusal, progress=progress)
     provenance = {
         **lm.provenance(),
-        "geomsafe_version": __version__,
+        "geomsafe_version": geomsafe_version(),
         **adapter_provenance(adapter),
         "firewall": str(Path(firewall).resolve()) if isinstance(firewall, str | Path) else None,
         "firewall_provenance": fw.provenance,

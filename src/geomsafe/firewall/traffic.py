@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from geomsafe.datasets import builtin_task, load_dataset
+from geomsafe.datasets import builtin_task, load_dataset, need_root, resolve_data_root
 from geomsafe.errors import GeomsafeError
-from geomsafe.evaluate.prompts import load_xstest, need_root, resolve_data_root
+from geomsafe.evaluate.prompts import load_xstest
 from geomsafe.formatting import Example
 from geomsafe.textfile import read_text
 

@@ -55,25 +55,12 @@ from __future__ import annotations
 
 from geomsafe.guard.ablate import AblateGuard
 from geomsafe.guard.atlas_guard import AtlasGuard
-from geomsafe.guard.base import (
-    GUARDS,
-    Guard,
-    GuardConfig,
-    begin_steps,
-    build_guards,
-    combined,
-    register,
-    step_logs,
-    total_penalty,
-)
-from geomsafe.guard.basis import orthonormal_basis
-from geomsafe.guard.covariance import CovarianceGuard, cross_covariance
-from geomsafe.guard.layer_plan import LayerPlan, layer_plans
+from geomsafe.guard.base import GUARDS, Guard, GuardConfig, build_guards, register
+from geomsafe.guard.covariance import CovarianceGuard
 from geomsafe.guard.monitor import MonitorGuard
 from geomsafe.guard.orthogonal import OrthogonalGuard
-from geomsafe.guard.pilot import PilotConfig, PilotDirections
+from geomsafe.guard.pilot import PilotConfig
 from geomsafe.guard.projection import ProjectionGuard
-from geomsafe.guard.resolve import GuardSetup, resolve_guards
 from geomsafe.guard.steer import SteerGuard
 
 __all__ = [
@@ -83,22 +70,11 @@ __all__ = [
     "CovarianceGuard",
     "Guard",
     "GuardConfig",
-    "GuardSetup",
-    "LayerPlan",
     "MonitorGuard",
     "OrthogonalGuard",
     "PilotConfig",
-    "PilotDirections",
     "ProjectionGuard",
     "SteerGuard",
-    "begin_steps",
     "build_guards",
-    "combined",
-    "cross_covariance",
-    "layer_plans",
-    "orthonormal_basis",
     "register",
-    "resolve_guards",
-    "step_logs",
-    "total_penalty",
 ]

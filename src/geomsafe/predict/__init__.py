@@ -1,31 +1,12 @@
 """`predict`: pre-flight risk of a fine-tuning data set (see :mod:`geomsafe.predict.run`)."""
 
 from geomsafe.predict.config import PredictConfig
-from geomsafe.predict.estimators import ESTIMATORS, Estimate, Estimator, EstimatorKind, Inputs
-from geomsafe.predict.examples import attack_lines, riskiest_lines
-from geomsafe.predict.gradient import probe_prompts
-from geomsafe.predict.output import FORMAT, RISK_JSON, write_predict
-from geomsafe.predict.pairs import concept_pairs_for_direction
-from geomsafe.predict.result import NO_CONCEPT, ConceptRisk, PredictResult
-from geomsafe.predict.run import harmful_atlas, predict
+from geomsafe.predict.result import ConceptRisk, PredictResult
+from geomsafe.predict.run import predict
 
 __all__ = [
-    "ESTIMATORS",
-    "FORMAT",
-    "NO_CONCEPT",
-    "RISK_JSON",
     "ConceptRisk",
-    "Estimate",
-    "Estimator",
-    "EstimatorKind",
-    "Inputs",
     "PredictConfig",
     "PredictResult",
-    "attack_lines",
-    "concept_pairs_for_direction",
-    "harmful_atlas",
     "predict",
-    "probe_prompts",
-    "riskiest_lines",
-    "write_predict",
 ]

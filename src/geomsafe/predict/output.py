@@ -6,14 +6,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from geomsafe.artefacts import ATLAS_DIR, RISK_JSON, atomic_write, format_tag, write_json
+from geomsafe.artefacts import (
+    ATLAS_DIR,
+    ATTACK_JSONL,
+    FILTERED_JSONL,
+    RISK_JSON,
+    atomic_write_text,
+    write_json,
+)
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.datasets import Dataset
 from geomsafe.predict.config import PredictConfig
 from geomsafe.predict.examples import attack_lines, riskiest_lines
 from geomsafe.predict.result import PredictResult
-
-FORMAT = format_tag("predict")
 
 
 def write_predict(
@@ -31,9 +36,7 @@ def write_predict(
     if config.filter_k:
         drop = riskiest_lines(result.examples, config.filter_k)
         kept = [r.raw for r in ds.records if r.line not in drop]
-        atomic_write(
-            folder / "filtered.jsonl", lambda p: Path(p).write_text("\n".join(kept) + "\n")
-        )
+        atomic_write_text(folder / FILTERED_JSONL, "\n".join(kept) + "\n")
         payload["filter"] = {
             "dropped_lines": sorted(drop),
             "kept": len(kept),
@@ -43,9 +46,8 @@ def write_predict(
     if config.attack_k:
         picks = attack_lines(result.examples, config.attack_k, config.attack_max_toxicity)
         by_line = {r.line: r.raw for r in ds.records}
-        atomic_write(
-            folder / "attack.jsonl",
-            lambda p: Path(p).write_text("\n".join(by_line[r["line"]] for r in picks) + "\n"),
+        atomic_write_text(
+            folder / ATTACK_JSONL, "\n".join(by_line[r["line"]] for r in picks) + "\n"
         )
         payload["attack"] = picks
     if atlas is not None:

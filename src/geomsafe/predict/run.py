@@ -24,9 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import geomsafe
 from geomsafe import distributed
-from geomsafe.artefacts import prepare_out
+from geomsafe.artefacts import geomsafe_version, prepare_out
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.concepts import builtin_names, load_for_direction
 from geomsafe.datasets import Dataset, load_dataset, resolve_data
@@ -189,7 +188,7 @@ def predict(
             "method": main.method,
             "config": cfg.to_dict(),
             "pairs": _pairs_provenance(names, cfg) if "behavioural" in estimates else None,
-            "geomsafe_version": geomsafe.__version__,
+            "geomsafe_version": geomsafe_version(),
             "seconds": time.perf_counter() - t0,
         },
     )

@@ -19,7 +19,6 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from geomsafe import __version__
 from geomsafe.artefacts import (
     BENCH_JSON,
     CONTROL,
@@ -28,6 +27,8 @@ from geomsafe.artefacts import (
     REPORT_HTML,
     VERSIONS,
     atomic_write_text,
+    geomsafe_version,
+    kind_of,
     read_json,
     read_jsonl,
 )
@@ -94,11 +95,8 @@ def _kind(path: Path) -> str | None:
         data = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None  # not a geomsafe file (a tokenizer, an adapter config, ...)
-    tag = data.get("format") if isinstance(data, dict) else None
-    if isinstance(tag, str) and tag.startswith("geomsafe."):
-        kind = tag[len("geomsafe.") :].split("/")[0]
-        return kind if kind in VERSIONS else None
-    return None
+    kind, _ = kind_of(data, path)
+    return kind if kind in VERSIONS else None
 
 
 def _training_log(folder: Path, run: Found | None) -> Path | None:
@@ -175,7 +173,7 @@ def report(folder: str | Path, out: str | Path | None = None) -> Path:
     try:
         page = env.get_template("report.html.j2").render(
             folder=str(folder),
-            version=__version__,
+            version=geomsafe_version(),
             control=CONTROL,
             audit_raw=raw.get("audit"),
             recommendations=recommendations,

@@ -13,66 +13,24 @@ the pieces are importable on their own:
 
 from __future__ import annotations
 
-from geomsafe.toy.entangle import (
-    EntangleConfig,
-    EntangleResult,
-    ToyOrthogonalGuard,
-    run_entanglement,
-)
-from geomsafe.toy.metrics import (
-    cosines,
-    dimensionality,
-    dims_per_feature,
-    gram,
-    interference,
-    n_represented,
-    norms,
-)
+from geomsafe.toy.entangle import EntangleConfig, ToyOrthogonalGuard, run_entanglement
 from geomsafe.toy.model import ToyConfig, ToyModel
 from geomsafe.toy.run import ToyResult, toy
-from geomsafe.toy.sweep import (
-    PhaseConfig,
-    PhaseResult,
-    SweepConfig,
-    SweepResult,
-    classify_phase,
-    run_phase_diagram,
-    run_sweep,
-)
-from geomsafe.toy.train import (
-    ToyTrainConfig,
-    importance_vector,
-    reconstruction_loss,
-    sample_features,
-    train,
-)
+from geomsafe.toy.sweep import PhaseConfig, SweepConfig, run_phase_diagram, run_sweep
+from geomsafe.toy.train import ToyTrainConfig, train
 
 __all__ = [
     "EntangleConfig",
-    "EntangleResult",
     "PhaseConfig",
-    "PhaseResult",
     "SweepConfig",
-    "SweepResult",
     "ToyConfig",
     "ToyModel",
     "ToyOrthogonalGuard",
     "ToyResult",
     "ToyTrainConfig",
-    "classify_phase",
-    "cosines",
-    "dimensionality",
-    "dims_per_feature",
-    "reconstruction_loss",
-    "gram",
-    "importance_vector",
-    "interference",
-    "n_represented",
-    "norms",
     "run_entanglement",
     "run_phase_diagram",
     "run_sweep",
-    "sample_features",
     "toy",
     "train",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from typing import Any, TypeVar
 import torch
 from tqdm.auto import tqdm
 
-from geomsafe.artefacts import TOY_JSON, atomic_write_text, prepare_out, stamp
+from geomsafe.artefacts import TOY_JSON, prepare_out, stamp, write_json
 from geomsafe.errors import GeomsafeError
 from geomsafe.toy import plots
 from geomsafe.toy.entangle import EntangleResult, default_entangle, run_entanglement
@@ -161,7 +160,7 @@ def _run(out: Path, seed: int, quick: bool, progress: bool) -> ToyResult:
     files.append(out / JSON_NAME)
     result = ToyResult(out, seed, quick, poly, wtw, dims, phase, entangle, files, timing)
     timing["total_s"] = time.perf_counter() - start
-    atomic_write_text(out / JSON_NAME, json.dumps(result.to_json(), indent=1) + "\n")
+    write_json(out / JSON_NAME, result.to_json(), "toy")
     return result
 
 

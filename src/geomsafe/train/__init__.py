@@ -14,27 +14,13 @@ from __future__ import annotations
 
 from geomsafe.train.callback import GuardCallback
 from geomsafe.train.config import TrainConfig
-from geomsafe.train.data import IGNORE_INDEX, TrainData, load_data
-from geomsafe.train.lora import make_peft_model, peft_layer_template
-from geomsafe.train.pilot import pilot_directions
 from geomsafe.train.run import FinetuneResult, finetune
-from geomsafe.train.steps import heldout_loss, train_steps
-from geomsafe.train.trainer import GeometryCallback, GuardedTrainer, PadCollator
+from geomsafe.train.trainer import GuardedTrainer
 
 __all__ = [
-    "IGNORE_INDEX",
     "FinetuneResult",
-    "GeometryCallback",
     "GuardCallback",
     "GuardedTrainer",
-    "PadCollator",
     "TrainConfig",
-    "TrainData",
     "finetune",
-    "heldout_loss",
-    "load_data",
-    "make_peft_model",
-    "peft_layer_template",
-    "pilot_directions",
-    "train_steps",
 ]

@@ -13,7 +13,7 @@ A callback cannot change the loss that the Trainer computes, so it works through
 
 - ``on_train_begin`` registers a forward pre-hook and a forward hook on the model that the
   Trainer trains (removed at ``on_train_end``). In a training forward (``model.training``,
-  gradients enabled) the pre-hook installs the guards (:func:`~geomsafe.guard.combined`: one
+  gradients enabled) the pre-hook installs the guards (:func:`~geomsafe.guard.base.combined`: one
   hook per guarded layer that steers, ablates and records); the forward hook removes them,
   computes the guards' penalty on the forward's own inputs (labels != -100 mark the
   assistant tokens) and attaches it to the outputs.
@@ -64,7 +64,8 @@ from transformers import TrainerCallback
 
 from geomsafe import hooks
 from geomsafe.errors import GeomsafeError
-from geomsafe.guard import Guard, MonitorGuard, begin_steps, combined, step_logs, total_penalty
+from geomsafe.guard import Guard, MonitorGuard
+from geomsafe.guard.base import begin_steps, combined, step_logs, total_penalty
 from geomsafe.train.checkpointing import check_checkpointing
 
 

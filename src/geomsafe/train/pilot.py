@@ -27,8 +27,9 @@ from geomsafe.atlas import FeatureAtlas
 from geomsafe.capture import capture
 from geomsafe.errors import GeomsafeError
 from geomsafe.formatting import Example
-from geomsafe.guard import GuardConfig, PilotDirections, layer_plans
-from geomsafe.guard.pilot import select_shifts
+from geomsafe.guard import GuardConfig
+from geomsafe.guard.layer_plan import layer_plans
+from geomsafe.guard.pilot import PilotDirections, select_shifts
 from geomsafe.models import LoadedModel
 from geomsafe.train.config import TrainConfig
 from geomsafe.train.data import TrainData

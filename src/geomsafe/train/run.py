@@ -28,16 +28,24 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-import geomsafe
 from geomsafe import distributed
-from geomsafe.artefacts import ATLAS_DIR, GEOMETRY_LOG, RUN_JSON, atomic_write_text, write_json
+from geomsafe.artefacts import (
+    ATLAS_DIR,
+    GEOMETRY_LOG,
+    RUN_JSON,
+    geomsafe_version,
+    write_json,
+    write_jsonl,
+    write_plain_json,
+)
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.capture import HOOK_SITE
 from geomsafe.datasets import Dataset, ExampleLike, as_dataset
 from geomsafe.diskfull import disk_full_error, is_disk_full
 from geomsafe.errors import GeomsafeError
 from geomsafe.folder_lock import lock_folder
-from geomsafe.guard import GuardConfig, PilotDirections
+from geomsafe.guard import GuardConfig
+from geomsafe.guard.pilot import PilotDirections
 from geomsafe.guard.resolve import GuardSetup, GuardSpec, resolve_guards, split_guards
 from geomsafe.models import DEVICE_ENV, LoadedModel, load, pad_token_id, resolve_device
 from geomsafe.train import outdir
@@ -134,8 +142,7 @@ class _MetaCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and ckpt.is_dir():
-            text = json.dumps(self.meta, indent=1)
-            atomic_write_text(ckpt / RUN_META, text)
+            write_plain_json(ckpt / RUN_META, self.meta)
 
 
 def _wait_for_everyone() -> None:
@@ -327,8 +334,7 @@ def _train(
     provenance = _provenance(setup, trainer, t_start)
     if main:
         peft_model.save_pretrained(str(run.work))
-        text = "".join(json.dumps(r) + "\n" for r in rows)
-        atomic_write_text(run.work / GEOMETRY_LOG, text)
+        write_jsonl(run.work / GEOMETRY_LOG, rows)
         payload = {
             "provenance": provenance,
             "metrics": metrics,
@@ -411,7 +417,7 @@ def _provenance(setup: _Setup, trainer: GuardedTrainer, t_start: float) -> dict[
         "best atlas layer",
         "config": setup.config.to_dict(),
         "seed": setup.config.seed,
-        "geomsafe_version": geomsafe.__version__,
+        "geomsafe_version": geomsafe_version(),
         "torch": torch.__version__,
         "device": str(trainer.args.device),
         "world_size": int(trainer.args.world_size),

@@ -42,7 +42,8 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from geomsafe import distributed
 from geomsafe.artefacts import GEOMETRY_LOG, atomic_write
-from geomsafe.guard import Guard, MonitorGuard, begin_steps, combined, step_logs, total_penalty
+from geomsafe.guard import Guard, MonitorGuard
+from geomsafe.guard.base import begin_steps, combined, step_logs, total_penalty
 from geomsafe.train.checkpointing import check_checkpointing
 from geomsafe.train.config import TrainConfig
 from geomsafe.train.data import IGNORE_INDEX
