@@ -239,12 +239,13 @@ class _Moments:
 
     def add(self, base: Tensor, tuned: Tensor) -> None:
         """Add tokens ``[T, L, D]`` of the base and the tuned model."""
-        b = base.double().cpu()
-        d = tuned.double().cpu() - b
-        self.n += d.shape[0]
-        self.diff_sum += d.sum(0)
-        self.diff_gram += torch.einsum("tli,tlj->lij", d, d)
-        self.base_gram += torch.einsum("tli,tlj->lij", b, b)
+        self.n += base.shape[0]
+        for i in range(self.n_layers):  # one layer in float64 at a time (memory)
+            b = base[:, i].double().cpu()
+            d = tuned[:, i].double().cpu() - b
+            self.diff_sum[i] += d.sum(0)
+            self.diff_gram[i] += d.T @ d
+            self.base_gram[i] += b.T @ b
 
 
 def _unit(v: Tensor) -> Tensor:
