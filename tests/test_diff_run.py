@@ -19,7 +19,9 @@ from geomsafe.diff import DiffConfig, DiffResult, diff
 from geomsafe.diff.run import MEAN, load_examples, pc_name
 from geomsafe.diff.shifts import common_basis
 from geomsafe.errors import GeomsafeError
+from geomsafe.firewall.calibration import atlas_checks
 from geomsafe.guard import GuardConfig, build_guards
+from geomsafe.projection import project
 from geomsafe.testing import save_tiny, tiny_model
 
 LAYER = 1  # the block whose down_proj the planted adapter writes through
@@ -138,6 +140,13 @@ def test_the_atlas_feeds_the_guards(tmp_path, examples):
     assert atlas.harmful == [MEAN, pc_name(0), pc_name(1)]
     guards = build_guards(["ablate", "orthogonal"], atlas, GuardConfig(concepts=[MEAN]))
     assert len(guards) == 2
+    # the firewall's checks and the projection of evaluate / predict take them by default
+    checks = atlas_checks(atlas, width=32, n_layers=3)
+    assert [c.concept for c in checks] == atlas.harmful
+    assert all(c.layer == atlas.best_layer(c.concept) for c in checks)
+    projections = project(tiny_model(), examples[:4], atlas)
+    assert sorted(projections) == sorted(atlas.harmful)
+    assert all(p.shape == (4,) for p in projections.values())
 
 
 def test_python_face():
