@@ -16,7 +16,8 @@ from geomsafe.atlas import FeatureAtlas
 from geomsafe.capture import capture
 from geomsafe.cli import main
 from geomsafe.diff import DiffConfig, DiffResult, diff
-from geomsafe.diff.run import MEAN, load_examples, pc_name
+from geomsafe.diff.inputs import load_examples
+from geomsafe.diff.run import MEAN, pc_name
 from geomsafe.diff.shifts import common_basis
 from geomsafe.errors import GeomsafeError
 from geomsafe.firewall.calibration import atlas_checks
