@@ -107,7 +107,7 @@ def test_base_pcs_removes_the_common_directions(tmp_path, examples):
 
 def test_a_zero_adapter_gives_zero_differences(tmp_path):
     adapter = planted_adapter(tmp_path / "a", None)
-    with pytest.warns(UserWarning, match="changes no activation"):
+    with pytest.warns(UserWarning, match="changes no activation there"):
         result = diff(tiny_model(), adapter, out=tmp_path / "out", progress=False, **SMALL)
     assert result.atlas is None
     assert all(r["diff_rms_raw"] == 0.0 and r["mean_norm_raw"] == 0.0 for r in result.rows)

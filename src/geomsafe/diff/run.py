@@ -317,9 +317,13 @@ def diff_model(
     }
     atlas = _atlas(rows, means, pcs, provenance)
     if atlas is None:
-        warnings.warn(
-            "geomsafe: the adapter changes no activation at the diffed layers", stacklevel=2
+        moved = any(row["diff_rms_raw"] > 0 for row in rows)
+        why = (
+            "all of its drift lies in the base's common directions (try --remove none)"
+            if moved
+            else "it changes no activation there"
         )
+        warnings.warn(f"geomsafe: no drift directions at the diffed layers: {why}", stacklevel=2)
     return DiffResult(rows, atlas, cfg.to_dict(), provenance, time.perf_counter() - t0, means, pcs)
 
 
