@@ -3,9 +3,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from geomsafe.diff.shifts import principal_shifts
 from geomsafe.errors import GeomsafeError
 from geomsafe.guard import GuardConfig, PilotConfig, build_guards
-from geomsafe.guard.pilot import PilotDirections, null_band, principal_shifts, select_shifts
+from geomsafe.guard.pilot import PilotDirections, null_band, select_shifts
 from guard_helpers import WIDTH, random_atlas, unit
 
 N = 48

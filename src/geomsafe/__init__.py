@@ -11,8 +11,8 @@ The user's loop in one import::
     geomsafe.report("runs")
 
 Every name is imported on first use (``import geomsafe`` does not import torch). The commands
-``audit``, ``predict``, ``evaluate``, ``report``, ``bench`` and ``toy`` share their name with
-their module; those modules are callable (``geomsafe.audit(...)`` runs the command whether
+``audit``, ``predict``, ``evaluate``, ``report``, ``bench``, ``toy`` and ``diff`` share their
+name with their module; those modules are callable (``geomsafe.audit(...)`` runs the command whether
 ``geomsafe.audit`` was reached as the module or as the function).
 """
 
@@ -39,6 +39,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "report": ("geomsafe.report", "report"),
     "bench": ("geomsafe.bench", "bench"),
     "toy": ("geomsafe.toy", "toy"),
+    "diff": ("geomsafe.diff", "diff"),
     "FeatureAtlas": ("geomsafe.atlas", "FeatureAtlas"),
     "Example": ("geomsafe.formatting", "Example"),
     "AuditConfig": ("geomsafe.audit", "AuditConfig"),
@@ -52,7 +53,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "GeomsafeError": ("geomsafe.errors", "GeomsafeError"),
 }
 # commands whose module has the command's name: the module is made callable
-_COMMAND_MODULES = {"audit", "predict", "evaluate", "report", "bench", "toy"}
+_COMMAND_MODULES = {"audit", "predict", "evaluate", "report", "bench", "toy", "diff"}
 
 __all__ = [
     "AuditConfig",
@@ -68,6 +69,7 @@ __all__ = [
     "audit",
     "bench",
     "build_guards",
+    "diff",
     "evaluate",
     "finetune",
     "load",
@@ -82,6 +84,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from geomsafe.audit import AuditConfig, audit
     from geomsafe.bench import BenchConfig, bench
     from geomsafe.capture import record
+    from geomsafe.diff import diff
     from geomsafe.errors import GeomsafeError
     from geomsafe.evaluate import EvalConfig, evaluate
     from geomsafe.formatting import Example

@@ -46,6 +46,7 @@ BENCH_JSON = "bench.json"
 BENCH_TABLE = "table.md"
 TOY_JSON = "toy.json"
 PILOT_JSON = "pilot.json"
+DIFF_JSON = "diff.json"  # geomsafe diff (its atlas in atlas/)
 FIREWALL_JSON = "firewall.json"
 FIREWALL_WEIGHTS = "firewall.safetensors"
 FIREWALL_RUN_JSON = "firewall_run.json"
@@ -67,6 +68,7 @@ VERSIONS: dict[str, int] = {
     "bench": 2,
     "toy": 1,
     "pilot": 1,
+    "diff": 1,
     "firewall": 1,
     "firewall_run": 1,
     "pareto": 1,
@@ -82,6 +84,7 @@ KIND_OF_FILE: dict[str, str] = {
     BENCH_JSON: "bench",
     TOY_JSON: "toy",
     PILOT_JSON: "pilot",
+    DIFF_JSON: "diff",
     FIREWALL_JSON: "firewall",
     FIREWALL_RUN_JSON: "firewall_run",
     PARETO_JSON: "pareto",

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Where do harmful features sit relative to a fine-tuning target?",
     ),
     "bench": ("geomsafe.cli.bench", "bench_cmd", "The end-to-end benchmark table."),
+    "diff": ("geomsafe.cli.diff", "diff_cmd", "What does a fine-tune move? Its drift as an atlas."),
     "evaluate": (
         "geomsafe.cli.evaluate",
         "evaluate",

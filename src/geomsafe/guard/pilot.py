@@ -9,7 +9,8 @@ training examples (the run itself: :func:`geomsafe.train.pilot.pilot_directions`
    principal shifts are the top ``k`` right singular vectors of ``Δ`` *uncentred* (the
    eigenvectors of ``ΔᵀΔ / N``), so the mean shift that every example shares counts as
    well as the spread around it; ``explained`` is each one's share of ``‖Δ‖_F²``. Each is
-   oriented so that the mean shift projects positively on it.
+   oriented so that the mean shift projects positively on it
+   (:func:`geomsafe.diff.shifts.principal_shifts`, shared with model diffing).
 2. **Alignment.** ``cos_ih = pc_i · u_h`` for every guarded harmful direction ``u_h`` at ``l``.
 3. **Null band** (permutation): a label-shuffled direction of the layer's own activations,
    ``d_π = unit(mean(base[S_π]) - mean(base[rest]))`` for a random half ``S_π`` of the
@@ -43,6 +44,7 @@ from torch import Tensor
 from geomsafe.artefacts import PILOT_JSON, read_json, write_json
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.config import option
+from geomsafe.diff.shifts import principal_shifts
 from geomsafe.errors import GeomsafeError
 from geomsafe.guard.allow import MIN_RESIDUAL
 from geomsafe.guard.basis import orthonormal_basis
@@ -155,18 +157,6 @@ class PilotDirections:
             PilotConfig(**payload["config"]),
             payload.get("provenance", {}),
         )
-
-
-def principal_shifts(diffs: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """``([k, D] unit rows, [k] explained shares)``: the top ``k`` uncentred principal
-    directions of ``diffs`` (``[N, D]``), each oriented along the mean shift."""
-    d = diffs.double()
-    _, s, vh = torch.linalg.svd(d, full_matrices=False)
-    k = min(k, vh.shape[0])
-    pcs = vh[:k]
-    sign = torch.where(pcs @ d.mean(0) < 0, -1.0, 1.0).to(pcs.dtype)
-    total = (s**2).sum().clamp(min=1e-300)
-    return (pcs * sign[:, None]).float(), (s[:k] ** 2 / total).float()
 
 
 def shuffled_directions(base: Tensor, draws: int, generator: torch.Generator) -> Tensor:
