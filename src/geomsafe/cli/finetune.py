@@ -69,7 +69,7 @@ _TRAIN = TrainConfig()
 @click.option(
     "--guard",
     "-g",
-    help="Guards, comma-separated: orthogonal,steer,ablate,projection,covariance or any kind "
+    help="Guards, comma-separated: orthogonal,steer,ablate,projection,covariance,kl or any kind "
     "registered with geomsafe.guard.register (default: none).",
 )
 @click.option(
@@ -93,7 +93,7 @@ _TRAIN = TrainConfig()
     type=float,
     default=_DEFAULT.weight,
     show_default=True,
-    help="Penalty weight of the projection/covariance guards.",
+    help="Penalty weight of the projection/covariance/kl guards.",
 )
 @click.option(
     "--steer-coeff",
@@ -163,6 +163,14 @@ _TRAIN = TrainConfig()
     default=_PILOT.heldout,
     show_default=True,
     help="Training examples held out of the pilot and compared base vs pilot.",
+)
+@config_option(
+    _DEFAULT,
+    "kl_data",
+    "--kl-data",
+    show_default=True,
+    help="kl guard's reference batch: builtin (task:factual_qa), training (the training batch) "
+    "or a JSONL file / task:NAME.",
 )
 @config_option(_TRAIN, "epochs", "--epochs", type=float, show_default=True)
 @config_option(
@@ -245,6 +253,7 @@ def guard_config_of(
     pilot_steps: int,
     pilot_pcs: int,
     pilot_heldout: int,
+    kl_data: str = _DEFAULT.kl_data,
 ) -> GuardConfig:
     """The GuardConfig of the command's guard options (validated)."""
     return GuardConfig(
@@ -258,6 +267,7 @@ def guard_config_of(
         schedule_floor=schedule_floor,
         source=guard_source,
         pilot=PilotConfig(steps=pilot_steps, pcs=pilot_pcs, heldout=pilot_heldout),
+        kl_data=kl_data,
     ).validate()
 
 
@@ -274,6 +284,7 @@ _GUARD_OPTIONS = (
     "pilot_steps",
     "pilot_pcs",
     "pilot_heldout",
+    "kl_data",
 )
 
 

@@ -1,6 +1,6 @@
 """Geometric guards: regularisers that keep LoRA fine-tuning off harmful feature directions.
 
-Five guards, cheapest first (``GUARDS`` maps each name to its class):
+Six guards, cheapest first (``GUARDS`` maps each name to its class):
 
 - ``orthogonal``: after each optimiser step, project the LoRA ``B`` of the residual-stream
   writers (``o_proj``, ``down_proj``) of each guarded block off the harmful directions;
@@ -10,7 +10,9 @@ Five guards, cheapest first (``GUARDS`` maps each name to its class):
   only (concept ablation, CAFT-style);
 - ``projection``: penalise the change of the residual stream's projection on the harmful
   directions versus the base model (adapters disabled, one partial no-grad forward);
-- ``covariance``: penalise the batch cross-covariance of target and harmful projections.
+- ``covariance``: penalise the batch cross-covariance of target and harmful projections;
+- ``kl`` (a peer, not geometric; no atlas): penalise KL(base || tuned) of the next-token
+  distributions on a reference batch (``GuardConfig.kl_data``), :mod:`geomsafe.guard.kl`.
 
 Which directions at which layers: :class:`GuardConfig` (``concepts``: harmful feature names of
 the atlas; ``layers``: None = each concept at its best atlas layer, or a list/band of layers;
@@ -68,6 +70,7 @@ from geomsafe.guard.base import (
 )
 from geomsafe.guard.basis import orthonormal_basis
 from geomsafe.guard.covariance import CovarianceGuard, cross_covariance
+from geomsafe.guard.kl import KLGuard
 from geomsafe.guard.layer_plan import LayerPlan, layer_plans
 from geomsafe.guard.monitor import MonitorGuard
 from geomsafe.guard.orthogonal import OrthogonalGuard
@@ -84,6 +87,7 @@ __all__ = [
     "Guard",
     "GuardConfig",
     "GuardSetup",
+    "KLGuard",
     "LayerPlan",
     "MonitorGuard",
     "OrthogonalGuard",

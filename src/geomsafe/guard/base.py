@@ -76,6 +76,8 @@ class GuardConfig:
     # short pilot fine-tune and guards its principal shifts that align with the concepts
     # (geomsafe.guard.pilot; elsewhere build the guards on pilot_directions(...).atlas)
     pilot: PilotConfig = field(default_factory=PilotConfig)  # the pilot run (source="pilot")
+    kl_data: str = "builtin"  # kl guard's reference batch: builtin (task:factual_qa), training
+    # (the training batch) or a data file / task:NAME (geomsafe.guard.kl)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -115,6 +117,7 @@ class GuardConfig:
                 self.source in GUARD_SOURCES,
                 f"guard source must be one of {', '.join(GUARD_SOURCES)}, not {self.source!r}",
             ),
+            (bool(str(self.kl_data).strip()), "kl_data is empty: builtin, training or a file"),
         ]
         for ok, message in checks:
             if not ok:
@@ -148,6 +151,10 @@ class Guard:
         """A weighted scalar added to the loss before backward, or None."""
         return None
 
+    def prepare(self, tokenizer: Any, seed: int = 0) -> None:
+        """Called once before training with the run's tokenizer and seed (the kl guard
+        tokenises its reference data here). Default: nothing."""
+
     def after_step(self, model: nn.Module) -> None:
         """Called after each optimiser step."""
 
@@ -168,12 +175,14 @@ class Guard:
 
 
 GUARDS: dict[str, type[Guard]] = {}
-_ORDER = ("orthogonal", "steer", "ablate", "projection", "covariance")  # cheapest first
+_ORDER = ("orthogonal", "steer", "ablate", "projection", "covariance", "kl")  # cheapest first
 
 
 def register(cls: type[Guard]) -> type[Guard]:
     """Class decorator: add a guard kind to :data:`GUARDS` under ``cls.name``. The class is
-    built as ``cls(atlas, config, layer_template)`` (see :class:`~geomsafe.guard.AtlasGuard`)."""
+    built as ``cls(atlas, config, layer_template)`` (see :class:`~geomsafe.guard.AtlasGuard`);
+    a class attribute ``needs_atlas = False`` lets it be built without an atlas or concepts
+    (``atlas`` is then None; the kl guard)."""
     GUARDS[cls.name] = cls
     ordered = sorted(GUARDS.items(), key=lambda kv: _ORDER.index(kv[0]) if kv[0] in _ORDER else 99)
     GUARDS.clear()
@@ -194,16 +203,33 @@ def guard_kinds(names: Sequence[str] | str | None) -> list[str]:
     return kinds
 
 
+def needs_atlas(kind: str) -> bool:
+    """Whether the registered guard kind ``kind`` is built on an atlas (default: yes)."""
+    return bool(getattr(GUARDS[kind], "needs_atlas", True))
+
+
 def build_guards(
     names: Sequence[str] | str,
-    atlas: FeatureAtlas,
+    atlas: FeatureAtlas | None,
     config: GuardConfig | None = None,
     layer_template: str | None = None,
+    *,
+    tokenizer: Any = None,
+    seed: int = 0,
 ) -> list[Guard]:
-    """One guard per kind in ``names`` (a list or ``"orthogonal,steer"``), in that order."""
+    """One guard per kind in ``names`` (a list or ``"orthogonal,steer"``), in that order.
+    ``atlas`` may be None when no kind needs one; with ``tokenizer``, each guard's
+    :meth:`~Guard.prepare` is called with it and ``seed``."""
     kinds = guard_kinds(names)
     config = (config or GuardConfig()).validate()
-    return [GUARDS[k](atlas, config, layer_template) for k in kinds]  # type: ignore[call-arg]
+    missing = [k for k in kinds if atlas is None and needs_atlas(k)]
+    if missing:
+        raise GeomsafeError(f"guard {', '.join(missing)} needs an atlas")
+    guards = [GUARDS[k](atlas, config, layer_template) for k in kinds]  # type: ignore[call-arg]
+    if tokenizer is not None:
+        for guard in guards:
+            guard.prepare(tokenizer, seed)
+    return guards
 
 
 @contextlib.contextmanager

@@ -37,7 +37,8 @@ from geomsafe.datasets import Dataset, ExampleLike, as_dataset
 from geomsafe.diskfull import disk_full_error, is_disk_full
 from geomsafe.errors import GeomsafeError
 from geomsafe.folder_lock import lock_folder
-from geomsafe.guard import GuardConfig, PilotDirections
+from geomsafe.guard import GuardConfig, KLGuard, PilotDirections
+from geomsafe.guard.base import needs_atlas
 from geomsafe.guard.resolve import GuardSetup, GuardSpec, resolve_guards, split_guards
 from geomsafe.models import DEVICE_ENV, LoadedModel, load, pad_token_id, resolve_device
 from geomsafe.train import outdir
@@ -164,6 +165,8 @@ def _with_pilot(
     """``guards`` on the principal shifts of a pilot run (``source="pilot"``), or as they are.
     A resumed run re-uses the pilot saved in its folder."""
     if not guards.kinds or guards.config is None or guards.config.source != "pilot":
+        return guards
+    if not any(needs_atlas(k) for k in guards.kinds):  # kl alone: no directions to pilot
         return guards
     assert guards.atlas is not None
     saved = _saved_atlas(out, PILOT_DIR, "pilot.json") if resume else None
@@ -405,6 +408,7 @@ def _provenance(setup: _Setup, trainer: GuardedTrainer, t_start: float) -> dict[
         "guard_concepts": guards.concepts,
         "guard_config": guards.config.to_dict() if guards.config is not None else {},
         "pilot": guards.pilot.to_dict() if guards.pilot is not None else None,
+        "kl_reference": _kl_reference(guards),
         "atlas": atlas_prov,
         "hook_site": HOOK_SITE,
         "projection": "mean over assistant tokens of the training batch, at each concept's "
@@ -418,6 +422,14 @@ def _provenance(setup: _Setup, trainer: GuardedTrainer, t_start: float) -> dict[
         "wall_s": time.perf_counter() - t_start,
         **_versions(),
     }
+
+
+def _kl_reference(guards: GuardSetup) -> dict[str, Any] | None:
+    """The kl guard's reference data (None without a kl guard)."""
+    kl = next((g for g in guards.guards if isinstance(g, KLGuard)), None)
+    if kl is None:
+        return None
+    return {"kl_data": kl.config.kl_data, **kl.reference_provenance()}
 
 
 def _data_source(path: str) -> str:
