@@ -172,6 +172,21 @@ _TRAIN = TrainConfig()
     help="kl guard's reference batch: builtin (task:factual_qa), training (the training batch) "
     "or a JSONL file / task:NAME.",
 )
+@config_option(
+    _TRAIN,
+    "mix_safe",
+    "--mix-safe",
+    type=float,
+    show_default=True,
+    help="Share of safe examples (refusals, sound answers) interleaved into --data, in [0, 1).",
+)
+@config_option(
+    _TRAIN,
+    "mix_safe_data",
+    "--mix-safe-data",
+    show_default=True,
+    help="The safe examples for --mix-safe: builtin or a JSONL file / task:NAME.",
+)
 @config_option(_TRAIN, "epochs", "--epochs", type=float, show_default=True)
 @config_option(
     _TRAIN,

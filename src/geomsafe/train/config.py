@@ -42,6 +42,9 @@ class TrainConfig:
     save_total_limit: int = 1
     logging_steps: int = 10
     bf16: bool = False
+    mix_safe: float = 0.0  # share of safe examples interleaved into the data, in [0, 1)
+    # (geomsafe.train.mix: n_safe = floor(frac * n / (1 - frac) + 1/2))
+    mix_safe_data: str = "builtin"  # the safe set: builtin or a JSONL file / task:NAME
     extra_args: dict[str, Any] = field(default_factory=dict)  # passed to TrainingArguments
 
     def __post_init__(self) -> None:
@@ -68,6 +71,8 @@ class TrainConfig:
             (self.save_steps >= 1, f"save_steps must be >= 1, not {self.save_steps}"),
             (self.save_total_limit >= 1, "save_total_limit must be >= 1"),
             (self.logging_steps >= 1, "logging_steps must be >= 1"),
+            (0.0 <= self.mix_safe < 1.0, f"mix_safe must be in [0, 1), not {self.mix_safe}"),
+            (bool(str(self.mix_safe_data).strip()), "mix_safe_data is empty"),
         ]
         for ok, message in checks:
             if not ok:

@@ -45,6 +45,7 @@ from geomsafe.train import outdir
 from geomsafe.train.config import TrainConfig
 from geomsafe.train.data import TrainData, build
 from geomsafe.train.lora import make_peft_model, peft_layer_template
+from geomsafe.train.mix import SafeMix, mix_safe
 from geomsafe.train.outdir import RUN_META
 from geomsafe.train.pilot import pilot_directions, pilot_guard_config
 from geomsafe.train.trainer import (
@@ -229,6 +230,7 @@ def finetune(
 
         set_seed(config.seed)
         dataset = as_dataset(data).head(config.max_examples)  # read before the (slow) model load
+        dataset, mix = mix_safe(dataset, config.mix_safe, config.mix_safe_data, config.seed)
         lm = _model(model)
         train_data = build(
             lm.tokenizer,
@@ -252,7 +254,7 @@ def finetune(
         )
         guards.extracted = guards.extracted or reuse is not None  # extracted before resuming
         guards = _with_pilot(guards, lm, train_data, config, out_path, resume, progress and main)
-        setup = _Setup(lm, train_data, config, guards, atlas)
+        setup = _Setup(lm, train_data, config, guards, atlas, mix)
         run, ckpt = outdir.prepare(out_path, resume, overwrite, main)
         _wait_for_everyone()  # the main process may still be copying the checkpoint to resume
         try:
@@ -276,6 +278,7 @@ class _Setup:
     config: TrainConfig
     guards: GuardSetup  # the guards, the monitor, the guarded concepts and the atlas
     atlas_arg: Any  # what the caller passed (a folder is recorded in the provenance)
+    mix: SafeMix | None = None  # the safe examples mixed in (TrainConfig.mix_safe)
 
     def meta(self) -> dict[str, Any]:
         """What a checkpoint records so that a resumed run can be checked against it."""
@@ -408,6 +411,7 @@ def _provenance(setup: _Setup, trainer: GuardedTrainer, t_start: float) -> dict[
         "guard_concepts": guards.concepts,
         "guard_config": guards.config.to_dict() if guards.config is not None else {},
         "pilot": guards.pilot.to_dict() if guards.pilot is not None else None,
+        "mix_safe": setup.mix.to_dict() if setup.mix is not None else None,
         "kl_reference": _kl_reference(guards),
         "atlas": atlas_prov,
         "hook_site": HOOK_SITE,
