@@ -72,7 +72,7 @@ def loop_times(
     batch = PadCollator(lm.tokenizer.pad_token_id or 0)(data.features)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     guards = {
-        name: build_guards(kinds, atlas, gcfg, template) if kinds else []
+        name: build_guards(kinds, atlas, gcfg, template, tokenizer=lm.tokenizer) if kinds else []
         for name, kinds in variants().items()
     }
 

@@ -64,7 +64,7 @@ def print_summary(result: FinetuneResult) -> None:
 @click.option(
     "--guard",
     "-g",
-    help="Guards, comma-separated: orthogonal,steer,ablate,projection,covariance or any kind "
+    help="Guards, comma-separated: orthogonal,steer,ablate,projection,covariance,kl or any kind "
     "registered with geomsafe.guard.register (default: none).",
 )
 @click.option(
@@ -82,6 +82,9 @@ def print_summary(result: FinetuneResult) -> None:
 @config_option(GuardConfig, "weight", "--guard-weight", "guard_weight", type=float)
 @config_option(GuardConfig, "steer_coeff", type=float)
 @config_option(GuardConfig, "steer_scale", type=click.Choice(STEER_SCALES))
+@config_option(GuardConfig, "kl_data", type=str)
+@config_option(TrainConfig, "mix_safe", type=float)
+@config_option(TrainConfig, "mix_safe_data", type=str)
 @config_option(
     GuardConfig, "schedule", "--guard-schedule", "guard_schedule", type=click.Choice(SCHEDULES)
 )
@@ -146,6 +149,7 @@ def guard_config_of(
     pilot_steps: int,
     pilot_pcs: int,
     pilot_heldout: int,
+    kl_data: str = "builtin",
 ) -> GuardConfig:
     """The GuardConfig of the command's guard options (validated)."""
     return GuardConfig(
@@ -159,6 +163,7 @@ def guard_config_of(
         schedule_floor=schedule_floor,
         source=guard_source,
         pilot=PilotConfig(steps=pilot_steps, pcs=pilot_pcs, heldout=pilot_heldout),
+        kl_data=kl_data,
     ).validate()
 
 
@@ -175,6 +180,7 @@ _GUARD_OPTIONS = (
     "pilot_steps",
     "pilot_pcs",
     "pilot_heldout",
+    "kl_data",
 )
 
 

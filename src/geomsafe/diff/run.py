@@ -342,7 +342,7 @@ def diff(
     (``max_examples=32``, ...). Writes ``atlas/`` and ``diff.json`` to ``out`` when given (a
     non-empty ``out`` only with ``overwrite``). Every input is checked before the model loads;
     the adapter's fit to the model right after, before any forward pass."""
-    from geomsafe.evaluate import adapter_sha256, attach_adapter
+    from geomsafe.adapters import adapter_sha256, attach_adapter
 
     t0 = time.perf_counter()
     cfg = (config or DiffConfig()).with_options(**options)

@@ -1,6 +1,6 @@
 """Geometric guards: regularisers that keep LoRA fine-tuning off harmful feature directions.
 
-Five guards, cheapest first (``GUARDS`` maps each name to its class):
+Six guards, cheapest first (``GUARDS`` maps each name to its class):
 
 - ``orthogonal``: after each optimiser step, project the LoRA ``B`` of the residual-stream
   writers (``o_proj``, ``down_proj``) of each guarded block off the harmful directions;
@@ -10,7 +10,9 @@ Five guards, cheapest first (``GUARDS`` maps each name to its class):
   only (concept ablation, CAFT-style);
 - ``projection``: penalise the change of the residual stream's projection on the harmful
   directions versus the base model (adapters disabled, one partial no-grad forward);
-- ``covariance``: penalise the batch cross-covariance of target and harmful projections.
+- ``covariance``: penalise the batch cross-covariance of target and harmful projections;
+- ``kl`` (a peer, not geometric; no atlas): penalise KL(base || tuned) of the next-token
+  distributions on a reference batch (``GuardConfig.kl_data``), :mod:`geomsafe.guard.kl`.
 
 Which directions at which layers: :class:`GuardConfig` (``concepts``: harmful feature names of
 the atlas; ``layers``: None = each concept at its best atlas layer, or a list/band of layers;
@@ -57,6 +59,7 @@ from geomsafe.guard.ablate import AblateGuard
 from geomsafe.guard.atlas_guard import AtlasGuard
 from geomsafe.guard.base import GUARDS, Guard, GuardConfig, build_guards, register
 from geomsafe.guard.covariance import CovarianceGuard
+from geomsafe.guard.kl import KLGuard
 from geomsafe.guard.monitor import MonitorGuard
 from geomsafe.guard.orthogonal import OrthogonalGuard
 from geomsafe.guard.pilot import PilotConfig
@@ -70,6 +73,7 @@ __all__ = [
     "CovarianceGuard",
     "Guard",
     "GuardConfig",
+    "KLGuard",
     "MonitorGuard",
     "OrthogonalGuard",
     "PilotConfig",

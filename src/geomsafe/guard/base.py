@@ -58,7 +58,7 @@ class GuardConfig:
         "Guarded layers: 'best'/None (each concept at its best atlas layer), a list '3,4,5' "
         "or a band '3:6' (end excluded): every concept at every listed layer.",
     )
-    weight: float = option(1.0, "Penalty weight of the projection/covariance guards.")
+    weight: float = option(1.0, "Penalty weight of the projection/covariance/kl guards.")
     targets: list[str] | None = option(
         None, "Covariance guard: target features (default: all atlas targets)."
     )
@@ -107,6 +107,11 @@ class GuardConfig:
     pilot: PilotConfig = option(
         PilotConfig(), "The pilot run (source pilot; see geomsafe.guard.pilot)."
     )
+    kl_data: str = option(
+        "builtin",
+        "kl guard's reference batch: builtin (task:factual_qa), training (the training batch) "
+        "or a JSONL file / task:NAME (geomsafe.guard.kl).",
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -146,6 +151,7 @@ class GuardConfig:
                 self.source in GUARD_SOURCES,
                 f"guard source must be one of {', '.join(GUARD_SOURCES)}, not {self.source!r}",
             ),
+            (bool(str(self.kl_data).strip()), "kl_data is empty: builtin, training or a file"),
         ]
         for ok, message in checks:
             if not ok:
@@ -179,6 +185,10 @@ class Guard:
         """A weighted scalar added to the loss before backward, or None."""
         return None
 
+    def prepare(self, tokenizer: Any, seed: int = 0) -> None:
+        """Called once before training with the run's tokenizer and seed (the kl guard
+        tokenises its reference data here). Default: nothing."""
+
     def after_step(self, model: nn.Module) -> None:
         """Called after each optimiser step."""
 
@@ -199,12 +209,14 @@ class Guard:
 
 
 GUARDS: dict[str, type[Guard]] = {}
-_ORDER = ("orthogonal", "steer", "ablate", "projection", "covariance")  # cheapest first
+_ORDER = ("orthogonal", "steer", "ablate", "projection", "covariance", "kl")  # cheapest first
 
 
 def register(cls: type[Guard]) -> type[Guard]:
     """Class decorator: add a guard kind to :data:`GUARDS` under ``cls.name``. The class is
-    built as ``cls(atlas, config, layer_template)`` (see :class:`~geomsafe.guard.AtlasGuard`)."""
+    built as ``cls(atlas, config, layer_template)`` (see :class:`~geomsafe.guard.AtlasGuard`);
+    a class attribute ``needs_atlas = False`` lets it be built without an atlas or concepts
+    (``atlas`` is then None; the kl guard)."""
     GUARDS[cls.name] = cls
     ordered = sorted(GUARDS.items(), key=lambda kv: _ORDER.index(kv[0]) if kv[0] in _ORDER else 99)
     GUARDS.clear()
@@ -225,16 +237,33 @@ def guard_kinds(names: Sequence[str] | str | None) -> list[str]:
     return kinds
 
 
+def needs_atlas(kind: str) -> bool:
+    """Whether the registered guard kind ``kind`` is built on an atlas (default: yes)."""
+    return bool(getattr(GUARDS[kind], "needs_atlas", True))
+
+
 def build_guards(
     names: Sequence[str] | str,
-    atlas: FeatureAtlas,
+    atlas: FeatureAtlas | None,
     config: GuardConfig | None = None,
     layer_template: str | None = None,
+    *,
+    tokenizer: Any = None,
+    seed: int = 0,
 ) -> list[Guard]:
-    """One guard per kind in ``names`` (a list or ``"orthogonal,steer"``), in that order."""
+    """One guard per kind in ``names`` (a list or ``"orthogonal,steer"``), in that order.
+    ``atlas`` may be None when no kind needs one; with ``tokenizer``, each guard's
+    :meth:`~Guard.prepare` is called with it and ``seed``."""
     kinds = guard_kinds(names)
     config = (config or GuardConfig()).validate()
-    return [GUARDS[k](atlas, config, layer_template) for k in kinds]  # type: ignore[call-arg]
+    missing = [k for k in kinds if atlas is None and needs_atlas(k)]
+    if missing:
+        raise GeomsafeError(f"guard {', '.join(missing)} needs an atlas")
+    guards = [GUARDS[k](atlas, config, layer_template) for k in kinds]  # type: ignore[call-arg]
+    if tokenizer is not None:
+        for guard in guards:
+            guard.prepare(tokenizer, seed)
+    return guards
 
 
 @contextlib.contextmanager

@@ -20,7 +20,14 @@ from geomsafe import directions
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.concepts import builtin_names, load_concept, load_for_direction
 from geomsafe.errors import GeomsafeError
-from geomsafe.guard.base import GUARDS, Guard, GuardConfig, build_guards, guard_kinds
+from geomsafe.guard.base import (
+    GUARDS,
+    Guard,
+    GuardConfig,
+    build_guards,
+    guard_kinds,
+    needs_atlas,
+)
 from geomsafe.guard.monitor import MonitorGuard
 from geomsafe.guard.pilot import PilotDirections
 from geomsafe.models import LoadedModel
@@ -55,7 +62,10 @@ class GuardSetup:
         if pilot.atlas is None:
             raise GeomsafeError("pilot: no principal shift was kept; nothing to guard")
         objects = self.guards[len(self.kinds) :]
-        built = build_guards(self.kinds, pilot.atlas, config, layer_template)
+        built = [
+            build_guards([k], pilot.atlas, config, layer_template)[0] if needs_atlas(k) else g
+            for k, g in zip(self.kinds, self.guards[: len(self.kinds)], strict=True)
+        ]  # kinds without an atlas (kl) are kept as built
         return dataclasses.replace(self, guards=built + objects, config=config, pilot=pilot)
 
 
@@ -138,15 +148,18 @@ def resolve_guards(
     ``guard_concepts``: the harmful concepts to guard (default: ``guard_config.concepts``, the
     atlas's harmful concepts or, when the atlas is extracted, every built-in one). ``atlas``: a
     FeatureAtlas or its folder; without one, guards by name get one extracted for the run
-    (unless ``extract=False``: an error). With an atlas and concepts the setup has a
+    (unless ``extract=False``: an error); kinds with ``needs_atlas = False`` (kl) need neither
+    an atlas nor concepts. Guards are prepared with ``lm``'s tokenizer and ``seed``
+    (:meth:`~geomsafe.guard.Guard.prepare`). With an atlas and concepts the setup has a
     :class:`MonitorGuard`, guards or not.
     """
     kinds, objects = split_guards(guard)
+    atlas_kinds = [k for k in kinds if needs_atlas(k)]  # kl needs no atlas or concepts
     config_concepts = guard_config.concepts if guard_config is not None else None
     specs = split_csv(guard_concepts) or split_csv(config_concepts)
     loaded = load_atlas(atlas) if atlas is not None else None
     extracted = False
-    if kinds and loaded is None:
+    if atlas_kinds and loaded is None:
         if not extract:
             raise GeomsafeError("guards by name need an atlas: pass atlas=")
         specs = specs or builtin_names("harmful")
@@ -164,13 +177,15 @@ def resolve_guards(
     config: GuardConfig | None = None
     built: list[Guard] = []
     if kinds:
-        if not names:
+        if atlas_kinds and not names:
             raise GeomsafeError(
                 "no guarded concepts: pass --guard-concepts or an atlas with harmful concepts"
             )
-        config = dataclasses.replace(guard_config or GuardConfig(), concepts=list(names))
+        config = dataclasses.replace(guard_config or GuardConfig(), concepts=list(names) or None)
         if config.allow:
             config.allow = concept_names(config.allow)
-        built = build_guards(kinds, loaded, config, layer_template)  # type: ignore[arg-type]
+        built = build_guards(
+            kinds, loaded, config, layer_template, tokenizer=lm.tokenizer, seed=seed
+        )
     monitor = MonitorGuard(loaded, names, layer_template) if loaded is not None and names else None
     return GuardSetup(kinds, built + objects, monitor, names, loaded, extracted, config)

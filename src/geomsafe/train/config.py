@@ -48,6 +48,14 @@ class TrainConfig:
     save_total_limit: int = option(1, "Checkpoints kept.")
     logging_steps: int = option(10, "Steps between loss log lines.")
     bf16: bool = option(False, "Train in bfloat16 mixed precision.")
+    mix_safe: float = option(
+        0.0,
+        "Share of safe examples (refusals, sound answers) interleaved into --data, in [0, 1) "
+        "(geomsafe.train.mix: n_safe = floor(frac * n / (1 - frac) + 1/2)).",
+    )
+    mix_safe_data: str = option(
+        "builtin", "The safe examples for --mix-safe: builtin or a JSONL file / task:NAME."
+    )
     extra_args: dict[str, Any] = option({}, "Passed to transformers' TrainingArguments.")
 
     def __post_init__(self) -> None:
@@ -74,6 +82,8 @@ class TrainConfig:
             (self.save_steps >= 1, f"save_steps must be >= 1, not {self.save_steps}"),
             (self.save_total_limit >= 1, "save_total_limit must be >= 1"),
             (self.logging_steps >= 1, "logging_steps must be >= 1"),
+            (0.0 <= self.mix_safe < 1.0, f"mix_safe must be in [0, 1), not {self.mix_safe}"),
+            (bool(str(self.mix_safe_data).strip()), "mix_safe_data is empty"),
         ]
         for ok, message in checks:
             if not ok:

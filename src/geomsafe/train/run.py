@@ -45,6 +45,8 @@ from geomsafe.diskfull import disk_full_error, is_disk_full
 from geomsafe.errors import GeomsafeError
 from geomsafe.folder_lock import lock_folder
 from geomsafe.guard import GuardConfig
+from geomsafe.guard.base import needs_atlas
+from geomsafe.guard.kl import KLGuard
 from geomsafe.guard.pilot import PilotDirections
 from geomsafe.guard.resolve import GuardSetup, GuardSpec, resolve_guards, split_guards
 from geomsafe.models import DEVICE_ENV, LoadedModel, load, pad_token_id, resolve_device
@@ -52,6 +54,7 @@ from geomsafe.train import outdir
 from geomsafe.train.config import TrainConfig
 from geomsafe.train.data import TrainData, build
 from geomsafe.train.lora import make_peft_model, peft_layer_template
+from geomsafe.train.mix import SafeMix, mix_safe
 from geomsafe.train.outdir import RUN_META
 from geomsafe.train.pilot import pilot_directions, pilot_guard_config
 from geomsafe.train.trainer import (
@@ -172,6 +175,8 @@ def _with_pilot(
     A resumed run re-uses the pilot saved in its folder."""
     if not guards.kinds or guards.config is None or guards.config.source != "pilot":
         return guards
+    if not any(needs_atlas(k) for k in guards.kinds):  # kl alone: no directions to pilot
+        return guards
     assert guards.atlas is not None
     saved = _saved_atlas(out, PILOT_DIR, "pilot.json") if resume else None
     if saved is not None:
@@ -233,6 +238,7 @@ def finetune(
 
         set_seed(config.seed)
         dataset = as_dataset(data).head(config.max_examples)  # read before the (slow) model load
+        dataset, mix = mix_safe(dataset, config.mix_safe, config.mix_safe_data, config.seed)
         lm = _model(model)
         train_data = build(
             lm.tokenizer,
@@ -256,7 +262,7 @@ def finetune(
         )
         guards.extracted = guards.extracted or reuse is not None  # extracted before resuming
         guards = _with_pilot(guards, lm, train_data, config, out_path, resume, progress and main)
-        setup = _Setup(lm, train_data, config, guards, atlas)
+        setup = _Setup(lm, train_data, config, guards, atlas, mix)
         run, ckpt = outdir.prepare(out_path, resume, overwrite, main)
         _wait_for_everyone()  # the main process may still be copying the checkpoint to resume
         try:
@@ -280,6 +286,7 @@ class _Setup:
     config: TrainConfig
     guards: GuardSetup  # the guards, the monitor, the guarded concepts and the atlas
     atlas_arg: Any  # what the caller passed (a folder is recorded in the provenance)
+    mix: SafeMix | None = None  # the safe examples mixed in (TrainConfig.mix_safe)
 
     def meta(self) -> dict[str, Any]:
         """What a checkpoint records so that a resumed run can be checked against it."""
@@ -411,6 +418,8 @@ def _provenance(setup: _Setup, trainer: GuardedTrainer, t_start: float) -> dict[
         "guard_concepts": guards.concepts,
         "guard_config": guards.config.to_dict() if guards.config is not None else {},
         "pilot": guards.pilot.to_dict() if guards.pilot is not None else None,
+        "mix_safe": setup.mix.to_dict() if setup.mix is not None else None,
+        "kl_reference": _kl_reference(guards),
         "atlas": atlas_prov,
         "hook_site": HOOK_SITE,
         "projection": "mean over assistant tokens of the training batch, at each concept's "
@@ -424,6 +433,14 @@ def _provenance(setup: _Setup, trainer: GuardedTrainer, t_start: float) -> dict[
         "wall_s": time.perf_counter() - t_start,
         **_versions(),
     }
+
+
+def _kl_reference(guards: GuardSetup) -> dict[str, Any] | None:
+    """The kl guard's reference data (None without a kl guard)."""
+    kl = next((g for g in guards.guards if isinstance(g, KLGuard)), None)
+    if kl is None:
+        return None
+    return {"kl_data": kl.config.kl_data, **kl.reference_provenance()}
 
 
 def _data_source(path: str) -> str:
