@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from geomsafe.cli.common import config_option, model_option, print_table
+from geomsafe.cli.common import common_options, config_option, model_option, print_table
 from geomsafe.diff.config import REMOVALS, TOKEN_RULES, DiffConfig
 from geomsafe.diff.run import DiffResult, diff
 
@@ -43,7 +43,6 @@ def print_diff(result: DiffResult) -> None:
     help="The fine-tune: a peft adapter folder.",
 )
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--overwrite", is_flag=True, help="Replace the results already in --out.")
 @_opt("data", "--data", show_default=True)
 @_opt("max_examples", "--max-examples", type=int, show_default=True)
 @_opt("components", "--components", type=int, show_default=True)
@@ -51,11 +50,9 @@ def print_diff(result: DiffResult) -> None:
 @_opt("base_pcs", "--base-pcs", type=int, show_default=True)
 @_opt("tokens", "--tokens", type=click.Choice(list(TOKEN_RULES)), show_default=True)
 @_opt("layers", "--layers")
-@_opt("seed", "--seed", type=int, show_default=True)
 @_opt("batch_size", "--batch-size", type=int, show_default=True)
 @_opt("max_length", "--max-length", type=int, show_default=True)
-@_opt("threads", "--threads", type=int)
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@common_options("overwrite", "seed", "threads", "no_progress")
 def diff_cmd(model, adapter, out, overwrite, no_progress, **options) -> None:
     """What does a fine-tune move? Activation differences tuned − base at every layer on a
     fixed set of prompts and responses: the mean and top principal components per layer,

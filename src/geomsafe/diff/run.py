@@ -61,7 +61,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from geomsafe.adapters import ADAPTER_CONFIG, adapter_disabled, view
+from geomsafe.adapters import ADAPTER_CONFIG, adapter_disabled, adapter_sha256, attach_adapter, view
 from geomsafe.artefacts import ATLAS_DIR, DIFF_JSON, prepare_out, read_json, write_json
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.capture import HOOK_SITE, capture
@@ -342,7 +342,6 @@ def diff(
     (``max_examples=32``, ...). Writes ``atlas/`` and ``diff.json`` to ``out`` when given (a
     non-empty ``out`` only with ``overwrite``). Every input is checked before the model loads;
     the adapter's fit to the model right after, before any forward pass."""
-    from geomsafe.adapters import adapter_sha256, attach_adapter
 
     t0 = time.perf_counter()
     cfg = (config or DiffConfig()).with_options(**options)
