@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 import geomsafe
+import geomsafe.adapters
 from geomsafe.artefacts import ATLAS_DIR, DIFF_JSON, read_json
 from geomsafe.atlas import FeatureAtlas
 from geomsafe.capture import capture
@@ -126,7 +127,7 @@ def test_same_seed_same_numbers_and_provenance(tmp_path, examples):
     assert payload["format"] == "geomsafe.diff/1"
     prov = payload["provenance"]
     assert len(prov["adapter_sha256"]) == 64 and len(prov["data_sha256"]) == 64
-    assert prov["adapter_sha256"] == geomsafe.evaluate.adapter_sha256(adapter)
+    assert prov["adapter_sha256"] == geomsafe.adapters.adapter_sha256(adapter)
     assert prov["layers"] == [0, 1, 2] and prov["hook_site"] == "decoder_layer_output"
     assert prov["token_rule"] == "response" and prov["model_spec"] == "tiny-llama"
     assert payload["config"]["max_examples"] == 8

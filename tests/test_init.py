@@ -84,7 +84,7 @@ FACES = {
     "firewall": ["CalibrationConfig", "Check", "Firewall", "RunResult", "Session", "Verdict",
                  "calibrate", "install", "rethreshold", "run", "screen"],
     "guard": ["GUARDS", "AblateGuard", "AtlasGuard", "CovarianceGuard", "Guard", "GuardConfig",
-              "MonitorGuard", "OrthogonalGuard", "PilotConfig", "ProjectionGuard", "SteerGuard",
+              "KLGuard", "MonitorGuard", "OrthogonalGuard", "PilotConfig", "ProjectionGuard", "SteerGuard",
               "build_guards", "register"],
     "predict": ["ConceptRisk", "PredictConfig", "PredictResult", "predict"],
     "toy": ["EntangleConfig", "PhaseConfig", "SweepConfig", "ToyConfig", "ToyModel",
