@@ -262,6 +262,13 @@ def _cache_of(out: Any) -> Any:
     return out["cache"] if "cache" in out else out["past_key_values"]
 
 
+def _token_logps(logits: Tensor, targets: Tensor) -> Tensor:
+    """``log_softmax(logits)[k, targets[k]]`` (float32, cpu) without the ``[N, V]`` output."""
+    logits = logits.float()
+    picked = logits.gather(-1, targets.to(logits.device)[:, None])[:, 0]
+    return (picked - logits.logsumexp(-1)).cpu()
+
+
 def _side_logps(
     lm: LoadedModel,
     responses: Sequence[Sequence[int]],
@@ -292,9 +299,8 @@ def _side_logps(
         logits_to_keep=mask.bool().to(dev),
         **{_cache_name(lm.model): cache},
     )
-    logp = torch.log_softmax(out.logits.float(), dim=-1).cpu()  # [kept, V], row-major
     targets = torch.tensor([t for resp in responses for t in resp[1:]])
-    picked = logp[torch.arange(len(targets)), targets].double()
+    picked = _token_logps(out.logits, targets).double()  # kept rows in row-major order
     at = 0
     for r, resp in enumerate(responses):
         n = len(resp) - 1
@@ -349,7 +355,8 @@ def _pair_logps(
         logits_to_keep=last.to(dev),
         **extra,
     )
-    first = torch.log_softmax(out.logits.float(), dim=-1).cpu()  # [B, V]: one row per prompt
+    first = out.logits.float()  # [B, V]: one row per prompt, its last token
+    first = (first - first.logsumexp(-1, keepdim=True)).cpu()
     cache = _cache_of(out)
     sides = [[e.input_ids[e.prompt_len :] for e in side] for side in zip(*pairs, strict=True)]
     if together:
