@@ -24,7 +24,6 @@ from geomsafe.atlas import FeatureAtlas
 from geomsafe.errors import GeomsafeError
 from geomsafe.guard.base import Guard, GuardConfig
 from geomsafe.guard.layer_plan import LayerPlan, layer_plans
-from geomsafe.guard.schedule import strength
 from geomsafe.guard.shared_hook import installed
 from geomsafe.layers import decoder_blocks
 
@@ -183,13 +182,6 @@ class AtlasGuard(Guard):
                     out[f"proj/{name}@{layer}"] = value
         out.update(self._extra)
         return out
-
-    def begin_step(self, step: int, total: int) -> None:
-        """Set this step's strength from ``config.schedule`` (step 0-based, of ``total``)."""
-        cfg = self.config
-        self.set_strength(
-            strength(cfg.schedule, step, total, cfg.schedule_steps, cfg.schedule_floor)
-        )
 
     def update(self, model: nn.Module) -> None:
         """Work after the optimiser step (the orthogonal projection)."""

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from geomsafe.config import option
 from geomsafe.errors import GeomsafeError
 from geomsafe.guard.pilot import PilotConfig
-from geomsafe.guard.schedule import SCHEDULES
+from geomsafe.guard.schedule import SCHEDULES, scheduled_strength
 from geomsafe.layers import RESIDUAL_WRITERS
 from geomsafe.options import split_csv
 
@@ -205,7 +205,11 @@ class Guard:
 
     def begin_step(self, step: int, total: int) -> None:
         """Called before the first forward of optimiser step ``step`` (0-based) of ``total``.
-        Default: nothing (atlas guards set their scheduled strength)."""
+        Default: a guard built on a :class:`GuardConfig` (``self.config``) sets its strength
+        from the config's schedule; others do nothing."""
+        cfg = getattr(self, "config", None)
+        if isinstance(cfg, GuardConfig):
+            self.set_strength(scheduled_strength(cfg, step, total))
 
 
 GUARDS: dict[str, type[Guard]] = {}

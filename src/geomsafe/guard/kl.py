@@ -42,7 +42,6 @@ from torch import Tensor, nn
 
 from geomsafe.errors import GeomsafeError
 from geomsafe.guard.base import Guard, GuardConfig, register
-from geomsafe.guard.schedule import strength
 
 if TYPE_CHECKING:
     from transformers.tokenization_utils_base import PreTrainedTokenizerBase
@@ -186,13 +185,6 @@ class KLGuard(Guard):
         self._kls.append(float(value.detach()))
         self._penalties.append(float(weighted.detach()))
         return weighted
-
-    def begin_step(self, step: int, total: int) -> None:
-        """Set this step's strength from ``config.schedule`` (as the atlas guards do)."""
-        cfg = self.config
-        self.set_strength(
-            strength(cfg.schedule, step, total, cfg.schedule_steps, cfg.schedule_floor)
-        )
 
     def after_step(self, model: nn.Module) -> None:
         if self._kls:

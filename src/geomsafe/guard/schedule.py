@@ -22,6 +22,7 @@ run (``total`` optimiser steps) for ``linear_decay``.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from geomsafe.errors import GeomsafeError
 
@@ -52,3 +53,11 @@ def strength(
     if kind == "front":
         return 1.0 if step < length else float(floor)
     return 1.0 - (1.0 - float(floor)) * min(step / length, 1.0)
+
+
+def scheduled_strength(config: Any, step: int, total: int) -> float:
+    """:func:`strength` at ``step`` of ``total`` under a guard config's ``schedule``,
+    ``schedule_steps`` and ``schedule_floor``."""
+    return strength(
+        config.schedule, step, total, config.schedule_steps, config.schedule_floor
+    )
