@@ -13,6 +13,7 @@ steer           ``steer_coeff=0.05``         ``0.1``            ``0.2``
 ablate          schedule ``front``           (defaults)         every atlas layer (a band)
 projection      ``weight=0.1``               ``1``              ``10``
 covariance      ``weight=0.1``               ``1``              ``10``
+kl (peer)       ``weight=0.1``               ``1``              ``10``
 ==============  ===========================  =================  ==========================
 
 ``front``: full strength for the first quarter of the steps, then off (the drift is fastest
@@ -73,6 +74,8 @@ STRENGTHS: dict[str, dict[str, dict[str, Any]]] = {
         "one-sided-band": {"weight": 1.0, "projection_mode": "increase", "layers": BAND},
     },
     "covariance": {"low": {"weight": 0.1}, "mid": {"weight": 1.0}, "high": {"weight": 10.0}},
+    # a peer, not a geometric guard: KL to the base model on the built-in benign reference set
+    "kl": {"low": {"weight": 0.1}, "mid": {"weight": 1.0}, "high": {"weight": 10.0}},
 }
 GUARD_NAMES = tuple(STRENGTHS)
 

@@ -166,7 +166,10 @@ def run_cell(
         template = peft_layer_template(lm)
 
         def make() -> list[Guard]:
-            return build_guards([cell.guard], guarded_atlas, gcfg, template)
+            # the tokenizer and seed prepare the guards that need them (kl's reference set)
+            return build_guards(
+                [cell.guard], guarded_atlas, gcfg, template, tokenizer=lm.tokenizer, seed=tc.seed
+            )
 
     peft_model, geometry = run_steps(lm, features.features, tc, cfg.steps, make())
     inner = peft_model.base_model.model
