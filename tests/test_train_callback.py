@@ -25,6 +25,7 @@ from train_helpers import (
     KINDS,
     REPEAT,
     GradCapture,
+    assert_same_step_under_checkpointing,
     cfg,
     checkpoint_around_call,
     checkpointing_args,
@@ -198,21 +199,9 @@ def unguarded_sft(tmp_path_factory, one_thread):
 
 @pytest.mark.parametrize("kind", [k for k in GUARDS if needs_atlas(k)])  # kl: test_guard_kl
 def test_sft_trainer_gives_the_same_step_with_gradient_checkpointing(tmp_path, kind, unguarded_sft):
-    free = unguarded_sft
-    want_row, want, calls = sft_step(tmp_path, kind, "off")
-    guard = GUARDS[kind]
-    changes_gradients = guard.modifies or guard.keep_graph
-    assert (want_row["penalty"] > 0) == guard.keep_graph
-    moved = any(not torch.allclose(want[n], free[n], atol=1e-4) for n in want)
-    assert moved == changes_gradients  # the guard's own effect on the gradients: can fail
-    for mode in CHECKPOINTING[1:]:
-        row, grads, recomputed = sft_step(tmp_path, kind, mode)
-        assert recomputed == calls + 1  # the backward pass re-ran the first block: it is on
-        assert row["penalty"] == pytest.approx(want_row["penalty"], rel=1e-5, abs=1e-9)
-        assert row["loss"] == pytest.approx(want_row["loss"], rel=1e-5)
-        assert grads.keys() == want.keys()
-        for name, value in want.items():
-            torch.testing.assert_close(grads[name], value, atol=1e-5, rtol=1e-5, msg=name)
+    assert_same_step_under_checkpointing(
+        lambda mode: sft_step(tmp_path, kind, mode), kind, unguarded_sft
+    )
 
 
 def test_hooks_inside_the_checkpoint_are_refused_in_one_line(tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ from train_helpers import (
     REPEAT,
     GradCapture,
     StandIn,
+    assert_same_step_under_checkpointing,
     cfg,
     checkpoint_around_call,
     checkpointing_args,
@@ -163,20 +164,9 @@ def unguarded(tmp_path_factory, one_thread):
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("kind", [k for k in GUARDS if needs_atlas(k)])  # kl: test_guard_kl
 def test_guarded_trainer_gives_the_same_step_with_gradient_checkpointing(tmp_path, kind, unguarded):
-    free = unguarded
-    want_row, want, calls = guarded_step(tmp_path, kind, "off")
-    guard = GUARDS[kind]
-    assert (want_row["penalty"] > 0) == guard.keep_graph
-    moved = any(not torch.allclose(want[n], free[n], atol=1e-4) for n in want)
-    assert moved == (guard.modifies or guard.keep_graph)
-    for mode in CHECKPOINTING[1:]:
-        row, grads, recomputed = guarded_step(tmp_path, kind, mode)
-        assert recomputed == calls + 1  # the backward pass re-ran the first block: it is on
-        assert row["penalty"] == pytest.approx(want_row["penalty"], rel=1e-5, abs=1e-9)
-        assert row["loss"] == pytest.approx(want_row["loss"], rel=1e-5)
-        assert grads.keys() == want.keys()
-        for name, value in want.items():
-            torch.testing.assert_close(grads[name], value, atol=1e-5, rtol=1e-5, msg=name)
+    assert_same_step_under_checkpointing(
+        lambda mode: guarded_step(tmp_path, kind, mode), kind, unguarded
+    )
 
 
 @pytest.mark.usefixtures("one_thread")

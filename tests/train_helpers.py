@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from functools import partial
 
+import pytest
 import torch
 from torch import nn
 from transformers import TrainerCallback
@@ -156,3 +157,26 @@ def checkpoint_around_call(self, *args, **kwargs):
         call = partial(nn.Module.__call__, self, **kwargs)
         return self._gradient_checkpointing_func(call, *args)
     return nn.Module.__call__(self, *args, **kwargs)
+
+
+def assert_same_step_under_checkpointing(step, kind: str, free: dict) -> None:
+    """``step(mode) -> (log row, LoRA gradients, first-block forward calls)`` for the guard
+    ``kind``: the guard acts (its penalty iff it keeps a graph; its gradients differ from the
+    unguarded ``free`` ones iff it modifies the forward or has a penalty), and every
+    checkpointing mode gives the same penalty, loss and gradients as none, with the first block
+    really recomputed."""
+    from geomsafe.guard import GUARDS
+
+    want_row, want, calls = step("off")
+    guard = GUARDS[kind]
+    assert (want_row["penalty"] > 0) == guard.keep_graph
+    moved = any(not torch.allclose(want[n], free[n], atol=1e-4) for n in want)
+    assert moved == (guard.modifies or guard.keep_graph)  # the guard's own effect: can fail
+    for mode in CHECKPOINTING[1:]:
+        row, grads, recomputed = step(mode)
+        assert recomputed == calls + 1  # the backward pass re-ran the first block: it is on
+        assert row["penalty"] == pytest.approx(want_row["penalty"], rel=1e-5, abs=1e-9)
+        assert row["loss"] == pytest.approx(want_row["loss"], rel=1e-5)
+        assert grads.keys() == want.keys()
+        for name, value in want.items():
+            torch.testing.assert_close(grads[name], value, atol=1e-5, rtol=1e-5, msg=name)
